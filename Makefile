@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each sets itself up (idempotently).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-slow bench install system-deps lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,local]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+demo: $(STAMP)
+	$(BIN)/salespred demo
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m slow
+
+bench: $(STAMP)
+	$(BIN)/salespred bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check salespred_assets salespred_tests
+
+clean:
+	rm -rf $(VENV) .salespred .pytest_cache

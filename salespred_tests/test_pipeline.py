@@ -1,0 +1,94 @@
+"""The whole asset graph, end to end, on real MongoDB, SQL and Redis."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from salespred_assets import loading
+from salespred_assets.core.evaluation import ORIGINAL_ACCURACY
+from salespred_assets.core.schema import DEFAULT_SCHEMA
+from salespred_assets.mongo import model_store
+from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.sql import tables, writer
+from salespred_tests.helpers import AS_OF, build_test_resources, materialize_all
+
+pytestmark = pytest.mark.integration
+
+
+def _agreement(mongo, sql_url, redis_resource) -> dict:
+    engine = sa.create_engine(sql_url)
+    fact = writer.read_table(engine, tables.FACT_OPPORTUNITY)
+    engine.dispose()
+    cache = redis_resource.cache()
+    ids = fact[DEFAULT_SCHEMA.id].tolist()
+    cached = {i: cache.get(i) for i in ids}
+    return {"mongo": mongo.db[OPPORTUNITIES].count_documents({}), "sql": len(fact),
+            "sql_distinct": fact[DEFAULT_SCHEMA.id].nunique(), "cache_hits": sum(v is not None for v in cached.values()),
+            "fact": fact, "cached": cached}
+
+
+def test_whole_graph_on_synthetic_data(mongo, redis_resource, sqlite_url, tmp_path):
+    loading.seed_synthetic(mongo, 3000, seed=7, as_of=AS_OF)
+    loading.ensure_demo_sellers(mongo)
+    resources = build_test_resources(mongo, redis_resource, sqlite_url, str(tmp_path / "storage"))
+    result = materialize_all(resources)
+    assert result.success
+    failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    assert failed == []
+
+    got = _agreement(mongo, sqlite_url, redis_resource)
+    assert got["mongo"] == got["sql"] == got["sql_distinct"] == got["cache_hits"] == 3000
+    # The cache holds what SQL holds, for the same model version.
+    fact = got["fact"].set_index(DEFAULT_SCHEMA.id)
+    version = model_store.current_version(mongo.db)
+    for number, value in list(got["cached"].items())[:200]:
+        assert value["model_version"] == version == fact.loc[number, "model_version"]
+        assert value["probability"] == pytest.approx(fact.loc[number, "probability"], abs=1e-6)
+        assert value["grade"] == fact.loc[number, "grade"]
+        assert isinstance(value["factors_for"], list)
+
+    # Sellers reach SQL without any password or hash.
+    engine = sa.create_engine(sqlite_url)
+    sellers = writer.read_table(engine, tables.DIM_SELLER)
+    engine.dispose()
+    assert len(sellers) == 5
+    assert not any("pass" in c or "hash" in c for c in sellers.columns)
+    assert not sellers.astype(str).apply(lambda c: c.str.contains("argon2")).any().any()
+
+    # Re-materialising replaces; it never duplicates, and the cache swaps generation.
+    gen_before = redis_resource.cache().current_generation()
+    again = materialize_all(resources)
+    assert again.success
+    after = _agreement(mongo, sqlite_url, redis_resource)
+    assert after["sql"] == after["sql_distinct"] == 3000
+    assert redis_resource.cache().current_generation() == gen_before + 1
+    assert after["cache_hits"] == 3000
+
+
+@pytest.mark.slow_ok
+def test_whole_graph_on_the_reference_data(mongo, redis_resource, sqlite_url, tmp_path, seed_csv, sellers_csv):
+    """The acceptance test of the foundation: the original data, through every database."""
+    result = loading.seed_csv(mongo, seed_csv)
+    loading.load_sellers_csv(mongo, sellers_csv)
+    assert result == {"inserted": 13791, "rejected": 0}
+    resources = build_test_resources(mongo, redis_resource, sqlite_url, str(tmp_path / "storage"))
+    run = materialize_all(resources, run_config={"ops": {"win_model": {"config": {"search": "full"}}}})
+    assert run.success
+    assert [e.check_name for e in run.get_asset_check_evaluations() if not e.passed] == []
+
+    got = _agreement(mongo, sqlite_url, redis_resource)
+    assert got["mongo"] == got["sql"] == got["sql_distinct"] == 13791
+    open_ids = got["fact"].loc[got["fact"]["outcome"] == "open", DEFAULT_SCHEMA.id]
+    assert len(open_ids) == 1107
+    assert all(got["cached"][i] is not None for i in open_ids)
+
+    entry = model_store.registry_entry(mongo.db, model_store.current_version(mongo.db))
+    assert entry["info"]["metrics"]["accuracy"] > ORIGINAL_ACCURACY
+    materialization = run.asset_materializations_for_node("win_model")[0]
+    assert materialization.metadata["accuracy"].value == entry["info"]["metrics"]["accuracy"]
+    json.dumps(entry["info"]["params"])  # hyperparameters are plain data
+    assert isinstance(got["fact"], pd.DataFrame)
