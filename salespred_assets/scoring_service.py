@@ -1,0 +1,94 @@
+"""Scoring outside a full refresh: a few opportunities at a time, for the seller app and the sensor.
+
+Both call :func:`score_documents` (which calls the one scoring function in :mod:`core.scoring`) and
+:func:`cache_predictions`; the seller app's lookups go through :func:`prediction_for`, which answers
+from the Redis cache and falls back to the current model when the cache has no entry or is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import redis as redis_lib
+
+from salespred_assets.core.documents import records_frame, validate
+from salespred_assets.core.model import WinModel
+from salespred_assets.core.schema import DatasetSchema
+from salespred_assets.core.scoring import ID, score
+from salespred_assets.mongo import model_store
+from salespred_assets.mongo.resource import OPPORTUNITIES, MongoResource
+from salespred_assets.redis_cache.cache import serialize
+from salespred_assets.redis_cache.resource import RedisResource
+
+log = logging.getLogger("salespred.scoring")
+
+
+def client_context(mongo: MongoResource, schema: DatasetSchema, frame: pd.DataFrame) -> pd.DataFrame | None:
+    """Every known opportunity of the clients in ``frame``, plus ``frame`` itself (deduplicated by id)."""
+    if not schema.client:
+        return None
+    clients = sorted(set(frame[schema.client].astype(str)))
+    docs = list(mongo.db[OPPORTUNITIES].find({schema.client: {"$in": clients}}, {f: 1 for f in schema.fields}))
+    known = validate(records_frame(docs, schema), schema).frame.drop(columns=["_id"], errors="ignore")
+    context = pd.concat([known[~known[schema.id].isin(frame[schema.id])], frame.drop(columns=["_id"], errors="ignore")],
+                        ignore_index=True)
+    return context
+
+
+def score_documents(mongo: MongoResource, docs: Sequence[dict[str, Any]] | pd.DataFrame,
+                    model: WinModel | None = None, schema: DatasetSchema | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(predictions, quarantine) for documents; client facts come from everything MongoDB knows."""
+    schema = schema or mongo.schema()
+    if isinstance(docs, pd.DataFrame):
+        frame, quarantine = docs, pd.DataFrame(columns=["_id", "id", "reason", "document"])
+    else:
+        checked = validate(records_frame(list(docs), schema), schema)
+        frame, quarantine = checked.frame, checked.quarantine
+    if frame.empty:
+        return pd.DataFrame(), quarantine
+    model = model or model_store.load_current(mongo.db)
+    context = client_context(mongo, schema, frame)
+    return score(model, frame, schema, context=context), quarantine
+
+
+def cache_predictions(redis: RedisResource, predictions: pd.DataFrame) -> int:
+    """Write predictions into the live cache generation; returns how many keys were written."""
+    if predictions.empty:
+        return 0
+    ids, values = serialize(predictions, ID)
+    redis.cache().upsert(ids, values, str(predictions["model_version"].iloc[0]))
+    return len(ids)
+
+
+def prediction_for(mongo: MongoResource, redis: RedisResource | None, number: str,
+                   query: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
+    """(prediction, source) for one opportunity number: source is 'cache', 'model' or 'missing'.
+
+    ``query`` narrows which documents may be read (the app passes the caller's visibility filter).
+    """
+    if redis is not None:
+        try:
+            cached = redis.cache().get(number)
+            if cached is not None:
+                return cached, "cache"
+        except redis_lib.RedisError as exc:
+            log.warning("Redis lookup failed, scoring with the model instead: %s", exc)
+    schema = mongo.schema()
+    doc = mongo.db[OPPORTUNITIES].find_one({schema.id: number, **(query or {})})
+    if doc is None:
+        return None, "missing"
+    preds, quarantine = score_documents(mongo, [doc], schema=schema)
+    if preds.empty:
+        reason = quarantine["reason"].iloc[0] if len(quarantine) else "invalid document"
+        raise ValueError(f"opportunity {number} cannot be scored: {reason}")
+    if redis is not None:
+        try:
+            cache_predictions(redis, preds)
+        except redis_lib.RedisError as exc:
+            log.warning("could not write the prediction back to Redis: %s", exc)
+    _, values = serialize(preds, ID)
+    return json.loads(values[0]), "model"

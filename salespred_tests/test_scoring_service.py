@@ -1,0 +1,63 @@
+"""Scoring a few opportunities outside a full refresh: cache first, the model otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from salespred_assets import loading, scoring_service
+from salespred_assets.core.documents import records_frame, validate
+from salespred_assets.core.features import build_features, closed_target, feature_spec
+from salespred_assets.core.model import SearchConfig, train
+from salespred_assets.mongo import model_store
+from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.redis_cache.resource import RedisResource
+from salespred_tests.helpers import AS_OF
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def trained(mongo):
+    loading.seed_synthetic(mongo, 1500, seed=3, as_of=AS_OF)
+    schema = mongo.schema()
+    frame = mongo.read_opportunities(schema).frame
+    closed, y = closed_target(frame, schema)
+    model = train(build_features(frame, schema)[closed.to_numpy()], y, feature_spec(schema),
+                  SearchConfig.preset("fast"), params={"rf__n_estimators": 30, "rf__min_samples_leaf": 3}).model
+    model_store.save(mongo.db, model)
+    model_store.set_current(mongo.db, model.version, "test")
+    return model, frame
+
+
+def test_batch_and_single_scoring_agree(mongo, redis_resource, trained):
+    model, frame = trained
+    number = frame.loc[frame["etapas"] == "S3", "numero_opportunidad"].iloc[0]
+    first, source = scoring_service.prediction_for(mongo, redis_resource, number)
+    assert source == "model"
+    again, source = scoring_service.prediction_for(mongo, redis_resource, number)
+    assert source == "cache" and again == first
+    # The same opportunity scored in the batch path (client facts over the whole collection).
+    from salespred_assets.core.scoring import score
+
+    batch = score(model, frame, mongo.schema()).set_index("opportunity_id")
+    assert first["probability"] == pytest.approx(batch.loc[number, "probability"], abs=1e-6)
+    assert first["grade"] == batch.loc[number, "grade"]
+
+
+def test_redis_down_falls_back_to_the_model(mongo, trained):
+    _, frame = trained
+    number = frame["numero_opportunidad"].iloc[10]
+    dead = RedisResource(url="redis://127.0.0.1:1/0", timeout_s=0.2)
+    prediction, source = scoring_service.prediction_for(mongo, dead, number)
+    assert source == "model" and 0.0 <= prediction["probability"] <= 1.0
+
+
+def test_unknown_and_invalid_documents(mongo, redis_resource, trained):
+    assert scoring_service.prediction_for(mongo, redis_resource, "OP-99999999") == (None, "missing")
+    mongo.db[OPPORTUNITIES].insert_one({"numero_opportunidad": "OP-BAD", "etapas": "S1"})
+    with pytest.raises(ValueError, match="cannot be scored"):
+        scoring_service.prediction_for(mongo, redis_resource, "OP-BAD")
+    docs = [{"numero_opportunidad": "OP-X"}]
+    preds, quarantine = scoring_service.score_documents(mongo, docs)
+    assert preds.empty and "missing" in quarantine["reason"].iloc[0]
+    assert validate(records_frame(docs, mongo.schema()), mongo.schema()).frame.empty
