@@ -68,8 +68,15 @@ def prediction_for(mongo: MongoResource, redis: RedisResource | None, number: st
                    query: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
     """(prediction, source) for one opportunity number: source is 'cache', 'model' or 'missing'.
 
-    ``query`` narrows which documents may be read (the app passes the caller's visibility filter).
+    ``query`` narrows which documents may be read (the app passes the caller's visibility filter): when
+    it is given, the document must match it before anything, even a cached prediction, is returned.
     """
+    schema = mongo.schema()
+    doc = None
+    if query is not None:
+        doc = mongo.db[OPPORTUNITIES].find_one({schema.id: number, **query})
+        if doc is None:
+            return None, "missing"
     if redis is not None:
         try:
             cached = redis.cache().get(number)
@@ -77,18 +84,25 @@ def prediction_for(mongo: MongoResource, redis: RedisResource | None, number: st
                 return cached, "cache"
         except redis_lib.RedisError as exc:
             log.warning("Redis lookup failed, scoring with the model instead: %s", exc)
-    schema = mongo.schema()
-    doc = mongo.db[OPPORTUNITIES].find_one({schema.id: number, **(query or {})})
     if doc is None:
-        return None, "missing"
+        doc = mongo.db[OPPORTUNITIES].find_one({schema.id: number})
+        if doc is None:
+            return None, "missing"
+    return predict_document(mongo, redis, doc, schema), "model"
+
+
+def predict_document(mongo: MongoResource, redis: RedisResource | None, doc: dict[str, Any],
+                     schema: DatasetSchema | None = None) -> dict[str, Any]:
+    """Score one stored document with the current model and write the result to the cache (best effort)."""
+    schema = schema or mongo.schema()
     preds, quarantine = score_documents(mongo, [doc], schema=schema)
     if preds.empty:
         reason = quarantine["reason"].iloc[0] if len(quarantine) else "invalid document"
-        raise ValueError(f"opportunity {number} cannot be scored: {reason}")
+        raise ValueError(f"opportunity {doc.get(schema.id)} cannot be scored: {reason}")
     if redis is not None:
         try:
             cache_predictions(redis, preds)
         except redis_lib.RedisError as exc:
             log.warning("could not write the prediction back to Redis: %s", exc)
     _, values = serialize(preds, ID)
-    return json.loads(values[0]), "model"
+    return json.loads(values[0])
