@@ -1,9 +1,10 @@
 """The SQL IO manager: asset frames become reporting tables, written idempotently in one transaction.
 
 An asset names its table with ``metadata={"table": ...}`` (default: the asset's name) and how it is
-written with ``metadata={"write": "replace" | "upsert"}``. ``replace`` swaps the whole table (or, for a
-partitioned asset, the partition's window); ``upsert`` replaces only the rows whose key it carries, as
-the new-opportunity sensor's runs do.
+written with ``metadata={"write": "replace" | "upsert" | "append"}``. ``replace`` swaps the whole table
+(or, for a partitioned asset, the partition's window); ``upsert`` replaces only the rows whose key it
+carries, as the new-opportunity sensor's runs do; ``append`` inserts only rows whose key (default: the
+primary key; ``metadata={"key": [...]}``) the table lacks, as the append-only prediction history does.
 """
 
 from __future__ import annotations
@@ -31,23 +32,27 @@ class SqlIOManager(dg.ConfigurableIOManager):
         schema = DatasetSchema.from_dict(raw_schema) if raw_schema else DEFAULT_SCHEMA
         table = self._table(context, schema)
         engine = self.sql.engine
-        writer.ensure_table(engine, table)
         meta = context.definition_metadata or {}
-        mode = meta.get("write", "replace")
-        if mode == "upsert":
-            result = writer.upsert_rows(engine, table, obj, key=str(meta.get("key") or table.primary_key.columns[0].name))
-        elif context.has_asset_partitions and meta.get("partition_column"):
-            col = table.c[str(meta["partition_column"])]
-            result = writer.replace_rows(engine, table, obj, where=col.in_(list(context.asset_partition_keys)))
-        else:
-            result = writer.replace_rows(engine, table, obj)
-        context.add_output_metadata({
+        where = None
+        if context.has_asset_partitions and meta.get("partition_column"):
+            where = table.c[str(meta["partition_column"])].in_(list(context.asset_partition_keys))
+        key = meta.get("key")
+        result = writer.write(engine, table, obj, mode=str(meta.get("write", "replace")), where=where, schema=schema,
+                              key=[str(k) for k in key] if isinstance(key, (list, tuple)) else key)
+        metadata = {
             "table": table.name,
             "dialect": engine.dialect.name,
             "rows_written": result["inserted"],
             "rows_replaced": result["deleted"],
             "rows_in_table": writer.count_rows(engine, table.name),
-        })
+            "table_ddl": result["table"],
+        }
+        if "skipped" in result:
+            metadata["rows_already_recorded"] = result["skipped"]
+        if result.get("views_recreated") or result.get("views_left_out"):
+            metadata["views_recreated"] = ", ".join(result["views_recreated"]) or "none"
+            metadata["views_left_out"] = ", ".join(result["views_left_out"]) or "none"
+        context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         return writer.read_table(self.sql.engine, self._table(context).name)

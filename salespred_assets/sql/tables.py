@@ -1,17 +1,26 @@
 """Reporting tables, declared once and created explicitly (never inferred by ``to_sql``).
 
 Input columns keep the capture app's field names (the data contract analysts already know from the
-original Power BI model); everything the platform adds is in English.
+original Power BI model); everything the platform adds is in English. Types are chosen so that every
+dialect keeps the values: ``Double`` (MariaDB's ``FLOAT`` is single precision and would round TCVs),
+``Unicode``/``LONG_TEXT`` for text people write (``NVARCHAR`` on SQL Server), ``DateTime(timezone=True)``
+for instants (``TIMESTAMPTZ``/``DATETIMEOFFSET``; UTC ``DATETIME`` on MariaDB and SQLite).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mssql
 
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 
 FACT_OPPORTUNITY = "fact_opportunity"
 DIM_SELLER = "dim_seller"
+DIM_MODEL_VERSION = "dim_model_version"
+FACT_PREDICTION_HISTORY = "fact_prediction_history"
+
+# Long text (JSON): TEXT elsewhere, NVARCHAR(max) on SQL Server (its NTEXT is deprecated).
+LONG_TEXT = sa.UnicodeText().with_variant(mssql.NVARCHAR(), "mssql")
 
 PREDICTION_COLUMNS = ["probability", "predicted_won", "score", "grade", "factors_for", "factors_against",
                       "model_version", "scored_at"]
@@ -21,8 +30,9 @@ def _input_column(name: str, schema: DatasetSchema, primary: bool = False) -> sa
     if name in schema.dates:
         return sa.Column(name, sa.Date, nullable=False, comment=f"source field {name} (date)")
     if name in schema.number_fields:
-        return sa.Column(name, sa.Float, nullable=False, comment=f"source field {name}")
-    return sa.Column(name, sa.String(64), primary_key=primary, nullable=False, comment=f"source field {name}")
+        return sa.Column(name, sa.Double, nullable=False, comment=f"source field {name}")
+    # Unicode: NVARCHAR on SQL Server, so that an export's accented text survives; VARCHAR elsewhere.
+    return sa.Column(name, sa.Unicode(64), primary_key=primary, nullable=False, comment=f"source field {name}")
 
 
 def fact_opportunity(metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> sa.Table:
@@ -30,21 +40,30 @@ def fact_opportunity(metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHE
     cols += [_input_column(c, schema) for c in schema.fields if c != schema.id]
     cols += [
         sa.Column("outcome", sa.String(8), nullable=False, comment="won, lost or open (from the stage)"),
-        sa.Column("probability", sa.Float, nullable=False, comment="calibrated probability that it is won"),
+        sa.Column("probability", sa.Double, nullable=False, comment="calibrated probability that it is won"),
         sa.Column("predicted_won", sa.Boolean, nullable=False, comment="probability >= the model's threshold"),
         sa.Column("score", sa.SmallInteger, nullable=False, comment="1-99: the probability in percent"),
         sa.Column("grade", sa.String(1), nullable=False, comment="A >= 0.75 > B >= 0.50 > C >= 0.25 > D"),
-        sa.Column("factors_for", sa.Text, nullable=False, comment="JSON: top 3 features raising the probability"),
-        sa.Column("factors_against", sa.Text, nullable=False, comment="JSON: top 3 features lowering it"),
+        sa.Column("factors_for", LONG_TEXT, nullable=False, comment="JSON: top 3 features raising the probability"),
+        sa.Column("factors_against", LONG_TEXT, nullable=False, comment="JSON: top 3 features lowering it"),
         sa.Column("model_version", sa.String(40), nullable=False, comment="model version that scored the row"),
         sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, comment="when it was scored (UTC)"),
     ]
     indexes = [sa.Index(f"ix_{FACT_OPPORTUNITY}_outcome", "outcome")]
-    for role in (schema.seller, schema.close):
+    for role in (schema.seller, schema.close, schema.stage, region_field(schema)):
         if role:
             indexes.append(sa.Index(f"ix_{FACT_OPPORTUNITY}_{role}", role))
-    return sa.Table(FACT_OPPORTUNITY, metadata, *cols, *indexes,
+    # The views read the schema's roles (amount, close date, seller, stage, region) from here.
+    return sa.Table(FACT_OPPORTUNITY, metadata, *cols, *indexes, info={"schema": schema},
                     comment="One row per opportunity: its inputs and its latest prediction")
+
+
+def region_field(schema: DatasetSchema) -> str | None:
+    """The categorical field that holds the sales region (``regiones`` in the seed), if the export has one."""
+    for name in schema.categorical:
+        if name.lower().startswith("region"):
+            return name
+    return None
 
 
 def dim_seller(metadata: sa.MetaData) -> sa.Table:
@@ -52,18 +71,73 @@ def dim_seller(metadata: sa.MetaData) -> sa.Table:
         DIM_SELLER, metadata,
         sa.Column("numero_vendedor", sa.String(32), primary_key=True, comment="seller number"),
         sa.Column("username", sa.String(64), nullable=False, comment="login name"),
-        sa.Column("first_name", sa.String(100), nullable=True),
-        sa.Column("last_name", sa.String(100), nullable=True),
-        sa.Column("title", sa.String(100), nullable=True, comment="job title; managers and VPs see their team"),
-        sa.Column("full_name", sa.String(201), nullable=True, comment="first and last name"),
+        # Unicode: NVARCHAR on SQL Server, where VARCHAR would lose accents (Martínez).
+        sa.Column("first_name", sa.Unicode(100), nullable=True, comment="first name"),
+        sa.Column("last_name", sa.Unicode(100), nullable=True, comment="last name"),
+        sa.Column("title", sa.Unicode(100), nullable=True, comment="job title; managers and VPs see their team"),
+        sa.Column("full_name", sa.Unicode(201), nullable=True, comment="first and last name"),
         comment="Sellers; never holds a password or a password hash",
+    )
+
+
+def dim_model_version(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        DIM_MODEL_VERSION, metadata,
+        sa.Column("model_version", sa.String(40), primary_key=True, comment="model version (registry id)"),
+        sa.Column("trained_at", sa.DateTime(timezone=True), nullable=True, comment="when it was trained (UTC)"),
+        sa.Column("status", sa.String(16), nullable=False,
+                  comment="candidate, promoted (scoring now), retired (was promoted) or rejected (failed the gate)"),
+        sa.Column("is_current", sa.Boolean, nullable=False, comment="true for the one version that scores now"),
+        sa.Column("ever_promoted", sa.Boolean, nullable=False, comment="true if it has ever been promoted"),
+        sa.Column("times_promoted", sa.SmallInteger, nullable=False, comment="promotions, rollbacks included"),
+        sa.Column("promoted_at", sa.DateTime(timezone=True), nullable=True, comment="its latest promotion (UTC)"),
+        sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True,
+                  comment="its latest retirement: another version replaced it (UTC)"),
+        sa.Column("roc_auc", sa.Double, nullable=True, comment="held-out ROC AUC"),
+        sa.Column("accuracy", sa.Double, nullable=True, comment="held-out accuracy at the model's threshold"),
+        sa.Column("brier", sa.Double, nullable=True, comment="held-out Brier score (lower is better)"),
+        sa.Column("f1", sa.Double, nullable=True, comment="held-out F1 of 'won'"),
+        sa.Column("threshold", sa.Double, nullable=True, comment="probability from which it predicts 'won'"),
+        sa.Column("training_rows", sa.Integer, nullable=True, comment="closed opportunities it learned from"),
+        sa.Column("hyperparameters", LONG_TEXT, nullable=False, comment="JSON: the forest's hyperparameters"),
+        sa.Column("metrics", LONG_TEXT, nullable=False, comment="JSON: every held-out metric"),
+        sa.Index(f"ix_{DIM_MODEL_VERSION}_trained_at", "trained_at"),
+        comment="Model versions from the registry, one row each, with their quality and promotion history",
+    )
+
+
+def fact_prediction_history(metadata: sa.MetaData) -> sa.Table:
+    # Append-only: its key makes re-recording the same scoring a no-op, and a change of columns
+    # is refused rather than answered by dropping the table (see writer.ensure_table).
+    return sa.Table(
+        FACT_PREDICTION_HISTORY, metadata,
+        sa.Column("opportunity_id", sa.String(64), primary_key=True,
+                  comment="the opportunity number (the fact table's id)"),
+        sa.Column("model_version", sa.String(40), primary_key=True, comment="model version that scored it"),
+        sa.Column("scored_at", sa.DateTime(timezone=True), primary_key=True, comment="when it was scored (UTC)"),
+        sa.Column("probability", sa.Double, nullable=False, comment="calibrated probability that it is won"),
+        sa.Column("score", sa.SmallInteger, nullable=False, comment="1-99: the probability in percent"),
+        sa.Column("grade", sa.String(1), nullable=False, comment="A >= 0.75 > B >= 0.50 > C >= 0.25 > D"),
+        sa.Column("outcome", sa.String(8), nullable=False, comment="won, lost or open when it was scored"),
+        sa.Index(f"ix_{FACT_PREDICTION_HISTORY}_run", "model_version", "scored_at"),
+        sa.Index(f"ix_{FACT_PREDICTION_HISTORY}_scored_at", "scored_at"),
+        info={"append_only": True},
+        comment="Append-only: one row per opportunity per scoring, for score trends over time",
     )
 
 
 def table_for(name: str, metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> sa.Table:
     if name in metadata.tables:
         return metadata.tables[name]
-    builders = {FACT_OPPORTUNITY: lambda: fact_opportunity(metadata, schema), DIM_SELLER: lambda: dim_seller(metadata)}
+    builders = {FACT_OPPORTUNITY: lambda: fact_opportunity(metadata, schema), DIM_SELLER: lambda: dim_seller(metadata),
+                DIM_MODEL_VERSION: lambda: dim_model_version(metadata),
+                FACT_PREDICTION_HISTORY: lambda: fact_prediction_history(metadata)}
     if name not in builders:
         raise KeyError(f"no reporting table is declared as {name!r}; known: {sorted(builders)}")
     return builders[name]()
+
+
+def all_tables(metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> dict[str, sa.Table]:
+    """Every reporting table, declared in ``metadata``."""
+    names = (FACT_OPPORTUNITY, DIM_SELLER, DIM_MODEL_VERSION, FACT_PREDICTION_HISTORY)
+    return {name: table_for(name, metadata, schema) for name in names}

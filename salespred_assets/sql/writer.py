@@ -2,6 +2,7 @@
 
 A write deletes its window (the whole table, a partition, or the keys it carries) and inserts the new
 rows in one transaction: a failure rolls back to the previous rows, and re-running never duplicates.
+An append (the prediction history) inserts only the rows whose key the table does not hold yet.
 PostgreSQL loads with ``COPY``; the others with batched ``executemany`` through bound parameters.
 """
 
@@ -17,22 +18,50 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
+from salespred_assets.sql import transaction, views
 
 BATCH_ROWS = 5_000
 IN_CHUNK = 900  # below SQLite's and SQL Server's bound-parameter limits
 
 
-def ensure_table(engine: Engine, table: sa.Table) -> None:
-    """Create the table (and its indexes) if missing; rebuild it if its columns changed."""
+WRITE_MODES = ("replace", "upsert", "append")
+
+
+def ensure_table(engine: Engine, table: sa.Table, schema: DatasetSchema | None = None) -> dict[str, Any]:
+    """Create the table (and its indexes) if missing; rebuild it if its columns changed.
+
+    A rebuild drops the reporting views that read the table first and recreates them afterwards, in
+    the same transaction where the dialect allows (views whose columns are gone are left for the
+    ``reporting_views`` asset). An append-only table (the history) is never dropped: a change of its
+    columns is an error to migrate by hand. ``schema`` is the export's schema the views follow
+    (the fact table carries its own).
+    """
     inspector = sa.inspect(engine)
-    if inspector.has_table(table.name):
-        existing = {c["name"] for c in inspector.get_columns(table.name)}
-        if existing == {c.name for c in table.columns}:
-            return
-        with engine.begin() as conn:
-            table.drop(conn)
-    table.create(engine, checkfirst=True)
+    if not inspector.has_table(table.name):
+        table.create(engine, checkfirst=True)
+        return {"table": "created"}
+    existing = {c["name"] for c in inspector.get_columns(table.name)}
+    wanted = {c.name for c in table.columns}
+    if existing == wanted:
+        with transaction.begin(engine) as conn:
+            for index in table.indexes:  # indexes declared since the table was created
+                index.create(conn, checkfirst=True)
+        return {"table": "kept"}
+    if table.info.get("append_only"):
+        raise SalespredError(
+            f"{table.name} is append-only and its columns changed (database: {sorted(existing)}; expected: "
+            f"{sorted(wanted)}); it is never dropped automatically: migrate it with ALTER TABLE or rename it")
+    schema = table.info.get("schema") or schema or DEFAULT_SCHEMA
+    with transaction.begin(engine) as conn:
+        dependent = sorted(views.existing(conn) & set(views.dependents(table.name)))
+        views.drop(conn, dependent)
+        table.drop(conn)
+        table.create(conn)
+        skipped = views.create(conn, schema, dependent) if dependent else {}
+    return {"table": "rebuilt", "views_recreated": [v for v in dependent if v not in skipped],
+            "views_left_out": sorted(skipped)}
 
 
 def _clean_records(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
@@ -47,7 +76,7 @@ def _clean_records(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
             arr = s.astype(object).to_numpy()
             arr = np.array([bool(v) for v in arr], dtype=object)
         elif pd.api.types.is_integer_dtype(s):
-            arr = np.array(s.astype("int64").tolist(), dtype=object)
+            arr = np.array([None if pd.isna(v) else int(v) for v in s.tolist()], dtype=object)
         elif pd.api.types.is_float_dtype(s):
             vals = s.to_numpy(dtype="float64")
             arr = np.array([None if np.isnan(v) else float(v) for v in vals], dtype=object)
@@ -92,10 +121,40 @@ def insert_frame(conn: Connection, table: sa.Table, frame: pd.DataFrame) -> int:
     return len(frame)
 
 
+def write(engine: Engine, table: sa.Table, frame: pd.DataFrame, mode: str = "replace",
+          key: Sequence[str] | str | None = None, where: sa.ColumnElement[bool] | None = None,
+          schema: DatasetSchema | None = None) -> dict[str, Any]:
+    """The one write path: ensure the table, then replace, upsert or append ``frame`` in one transaction.
+
+    ``key`` defaults to the table's primary key (upsert uses its first column).
+    """
+    if mode not in WRITE_MODES:
+        raise SalespredError(f"unknown write mode {mode!r} for {table.name}; use one of {', '.join(WRITE_MODES)}")
+    ddl = ensure_table(engine, table, schema)
+    keys = [key] if isinstance(key, str) else list(key or [c.name for c in table.primary_key.columns])
+    driver_error = getattr(engine.dialect.dbapi, "Error", sa.exc.SQLAlchemyError)
+    try:
+        if mode == "upsert":
+            result = upsert_rows(engine, table, frame, key=keys[0])
+        elif mode == "append":
+            result = append_rows(engine, table, frame, key=keys)
+        else:
+            result = replace_rows(engine, table, frame, where=where)
+    except (sa.exc.SQLAlchemyError, driver_error) as exc:  # COPY raises the driver's own errors
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        raise WriteFailed(f"writing {len(frame)} rows to {table.name} ({mode}, {engine.dialect.name}) failed and was "
+                          f"rolled back; the table keeps its previous rows: {detail}") from exc
+    return {**result, **ddl}
+
+
+class WriteFailed(SalespredError):
+    """A table write failed; its transaction rolled back, so the table holds what it held before."""
+
+
 def replace_rows(engine: Engine, table: sa.Table, frame: pd.DataFrame,
                  where: sa.ColumnElement[bool] | None = None) -> dict[str, int]:
     """Delete the window (``where``, or everything), insert ``frame``; one transaction."""
-    with engine.begin() as conn:
+    with transaction.begin(engine) as conn:
         stmt = table.delete() if where is None else table.delete().where(where)
         deleted = conn.execute(stmt).rowcount
         inserted = insert_frame(conn, table, frame)
@@ -105,12 +164,62 @@ def replace_rows(engine: Engine, table: sa.Table, frame: pd.DataFrame,
 def upsert_rows(engine: Engine, table: sa.Table, frame: pd.DataFrame, key: str) -> dict[str, int]:
     """Replace the rows whose ``key`` the frame carries, leave every other row untouched; one transaction."""
     keys = frame[key].astype(str).tolist()
-    with engine.begin() as conn:
+    with transaction.begin(engine) as conn:
         deleted = 0
         for chunk in _chunks(keys, IN_CHUNK):
             deleted += conn.execute(table.delete().where(table.c[key].in_(chunk))).rowcount or 0
         inserted = insert_frame(conn, table, frame)
     return {"deleted": int(deleted), "inserted": inserted}
+
+
+def append_rows(engine: Engine, table: sa.Table, frame: pd.DataFrame, key: Sequence[str]) -> dict[str, int]:
+    """Insert the rows whose ``key`` the table does not hold yet; never update or delete; one transaction.
+
+    The key's first column varies within a batch (the opportunity), the others identify the batch
+    (model version, scoring time): existing keys are looked up per batch, in chunks.
+    """
+    fresh = frame.drop_duplicates(subset=list(key))
+    with transaction.begin(engine) as conn:
+        held = _held_keys(conn, table, fresh, key)
+        if held:
+            ids = fresh[key[0]].astype(str)
+            batch = list(zip(*[_key_values(fresh[c]) for c in key[1:]])) if len(key) > 1 else [()] * len(fresh)
+            mask = [(b, i) not in held for b, i in zip(batch, ids)]
+            fresh = fresh[mask]
+        inserted = insert_frame(conn, table, fresh)
+    return {"deleted": 0, "inserted": inserted, "skipped": len(frame) - inserted}
+
+
+def _key_values(series: pd.Series) -> list[Any]:
+    if pd.api.types.is_datetime64_any_dtype(series):
+        if series.dt.tz is not None:
+            series = series.dt.tz_convert("UTC")
+        return [v.to_pydatetime() for v in series]
+    return series.astype(str).tolist()
+
+
+def _held_keys(conn: Connection, table: sa.Table, frame: pd.DataFrame, key: Sequence[str]) -> set[tuple]:
+    """(batch values, id) pairs of ``frame`` already in ``table``."""
+    if frame.empty:
+        return set()
+    first, rest = key[0], list(key[1:])
+    ids = frame[first].astype(str)
+    batches = pd.DataFrame({c: _key_values(frame[c]) for c in rest}, index=frame.index) if rest else None
+    groups = batches.groupby(rest, sort=False).groups.items() if rest else [((), frame.index)]
+    held: set[tuple] = set()
+    for values, index in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        values = tuple(v.to_pydatetime() if isinstance(v, pd.Timestamp) else v for v in values)
+        for chunk in _chunks(ids.loc[index].tolist(), IN_CHUNK):
+            stmt = held_keys_statement(table, key, values, chunk)
+            held.update((values, str(i)) for i in conn.execute(stmt).scalars())
+    return held
+
+
+def held_keys_statement(table: sa.Table, key: Sequence[str], batch: Sequence[Any], ids: Sequence[str]) -> sa.Select:
+    """Which of ``ids`` the table holds for the batch values (``key[1:]`` = ``batch``); bound parameters only."""
+    return sa.select(table.c[key[0]]).where(*[table.c[c] == v for c, v in zip(key[1:], batch)],
+                                            table.c[key[0]].in_(ids))
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

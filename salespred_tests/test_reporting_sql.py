@@ -1,0 +1,204 @@
+"""The reporting layer on real databases: SQLite, PostgreSQL (psycopg, COPY) and MariaDB through pyodbc.
+
+Each view's figures are checked against the same numbers computed with pandas from the scored frame;
+writes are idempotent and transactional; views survive rewrites and rebuilds of the tables they read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from salespred_assets import dashboard
+from salespred_assets.core.schema import DEFAULT_SCHEMA as S
+from salespred_assets.core.schema import DatasetSchema
+from salespred_assets.errors import SalespredError
+from salespred_assets.sql import model_versions, tables, views, writer
+from salespred_assets.sql.resource import make_engine
+from salespred_tests import reporting_fixtures as rf
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def scored_frames() -> dict[str, pd.DataFrame]:
+    """Two scorings of the same opportunities by two tiny models (trained once for the module)."""
+    frame = rf.source_frame()
+    first, second = rf.tiny_model(frame, trees=30), rf.tiny_model(frame, trees=40)
+    return {"first": rf.scored(frame, first), "second": rf.scored(frame, second, rf.SCORED_AT + dt.timedelta(days=1))}
+
+
+@pytest.fixture
+def engine(sql_url: str) -> sa.Engine:
+    engine = make_engine(sql_url)
+    rf.reset(engine)
+    return engine
+
+
+def _registry(preds_by_version: list[pd.DataFrame]) -> pd.DataFrame:
+    docs = []
+    for n, preds in enumerate(preds_by_version):
+        version = str(preds["model_version"].iloc[0])
+        at = rf.SCORED_AT - dt.timedelta(days=10 - n)
+        current = n == len(preds_by_version) - 1
+        history = [{"event": "trained", "at": at}, {"event": "promoted", "at": at}]
+        if not current:
+            history.append({"event": "retired", "at": at + dt.timedelta(days=1)})
+        docs.append({"_id": version, "version": version, "trained_at": at.isoformat(), "current": current,
+                     "status": "promoted" if current else "retired", "history": history,
+                     "info": {"params": {"n_estimators": 30 + 10 * n}, "rows": 1000, "threshold": 0.5,
+                              "metrics": {"roc_auc": 0.80 + n / 100, "accuracy": 0.75 + n / 100, "brier": 0.18}}})
+    return model_versions.frame(docs)
+
+
+def _careless_sellers() -> pd.DataFrame:
+    """Sellers as a careless caller might pass them: the table contract keeps only its declared columns."""
+    sellers = rf.sellers_frame()
+    sellers["password"] = "plain-demo-password"
+    sellers["password_hash"] = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
+    return sellers
+
+
+def _write_all(engine: sa.Engine, preds: pd.DataFrame, registry: pd.DataFrame, history: list[pd.DataFrame]) -> None:
+    t = tables.all_tables(sa.MetaData(), S)
+    writer.write(engine, t[tables.FACT_OPPORTUNITY], preds)
+    writer.write(engine, t[tables.DIM_SELLER], _careless_sellers())
+    writer.write(engine, t[tables.DIM_MODEL_VERSION], registry)
+    for frame in history:
+        writer.write(engine, t[tables.FACT_PREDICTION_HISTORY], frame[rf.HISTORY_COLUMNS], mode="append")
+
+
+def test_views_match_pandas(engine, scored_frames):
+    first, second = scored_frames["first"], scored_frames["second"]
+    registry = _registry([first, second])
+    _write_all(engine, second, registry, [first, second])
+    assert views.refresh(engine, S) == list(views.NAMES)
+
+    closed = views.read(engine, views.CLOSED_BY_RESULT).set_index("result")
+    rf.assert_frames_close(closed, rf.expected_closed(second), "closed by result")
+
+    pipeline = views.read(engine, views.OPEN_PIPELINE)
+    want = rf.expected_pipeline(second)
+    assert len(want) >= 3, "the fixture should spread open opportunities over several horizons"
+    rf.assert_frames_close(pipeline.set_index("horizon_order"), want, "open pipeline")
+    assert set(pipeline["period_rule"]) == {views.PERIOD_RULE}
+    assert pd.Timestamp(pipeline["as_of"].max()).replace(tzinfo=None) == \
+        pd.Timestamp(second["scored_at"].max()).tz_convert("UTC").replace(tzinfo=None)
+    assert dict(zip(pipeline["horizon_order"], pipeline["horizon"]))[2] == "next 3 months"
+
+    by_month = views.read(engine, views.EXPECTED_BY_CLOSE_MONTH)
+    assert (by_month["close_month_key"] == by_month["close_year"] * 100 + by_month["close_month"]).all()
+    rf.assert_frames_close(by_month.set_index("close_month_key"), rf.expected_by_month(second), "by close month")
+
+    region = views.read(engine, views.EXPECTED_BY_REGION).set_index("region")
+    rf.assert_frames_close(region, rf.expected_by_region(second), "by region")
+
+    matrix = views.read(engine, views.SELLER_STAGE_MATRIX).set_index(["seller", "seller_name", "stage"])
+    rf.assert_frames_close(matrix, rf.expected_matrix(second, rf.sellers_frame()), "seller x stage")
+    assert "Sofía Herrera" in set(matrix.index.get_level_values("seller_name"))  # accents survive every dialect
+
+    quality = views.read(engine, views.MODEL_QUALITY).set_index("model_version")
+    for preds, entry in zip((first, second), registry.itertuples()):
+        row = quality.loc[entry.model_version]
+        assert row["predictions_recorded"] == len(preds)
+        assert row["roc_auc"] == pytest.approx(entry.roc_auc, rel=1e-12)  # DOUBLE everywhere, not FLOAT
+        assert bool(row["is_current"]) == entry.is_current
+    assert quality["predictions_recorded"].sum() == len(first) + len(second)
+
+    # No password or hash, as a column or a value, in any table.
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        for name in tables.all_tables(sa.MetaData(), S):
+            columns = [c["name"].lower() for c in inspector.get_columns(name)]
+            assert not [c for c in columns if "pass" in c or "hash" in c], name
+            values = writer.read_table(engine, name).astype(str)
+            assert not values.apply(lambda col: col.str.contains("argon2|plain-demo")).any().any(), name
+
+    # The dashboard reads the same views: its headline is the pipeline's sum.
+    figs = dashboard.figures(engine)
+    assert figs["pipeline"]["expected_tcv"] == pytest.approx(want["expected_tcv"].sum(), rel=1e-9)
+    assert figs["matrix"]["opportunities"] == int((second["outcome"] == "open").sum())
+
+
+def test_writes_are_idempotent_and_the_history_appends_once(engine, scored_frames):
+    first, second = scored_frames["first"], scored_frames["second"]
+    t = tables.all_tables(sa.MetaData(), S)
+    fact, history = t[tables.FACT_OPPORTUNITY], t[tables.FACT_PREDICTION_HISTORY]
+    for _ in range(2):
+        writer.write(engine, fact, first)
+    assert writer.count_rows(engine, fact.name) == len(first)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count(sa.distinct(fact.c[S.id])))).scalar_one() == len(first)
+
+    results = [writer.write(engine, history, first[rf.HISTORY_COLUMNS], mode="append") for _ in range(2)]
+    assert [r["inserted"] for r in results] == [len(first), 0]
+    assert results[1]["skipped"] == len(first)
+    assert writer.count_rows(engine, history.name) == len(first)
+
+    # A sensor-style batch: a few opportunities rescored later are appended; the rest is untouched.
+    later = second.head(25).copy()
+    writer.write(engine, history, later[rf.HISTORY_COLUMNS], mode="append")
+    writer.write(engine, history, later[rf.HISTORY_COLUMNS], mode="append")
+    assert writer.count_rows(engine, history.name) == len(first) + 25
+    writer.write(engine, fact, later, mode="upsert")
+    stored = writer.read_table(engine, fact.name).set_index(S.id)
+    assert len(stored) == len(first)
+    assert (stored.loc[later[S.id], "model_version"] == later["model_version"].iloc[0]).all()
+    assert (stored.drop(index=later[S.id])["model_version"] == first["model_version"].iloc[0]).all()
+
+
+def test_a_failed_write_leaves_the_previous_rows_and_views(engine, scored_frames):
+    first, second = scored_frames["first"], scored_frames["second"]
+    _write_all(engine, first, _registry([first]), [first])
+    views.refresh(engine, S)
+    before = views.read(engine, views.OPEN_PIPELINE)["expected_tcv"].sum()
+
+    broken = second.copy()
+    broken.loc[broken.index[-1], S.id] = broken[S.id].iloc[0]  # a duplicate key at the very end
+    fact = tables.fact_opportunity(sa.MetaData(), S)
+    with pytest.raises(writer.WriteFailed, match="rolled back"):
+        writer.write(engine, fact, broken)
+    stored = writer.read_table(engine, fact.name)
+    assert len(stored) == len(first)
+    assert set(stored["model_version"]) == {first["model_version"].iloc[0]}
+    assert views.read(engine, views.OPEN_PIPELINE)["expected_tcv"].sum() == pytest.approx(before, rel=1e-12)
+
+
+def test_rebuilding_a_table_recreates_the_views_that_read_it(engine, scored_frames):
+    first = scored_frames["first"]
+    _write_all(engine, first, _registry([first]), [first])
+    views.refresh(engine, S)
+    # The same data under a schema with one input field fewer: the fact table's columns change.
+    lean = DatasetSchema.from_dict({**S.to_dict(), "numeric": [c for c in S.numeric if c != "edad_oferta"]})
+    narrower = first.drop(columns=["edad_oferta"])
+    result = writer.write(engine, tables.fact_opportunity(sa.MetaData(), lean), narrower, schema=lean)
+    assert result["table"] == "rebuilt"
+    assert result["views_recreated"] == sorted(views.dependents(tables.FACT_OPPORTUNITY))
+    with engine.connect() as conn:
+        assert views.existing(conn) == set(views.NAMES)
+        assert "edad_oferta" not in {c["name"] for c in sa.inspect(conn).get_columns(tables.FACT_OPPORTUNITY)}
+    region = views.read(engine, views.EXPECTED_BY_REGION).set_index("region")
+    rf.assert_frames_close(region, rf.expected_by_region(first), "by region after the rebuild")
+
+
+def test_non_ascii_text_round_trips(engine):
+    sellers = rf.sellers_frame()
+    sellers.loc[0, ["first_name", "last_name", "full_name"]] = ["Zoë", "Ñúñez-Ærø", "Zoë Ñúñez-Ærø"]
+    writer.write(engine, tables.dim_seller(sa.MetaData()), sellers)
+    stored = writer.read_table(engine, tables.DIM_SELLER).set_index("numero_vendedor")
+    assert stored.loc["NV-0", "full_name"] == "Zoë Ñúñez-Ærø"
+    assert stored.loc["NV-4", "full_name"] == "Sofía Herrera"
+
+
+def test_append_only_history_is_never_dropped(sqlite_url):
+    engine = make_engine(sqlite_url)
+    legacy = sa.Table(tables.FACT_PREDICTION_HISTORY, sa.MetaData(), sa.Column("opportunity_id", sa.String(64)))
+    legacy.create(engine)
+    with pytest.raises(SalespredError, match="append-only"):
+        writer.write(engine, tables.fact_prediction_history(sa.MetaData()), pd.DataFrame(), mode="append")
+    assert sa.inspect(engine).has_table(tables.FACT_PREDICTION_HISTORY)
+    with pytest.raises(SalespredError, match="unknown write mode"):
+        writer.write(engine, tables.dim_seller(sa.MetaData()), rf.sellers_frame(), mode="merge")
