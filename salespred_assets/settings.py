@@ -7,6 +7,8 @@ Every setting has one name, read here and nowhere else:
 - ``SALESPRED_SQL_URL``    any SQLAlchemy URL; unset: SQLite file under ``SALESPRED_HOME``
 - ``SALESPRED_HOME``       state directory (embedded data, Dagster instance); default ``.salespred/``
 - ``SALESPRED_ENV``        ``local`` (embedded defaults allowed) or ``production`` (all URLs required)
+- ``SALESPRED_SECRET_KEY`` signs the seller app's sessions; unset and local: generated once into
+  ``$SALESPRED_HOME/secret_key`` (mode 0600); required in production
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ ENV_REDIS = "SALESPRED_REDIS_URL"
 ENV_SQL = "SALESPRED_SQL_URL"
 ENV_HOME = "SALESPRED_HOME"
 ENV_ENV = "SALESPRED_ENV"
+ENV_SECRET_KEY = "SALESPRED_SECRET_KEY"
 
 _loaded = False
 

@@ -1,0 +1,164 @@
+"""The REST API under /api: what the pages do, for a native (Flutter) client. OpenAPI at /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import redis as redis_lib
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from salespred_assets.app import auth, opportunities
+from salespred_assets.app.auth import LoginRefused, Viewer
+from salespred_assets.app.context import AppContext, Unavailable
+from salespred_assets.app.models import (
+    CaptureOut,
+    ErrorOut,
+    LoginIn,
+    OpportunityIn,
+    OpportunityList,
+    PredictionOut,
+    SellerOut,
+    TokenOut,
+)
+from salespred_assets.core.schema import CODE_SETS
+
+router = APIRouter(prefix="/api")
+bearer = HTTPBearer(auto_error=False, description="A token from POST /api/auth/token")
+M = TypeVar("M", bound=BaseModel)
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"}}
+INVALID: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut, "description": "Bad input: a message for each field; nothing was written"}}
+DOWN: dict[int | str, dict[str, Any]] = {503: {"model": ErrorOut, "description": "MongoDB (or Redis, for tokens) is unavailable; nothing was written"}}
+MISSING: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown, or another seller's opportunity (the same answer)"}}
+
+
+def ctx_of(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body that the endpoint parses itself (strictly, from the raw JSON)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def parse(request: Request, model: type[M]) -> M:
+    """Validate the raw JSON body strictly: ``"12"`` is not a number, unknown keys are refused."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw or b"", strict=True)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from exc
+
+
+def api_viewer(request: Request,
+               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Viewer:
+    ctx = ctx_of(request)
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise HTTPException(401, "missing bearer token: get one from POST /api/auth/token", headers=challenge)
+    try:
+        number = ctx.tokens.resolve(credentials.credentials)
+    except redis_lib.RedisError as exc:
+        raise Unavailable("Redis", f"the token store cannot be read ({exc}); try again shortly") from exc
+    viewer = auth.load_viewer(ctx.mongo, number) if number else None
+    if viewer is None:
+        raise HTTPException(401, "invalid, expired or revoked token: log in again at POST /api/auth/token",
+                            headers=challenge)
+    request.state.token = credentials.credentials
+    return viewer
+
+
+ViewerDep = Annotated[Viewer, Depends(api_viewer)]
+
+
+# ---- auth ---------------------------------------------------------------------------------------
+@router.post("/auth/token", response_model=TokenOut, tags=["auth"], openapi_extra=json_body(LoginIn),
+             responses={401: {"model": ErrorOut, "description": "Wrong username or password"},
+                        429: {"model": ErrorOut, "description": "Too many failed logins; see Retry-After"},
+                        **INVALID, **DOWN})
+async def issue_token(request: Request) -> TokenOut:
+    """Log in with a seller's username and password; returns a bearer token that expires."""
+    ctx = ctx_of(request)
+    body = await parse(request, LoginIn)
+    client = request.client.host if request.client else "unknown"
+    try:
+        number = await run_in_threadpool(auth.login, ctx.mongo, ctx.limiter, body.username, body.password, client)
+    except LoginRefused as exc:
+        if exc.retry_after:
+            raise HTTPException(429, f"too many failed logins for this user or from this address; try again in "
+                                     f"{exc.retry_after} s", headers={"Retry-After": str(exc.retry_after)}) from exc
+        raise HTTPException(401, "wrong username or password", headers={"WWW-Authenticate": "Bearer"}) from exc
+    try:
+        token = await run_in_threadpool(ctx.tokens.issue, number)
+    except redis_lib.RedisError as exc:
+        raise Unavailable("Redis", f"tokens cannot be issued ({exc}); the web pages still work") from exc
+    viewer = await run_in_threadpool(auth.load_viewer, ctx.mongo, number)
+    if viewer is None:  # removed between the password check and now
+        raise HTTPException(401, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
+    return TokenOut(access_token=token, expires_in=ctx.tokens.ttl_s, seller=SellerOut(**viewer.public()))
+
+
+@router.delete("/auth/token", status_code=204, tags=["auth"], responses={**UNAUTHORIZED, **DOWN})
+def revoke_token(request: Request, viewer: ViewerDep) -> Response:
+    """Revoke the token this request carries (log out)."""
+    ctx_of(request).tokens.revoke(request.state.token)
+    return Response(status_code=204)
+
+
+@router.get("/me", response_model=SellerOut, tags=["auth"], responses={**UNAUTHORIZED})
+def me(viewer: ViewerDep) -> SellerOut:
+    """The logged-in seller, their role and the seller numbers they may see."""
+    return SellerOut(**viewer.public())
+
+
+@router.get("/codes", tags=["opportunities"])
+def codes() -> dict[str, list[str]]:
+    """The codes each dropdown offers (business units, types, regions, territories, industries, lead sources)."""
+    return CODE_SETS
+
+
+# ---- opportunities ------------------------------------------------------------------------------
+@router.post("/opportunities", status_code=201, response_model=CaptureOut, tags=["opportunities"],
+             openapi_extra=json_body(OpportunityIn),
+             responses={**UNAUTHORIZED, **INVALID, **DOWN,
+                        409: {"model": ErrorOut, "description": "The loaded data does not use the capture shape"}})
+async def create_opportunity(request: Request, response: Response, viewer: ViewerDep) -> dict[str, Any]:
+    """Capture an opportunity and predict it at once.
+
+    The server sets the number (from an atomic counter), the creation date (today), the stage (S1),
+    the seller (you) and the offer age (days from today to the close date). The prediction comes from
+    the current model and is written to the Redis cache; if it cannot be made, the opportunity is still
+    stored and `prediction_error` says why.
+    """
+    body = await parse(request, OpportunityIn)
+    result = await run_in_threadpool(opportunities.capture, ctx_of(request), viewer, body)
+    response.headers["Location"] = f"/api/opportunities/{result.number}"
+    return result.body()
+
+
+@router.get("/opportunities", response_model=OpportunityList, tags=["opportunities"],
+            responses={**UNAUTHORIZED, **DOWN})
+def list_opportunities(request: Request, viewer: ViewerDep,
+                       limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                       offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> dict[str, Any]:
+    """The opportunities you may see (yours, or your team's), newest first."""
+    items, total = opportunities.listing(ctx_of(request), viewer, limit, offset)
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/opportunities/{number}", tags=["opportunities"], responses={**UNAUTHORIZED, **MISSING, **DOWN})
+def get_opportunity(request: Request, number: str, viewer: ViewerDep) -> dict[str, Any]:
+    """One opportunity's document, if you may see it."""
+    return opportunities.visible(ctx_of(request), viewer, number)
+
+
+@router.get("/opportunities/{number}/prediction", response_model=PredictionOut, tags=["opportunities"],
+            responses={**UNAUTHORIZED, **MISSING, **DOWN})
+def get_prediction(request: Request, number: str, viewer: ViewerDep) -> dict[str, Any]:
+    """Likely won or lost: from the Redis cache when present, else scored now by the current model."""
+    value, source = opportunities.prediction(ctx_of(request), viewer, number)
+    return {"numero_opportunidad": number, "source": source, "prediction": value}

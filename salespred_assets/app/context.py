@@ -1,0 +1,38 @@
+"""What every request needs: the databases, the session and token machinery, the app's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from salespred_assets.app.auth import LoginLimiter, Sessions, TokenStore
+from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.redis_cache.resource import RedisResource
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class AppContext:
+    mongo: MongoResource
+    redis: RedisResource
+    sessions: Sessions
+    tokens: TokenStore
+    limiter: LoginLimiter
+    secure_cookies: bool = False
+
+
+class Unavailable(Exception):
+    """A backing service failed; the request is answered 503 and nothing was written."""
+
+    def __init__(self, service: str, detail: str) -> None:
+        self.service = service
+        self.detail = detail
+        super().__init__(f"{service} is unavailable: {detail}")
+
+
+class NotFound(Exception):
+    """Unknown, or not visible to the caller: both look the same from outside (404, never 403)."""
+
+
+class CaptureRefused(Exception):
+    """Capture cannot work with the loaded data contract (409)."""

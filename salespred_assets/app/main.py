@@ -1,0 +1,210 @@
+"""The seller app: server-rendered pages for phones, and the same features as a REST API under /api.
+
+``salespred serve`` runs :func:`create_app` with uvicorn. Configuration comes from the environment
+(``SALESPRED_MONGO_URI``, ``SALESPRED_REDIS_URL``, ``SALESPRED_SECRET_KEY``; embedded services when
+unset and local). Tests pass their own resources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pymongo.errors
+import redis as redis_lib
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from salespred_assets import services, settings
+from salespred_assets.app import api, auth, dashboard, pages
+from salespred_assets.app.context import (
+    MAX_BODY_BYTES,
+    AppContext,
+    CaptureRefused,
+    NotFound,
+    Unavailable,
+)
+from salespred_assets.app.models import field_errors
+from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.redis_cache.resource import RedisResource
+
+log = logging.getLogger("salespred.app")
+HERE = Path(__file__).resolve().parent
+DESCRIPTION = """Sellers log in, capture opportunities and see at once whether each is likely won or lost, with
+the probability, a 1-99 score, a grade and the top reasons. Log in at `POST /api/auth/token`, then send
+`Authorization: Bearer <token>`. Field names are those of the MongoDB documents (Spanish).
+
+Errors: `401` no or bad token; `404` unknown or not yours (the same answer); `422` bad input, with a
+message for each field in `errors`; `429` too many failed logins (see `Retry-After`); `503` MongoDB or
+Redis unavailable, nothing was written."""
+
+
+def create_app(mongo: MongoResource | None = None, redis: RedisResource | None = None, secret: str | None = None,
+               *, token_ttl_s: int = 8 * 3600, session_ttl_s: int = 12 * 3600,
+               login_limits: tuple[int, int, int] = (5, 20, 900)) -> FastAPI:
+    """The app. ``login_limits`` = (failures per user, failures per client address, window in seconds)."""
+    settings.load_environment()
+    production = settings.environment() == "production"
+    secret = secret or auth.secret_key()  # first: in production a missing key stops here
+    mongo = mongo or MongoResource(uri=services.resolve("mongo"), timeout_ms=3000)
+    redis = redis or RedisResource(url=services.resolve("redis"), timeout_s=2.0)
+    per_user, per_client, window = login_limits
+    ctx = AppContext(
+        mongo=mongo, redis=redis,
+        sessions=auth.Sessions(secret, redis, ttl_s=session_ttl_s),
+        tokens=auth.TokenStore(redis, ttl_s=token_ttl_s),
+        limiter=auth.LoginLimiter(redis, per_user=per_user, per_client=per_client, window_s=window),
+        secure_cookies=production,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            mongo.ensure_indexes()
+        except pymongo.errors.PyMongoError as exc:
+            log.warning("could not ensure MongoDB indexes at start (%s); requests will answer 503 until it is up",
+                        str(exc).splitlines()[0][:200])
+        yield
+
+    app = FastAPI(title="salespred seller app", version="1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.ctx = ctx
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.include_router(dashboard.router)  # /dashboard for managers (reporting views)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> JSONResponse:
+        """Whether MongoDB and Redis answer (503 when MongoDB does not: nothing works without it)."""
+        status = {}
+        for name, check in (("mongo", mongo.ping), ("redis", redis.ping)):
+            try:
+                check()
+                status[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                status[name] = f"unavailable: {str(exc)[:200]}"
+        return JSONResponse(status, status_code=200 if status["mongo"] == "ok" else 503)
+
+    _install_handlers(app)
+    app.add_middleware(HttpGuard)
+    return app
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api") or request.url.path in ("/healthz", "/openapi.json")
+
+
+def _error(request: Request, status: int, detail: str, page_key: str, headers: dict[str, str] | None = None,
+           **params: str) -> Response:
+    if _is_api(request):
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    response = pages.render(request, "error.html", status, message=page_key, params=params)
+    response.headers.update(headers or {})
+    return response
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = field_errors(list(exc.errors()))
+        summary = "invalid input: " + "; ".join(f"{k}: {v}" for k, v in list(errors.items())[:5])
+        return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
+
+    @app.exception_handler(pymongo.errors.ConnectionFailure)
+    async def mongo_down(request: Request, exc: pymongo.errors.ConnectionFailure) -> Response:
+        log.warning("MongoDB unavailable: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        return _error(request, 503, "MongoDB is unavailable; nothing was written. Try again shortly.",
+                      "error.unavailable", {"Retry-After": "5"}, service="MongoDB")
+
+    @app.exception_handler(redis_lib.RedisError)
+    async def redis_down(request: Request, exc: redis_lib.RedisError) -> Response:
+        log.warning("Redis unavailable: %s", exc)
+        return _error(request, 503, "Redis is unavailable. Try again shortly.", "error.unavailable",
+                      {"Retry-After": "5"}, service="Redis")
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, exc: Unavailable) -> Response:
+        return _error(request, 503, str(exc), "error.unavailable", {"Retry-After": "5"}, service=exc.service)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> Response:
+        return _error(request, 404, "no such opportunity, or not yours to see", "error.not_found")
+
+    @app.exception_handler(CaptureRefused)
+    async def refused(request: Request, exc: CaptureRefused) -> Response:
+        return _error(request, 409, str(exc), "capture.unavailable", reason=str(exc))
+
+    @app.exception_handler(pages.LoginRequired)
+    async def login_required(request: Request, exc: pages.LoginRequired) -> Response:
+        target = pages.local_path(request.url.path, "/opportunities/new")
+        return RedirectResponse(f"/login?next={target}", status_code=303)
+
+    @app.exception_handler(pages.CsrfFailed)
+    async def csrf_failed(request: Request, exc: pages.CsrfFailed) -> Response:
+        return _error(request, 403, "the form's CSRF token is missing or wrong", "error.csrf")
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> Response:
+        return JSONResponse({"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_api(request) or exc.status_code != 404:
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return _error(request, 404, str(exc.detail), "error.not_found")
+
+
+# ---- middleware ---------------------------------------------------------------------------------------
+class BodyTooLarge(Exception):
+    pass
+
+
+class HttpGuard:
+    """Every HTTP response gets security headers (no sniffing, no framing, no referrers leaving the site;
+    pages load only their own files), and request bodies over ``MAX_BODY_BYTES``, declared or streamed,
+    are refused before anything parses them."""
+
+    CSP = b"default-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+               (b"referrer-policy", b"same-origin"))
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        docs = scope["path"].startswith(("/docs", "/redoc"))  # Swagger UI loads its script from a CDN
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS,
+                                      *([] if docs else [(b"content-security-policy", self.CSP)])]
+            await send(message)
+
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            response = JSONResponse({"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes"},
+                                    status_code=413)
+            await response(scope, receive, with_headers)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_BODY_BYTES:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, limited, with_headers)

@@ -1,0 +1,216 @@
+"""Request and response bodies, and the field-level messages for bad input.
+
+Every request model forbids unknown fields, so ``$``-prefixed or dotted keys and operator objects
+(``{"acv": {"$gt": 0}}``) never reach MongoDB: they fail validation as unknown fields or wrong types.
+The API validates JSON strictly (``"12"`` is not a number); the pages' forms, whose values are all
+text, are validated leniently by the same model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from salespred_assets.app.i18n import translate
+from salespred_assets.core.schema import CODE_SETS
+
+CLIENT_PATTERN = r"^CL-[0-9]{1,12}$"
+MAX_AMOUNT = 1e12          # USD; the reference data's largest TCV is 4.9e8
+MAX_YEARS = 50
+MAX_CLOSE_YEARS = 10       # a close date further out than this is a typo
+CODE_FIELDS = tuple(CODE_SETS)
+
+
+def today() -> dt.date:
+    return dt.date.today()
+
+
+class OpportunityIn(BaseModel):
+    """An opportunity as a seller captures it. The server adds the number, stage, seller and dates."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"example": {
+        "cliente": "CL-00042", "unidad_negocio": "BU-04", "tipos": "TY-00", "regiones": "RE-02",
+        "territorios": "TE-09", "industrias": "IN-23", "lead_source": "LS-06", "acv": 48000.0,
+        "contract_years": 2, "margen_ganancia": 0.18, "fecha_cierre_oportunidad": "2030-06-30"}})
+
+    cliente: str = Field(max_length=16, pattern=CLIENT_PATTERN,
+                         description="Client code: `CL-` and digits; stored zero-padded to 5 digits (CL-42 -> CL-00042)")
+    unidad_negocio: str = Field(max_length=8, description="Business unit, one of BU-00 .. BU-10")
+    tipos: str = Field(max_length=8, description="Opportunity type, one of TY-00 .. TY-05")
+    regiones: str = Field(max_length=8, description="Region, one of RE-00 .. RE-03")
+    territorios: str = Field(max_length=8, description="Territory, one of TE-00 .. TE-15")
+    industrias: str = Field(max_length=8, description="Client industry, one of IN-00 .. IN-64")
+    lead_source: str = Field(max_length=8, description="Lead source, one of LS-00 .. LS-35")
+    acv: float = Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="Annual contract value, USD")
+    contract_years: int | None = Field(
+        default=None, ge=1, le=MAX_YEARS,
+        description="Contract years (the capture form's 'Años'); only used to compute TCV = ACV x years when "
+                    "`tcv` is omitted. Not stored.")
+    tcv: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False, validate_default=True,
+                              description="Total contract value, USD; at least ACV. Omit it to use ACV x contract_years")
+    margen_ganancia: float = Field(ge=0, le=1, allow_inf_nan=False, description="Profit margin, a fraction in [0, 1]")
+    fecha_cierre_oportunidad: dt.date = Field(description="Expected close date, YYYY-MM-DD, today or later")
+
+    @field_validator("cliente")
+    @classmethod
+    def _pad_client(cls, value: str) -> str:
+        return f"CL-{int(value[3:]):05d}"
+
+    @field_validator(*CODE_FIELDS)
+    @classmethod
+    def _known_code(cls, value: str, info: ValidationInfo) -> str:
+        codes = CODE_SETS[str(info.field_name)]
+        if value not in codes:
+            raise PydanticCustomError("code_unknown", "unknown code; choose one of {first} .. {last}",
+                                      {"first": codes[0], "last": codes[-1]})
+        return value
+
+    @field_validator("tcv")
+    @classmethod
+    def _tcv(cls, value: float | None, info: ValidationInfo) -> float | None:
+        acv, years = info.data.get("acv"), info.data.get("contract_years")
+        if value is None:
+            if acv is not None and years is not None:
+                return float(acv) * years
+            if "acv" in info.data and "contract_years" in info.data:  # both valid, years not given
+                raise PydanticCustomError("tcv_missing", "required (or give contract_years to compute it as ACV x years)")
+            return None  # the error on acv or contract_years says what to fix
+        if acv is not None and value < acv:
+            raise PydanticCustomError(
+                "tcv_below_acv", "TCV (the whole contract) must be greater than or equal to ACV (one year)")
+        return value
+
+    @field_validator("fecha_cierre_oportunidad")
+    @classmethod
+    def _close_date(cls, value: dt.date) -> dt.date:
+        now = today()
+        if value < now:
+            raise PydanticCustomError("date_past", "must be today ({today}) or later", {"today": now.isoformat()})
+        latest = now.replace(year=now.year + MAX_CLOSE_YEARS) if not (now.month == 2 and now.day == 29) \
+            else now.replace(year=now.year + MAX_CLOSE_YEARS, day=28)
+        if value > latest:
+            raise PydanticCustomError("date_too_far", "must be {latest} at the latest", {"latest": latest.isoformat()})
+        return value
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class SellerOut(BaseModel):
+    numero_vendedor: str
+    username: str
+    first_name: str
+    last_name: str
+    title: str
+    role: str = Field(description="`manager` (sees the team) or `seller` (sees own opportunities)")
+    team: list[str] = Field(description="Seller numbers whose opportunities this seller may see")
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="Seconds until the token expires")
+    seller: SellerOut
+
+
+class Factor(BaseModel):
+    feature: str
+    label: str
+    value: Any = None
+    effect: float = Field(description="Change in the forest's win probability this feature caused")
+
+
+class Prediction(BaseModel):
+    probability: float = Field(description="Calibrated probability of winning, 0..1")
+    predicted_won: bool = Field(description="True: likely won; False: likely lost (the model's threshold)")
+    score: int = Field(description="1..99")
+    grade: str = Field(description="A (>= 0.75), B (>= 0.50), C (>= 0.25) or D")
+    factors_for: list[Factor] = []
+    factors_against: list[Factor] = []
+    model_version: str
+    scored_at: str | None = None
+
+
+class PredictionOut(BaseModel):
+    numero_opportunidad: str
+    source: str = Field(description="`cache` (Redis) or `model` (scored now and written to the cache)")
+    prediction: Prediction
+
+
+class CaptureOut(BaseModel):
+    numero_opportunidad: str
+    opportunity: dict[str, Any] = Field(description="The document as stored in MongoDB (without `_id`)")
+    prediction: Prediction | None
+    prediction_source: str = Field(description="`model`, or `unavailable` (then see `prediction_error`)")
+    prediction_error: str | None = None
+
+
+class OpportunityList(BaseModel):
+    items: list[dict[str, Any]]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    errors: dict[str, str] | None = Field(default=None, description="A message for each field that failed")
+
+
+# ---- messages -----------------------------------------------------------------------------------
+_TYPES = {
+    "missing": "err.missing",
+    "string_type": "err.string_type",
+    "float_type": "err.float_type", "float_parsing": "err.float_type",
+    "int_type": "err.int_type", "int_parsing": "err.int_type", "int_from_float": "err.int_type",
+    "finite_number": "err.finite_number",
+    "greater_than_equal": "err.ge", "greater_than": "err.ge",
+    "less_than_equal": "err.le", "less_than": "err.le",
+    "string_too_long": "err.too_long", "string_too_short": "err.missing",
+    "date_type": "err.date_type", "date_parsing": "err.date_type", "date_from_datetime_parsing": "err.date_type",
+    "date_from_datetime_inexact": "err.date_type",
+    "string_pattern_mismatch": "err.client_pattern",
+    "code_unknown": "err.code_unknown", "date_past": "err.date_past", "date_too_far": "err.date_too_far",
+    "tcv_below_acv": "err.tcv_below_acv", "tcv_missing": "err.tcv_missing",
+    "model_type": "err.body", "model_attributes_type": "err.body", "dict_type": "err.body",
+    "json_invalid": "err.json_invalid", "json_type": "err.body",
+}
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
+def field_errors(errors: Sequence[Mapping[str, Any]], lang: str = "en") -> dict[str, str]:
+    """One message per field (several joined) from pydantic's errors, in ``lang``."""
+    out: dict[str, list[str]] = {}
+    for err in errors:
+        loc = [str(p) for p in err.get("loc") or ()]
+        if len(loc) > 1 and loc[0] in _LOCATIONS:
+            loc = loc[1:]
+        field = ".".join(loc)[:64] or "body"
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            name = loc[-1] if loc else ""
+            key = "err.operator_key" if name.startswith("$") or "." in name else "err.extra"
+        else:
+            key = _TYPES.get(kind, "")
+        ctx = {k: _plain(v) for k, v in (err.get("ctx") or {}).items() if isinstance(v, (str, int, float))}
+        if key:
+            message = translate(lang, key, **ctx)
+        else:
+            message = str(err.get("msg") or "invalid value") if lang == "en" else translate(lang, "err.other")
+        out.setdefault(field, [])
+        if message not in out[field]:
+            out[field].append(message)
+    return {k: " ".join(v) for k, v in out.items()}
+
+
+def _plain(value: str | float) -> str | int | float:
+    """1.0 -> 1 and 1e12 -> 1000000000000 in messages."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value

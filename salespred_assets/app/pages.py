@@ -1,0 +1,211 @@
+"""Server-rendered pages: log in, capture, validate (look up) and list opportunities. No JavaScript."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from salespred_assets.app import auth, i18n, opportunities
+from salespred_assets.app.auth import LoginRefused, Sessions, Viewer
+from salespred_assets.app.context import AppContext, Unavailable
+from salespred_assets.app.models import LoginIn, OpportunityIn, field_errors
+from salespred_assets.core.schema import CODE_SETS
+from salespred_assets.mongo.model_store import NoModel
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+def _number(value: Any) -> Any:
+    """48000.0 -> 48000; 8.23694 -> 8.2369; text as it is."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < 1e15 else round(value, 4)
+    return value
+
+
+templates.env.filters["num"] = _number
+PAGE_SIZE = 20
+FORM_FIELDS = ["cliente", "unidad_negocio", "tipos", "regiones", "territorios", "industrias", "lead_source",
+               "acv", "contract_years", "tcv", "margen_ganancia", "fecha_cierre_oportunidad"]
+DETAIL_FIELDS = ["numero_opportunidad", "cliente", "unidad_negocio", "tipos", "regiones", "territorios", "industrias",
+                 "lead_source", "acv", "tcv", "margen_ganancia", "fecha_creacion_oportunidad",
+                 "fecha_cierre_oportunidad", "edad_oferta", "etapas", "numero_vendedor"]
+
+
+class LoginRequired(Exception):
+    """The page needs a session; answered with a redirect to /login."""
+
+
+class CsrfFailed(Exception):
+    """A form came without this session's token (403)."""
+
+
+def lang_of(request: Request) -> str:
+    return i18n.pick(request.cookies.get(i18n.COOKIE))
+
+
+def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    lang = lang_of(request)
+    base = {"t": i18n.Translator(lang), "lang": lang, "languages": i18n.LANGUAGES, "viewer": None, "csrf": "",
+            "here": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
+    return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
+
+
+def local_path(value: str | None, default: str) -> str:
+    """Only same-site paths are followed after login or a language switch (no open redirects)."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return default
+
+
+def page_viewer(request: Request) -> Viewer:
+    ctx: AppContext = request.app.state.ctx
+    session = ctx.sessions.read(request.cookies.get(Sessions.COOKIE))
+    viewer = auth.load_viewer(ctx.mongo, session["sub"]) if session else None
+    if session is None or viewer is None:
+        raise LoginRequired()
+    request.state.sid = session["sid"]
+    return viewer
+
+
+async def viewer_for(request: Request) -> Viewer:
+    return await run_in_threadpool(page_viewer, request)
+
+
+def page_context(request: Request, viewer: Viewer) -> dict[str, Any]:
+    ctx: AppContext = request.app.state.ctx
+    return {"viewer": viewer, "csrf": ctx.sessions.csrf(request.state.sid)}
+
+
+async def checked_form(request: Request) -> dict[str, str]:
+    """The form's text fields, after checking this session's CSRF token."""
+    ctx: AppContext = request.app.state.ctx
+    fields = await text_form(request)
+    if not ctx.sessions.csrf_ok(request.state.sid, fields.pop("csrf", None)):
+        raise CsrfFailed()
+    return fields
+
+
+async def text_form(request: Request) -> dict[str, str]:
+    """The form's text fields (file parts are ignored)."""
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+# ---- log in / out, language ---------------------------------------------------------------------
+@router.get("/")
+async def home(request: Request) -> Response:
+    ctx: AppContext = request.app.state.ctx
+    logged_in = ctx.sessions.read(request.cookies.get(Sessions.COOKIE)) is not None
+    return RedirectResponse("/opportunities/new" if logged_in else "/login", status_code=303)
+
+
+@router.get("/login")
+async def login_form(request: Request, next: str = "/opportunities/new") -> Response:
+    return render(request, "login.html", next=local_path(next, "/opportunities/new"))
+
+
+@router.post("/login")
+async def login_submit(request: Request) -> Response:
+    ctx: AppContext = request.app.state.ctx
+    form = await text_form(request)
+    target = local_path(form.get("next"), "/opportunities/new")
+    try:
+        body = LoginIn.model_validate({k: form.get(k) for k in ("username", "password")})
+    except ValidationError:
+        return render(request, "login.html", 401, error="login.wrong", username=form.get("username", "")[:64],
+                      next=target)
+    client = request.client.host if request.client else "unknown"
+    try:
+        number = await run_in_threadpool(auth.login, ctx.mongo, ctx.limiter, body.username, body.password, client)
+    except LoginRefused as exc:
+        if exc.retry_after:
+            limited = render(request, "login.html", 429, error="login.limited", seconds=exc.retry_after,
+                             username=body.username, next=target)
+            limited.headers["Retry-After"] = str(exc.retry_after)
+            return limited
+        return render(request, "login.html", 401, error="login.wrong", username=body.username, next=target)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(Sessions.COOKIE, ctx.sessions.issue(number), max_age=ctx.sessions.ttl_s, httponly=True,
+                        samesite="lax", secure=ctx.secure_cookies)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    ctx: AppContext = request.app.state.ctx
+    await viewer_for(request)
+    await checked_form(request)
+    await run_in_threadpool(ctx.sessions.revoke, request.state.sid)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(Sessions.COOKIE)
+    return response
+
+
+@router.get("/lang/{code}")
+async def switch_language(request: Request, code: str, next: str = "/") -> Response:
+    response = RedirectResponse(local_path(next, "/"), status_code=303)
+    response.set_cookie(i18n.COOKIE, i18n.pick(code), max_age=365 * 24 * 3600, samesite="lax")
+    return response
+
+
+# ---- capture ------------------------------------------------------------------------------------
+@router.get("/opportunities/new")
+async def capture_form(request: Request) -> Response:
+    viewer = await viewer_for(request)
+    return render(request, "capture.html", **page_context(request, viewer), codes=CODE_SETS, values={}, errors={})
+
+
+@router.post("/opportunities/new")
+async def capture_submit(request: Request) -> Response:
+    ctx: AppContext = request.app.state.ctx
+    viewer = await viewer_for(request)
+    fields = await checked_form(request)
+    data = {k: v for k, v in fields.items() if v.strip() != ""}  # an empty box is a missing field
+    try:
+        body = OpportunityIn.model_validate(data)
+    except ValidationError as exc:
+        errors = field_errors(list(exc.errors(include_url=False)), lang_of(request))
+        values = {k: v[:64] for k, v in fields.items() if k in FORM_FIELDS}
+        return render(request, "capture.html", 422, **page_context(request, viewer), codes=CODE_SETS,
+                      values=values, errors=errors)
+    result = await run_in_threadpool(opportunities.capture, ctx, viewer, body)
+    return RedirectResponse(f"/opportunities/{quote(result.number)}?saved=1", status_code=303)
+
+
+# ---- look up ------------------------------------------------------------------------------------
+@router.get("/opportunities")
+async def opportunity_list(request: Request, number: str = "", page: int = 0) -> Response:
+    ctx: AppContext = request.app.state.ctx
+    viewer = await viewer_for(request)
+    if number.strip():
+        return RedirectResponse(f"/opportunities/{quote(number.strip()[:64], safe='')}", status_code=303)
+    page = max(0, min(page, 50_000))
+    items, total = await run_in_threadpool(opportunities.listing, ctx, viewer, PAGE_SIZE, page * PAGE_SIZE)
+    return render(request, "list.html", **page_context(request, viewer), items=items, total=total, page=page,
+                  more=(page + 1) * PAGE_SIZE < total)
+
+
+@router.get("/opportunities/{number}")
+async def opportunity_detail(request: Request, number: str, saved: int = 0) -> Response:
+    ctx: AppContext = request.app.state.ctx
+    viewer = await viewer_for(request)
+    doc = await run_in_threadpool(opportunities.visible, ctx, viewer, number)
+    prediction, source, problem = None, None, None
+    try:
+        prediction, source = await run_in_threadpool(opportunities.prediction, ctx, viewer, number)
+    except (Unavailable, NoModel, ValueError) as exc:
+        problem = exc.detail if isinstance(exc, Unavailable) else str(exc)
+    lang = lang_of(request)
+    reasons = {side: [{**f, "label": i18n.feature_label(lang, f.get("feature", ""), f.get("label", ""))}
+                      for f in (prediction or {}).get(side, [])] for side in ("factors_for", "factors_against")}
+    return render(request, "detail.html", **page_context(request, viewer), number=number, doc=doc,
+                  fields=[f for f in DETAIL_FIELDS if f in doc], prediction=prediction, source=source,
+                  problem=problem, reasons=reasons, saved=bool(saved))
