@@ -267,6 +267,20 @@ def materialize(job_name: str) -> None:
     sys.exit(0 if outcome.ok else 1)
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=APP_PORT, show_default=True, type=click.IntRange(1, 65535))
+def serve(host: str, port: int) -> None:
+    """Serve the seller app: pages for phones and the REST API (OpenAPI at /docs)."""
+    import uvicorn
+
+    from salespred_assets.app.main import create_app
+
+    app = create_app()  # configuration errors (e.g. no secret key in production) stop here, before binding
+    click.echo(f"seller app at http://{host}:{port}  (API docs at /docs)")
+    uvicorn.run(app, host=host, port=port, proxy_headers=True, log_level="info")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)
