@@ -7,6 +7,9 @@ from typing import Any
 
 import dagster as dg
 
+from salespred_assets.core.features import build_features, closed_target, feature_spec
+from salespred_assets.core.model import SearchConfig, WinModel, train
+from salespred_assets.mongo import model_store
 from salespred_assets.mongo.io_manager import MongoModelIOManager
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.io_manager import RedisCacheIOManager
@@ -15,6 +18,18 @@ from salespred_assets.sql.io_manager import SqlIOManager
 from salespred_assets.sql.resource import SqlResource
 
 AS_OF = dt.date(2026, 11, 1)
+
+
+def train_current_model(mongo: MongoResource) -> WinModel:
+    """Train a small forest (fixed parameters, no search) on what MongoDB holds and make it current."""
+    schema = mongo.schema()
+    frame = mongo.read_opportunities(schema).frame
+    closed, y = closed_target(frame, schema)
+    model = train(build_features(frame, schema)[closed.to_numpy()], y, feature_spec(schema),
+                  SearchConfig.preset("fast"), params={"rf__n_estimators": 30, "rf__min_samples_leaf": 3}).model
+    model_store.save(mongo.db, model)
+    model_store.set_current(mongo.db, model.version, "test")
+    return model
 
 
 def build_test_resources(mongo: MongoResource, redis: RedisResource, sql_url: str, storage_dir: str | None = None) -> dict[str, Any]:

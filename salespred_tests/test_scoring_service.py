@@ -6,12 +6,9 @@ import pytest
 
 from salespred_assets import loading, scoring_service
 from salespred_assets.core.documents import records_frame, validate
-from salespred_assets.core.features import build_features, closed_target, feature_spec
-from salespred_assets.core.model import SearchConfig, train
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
 from salespred_assets.redis_cache.resource import RedisResource
-from salespred_tests.helpers import AS_OF
+from salespred_tests.helpers import AS_OF, train_current_model
 
 pytestmark = pytest.mark.integration
 
@@ -19,14 +16,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def trained(mongo):
     loading.seed_synthetic(mongo, 1500, seed=3, as_of=AS_OF)
-    schema = mongo.schema()
-    frame = mongo.read_opportunities(schema).frame
-    closed, y = closed_target(frame, schema)
-    model = train(build_features(frame, schema)[closed.to_numpy()], y, feature_spec(schema),
-                  SearchConfig.preset("fast"), params={"rf__n_estimators": 30, "rf__min_samples_leaf": 3}).model
-    model_store.save(mongo.db, model)
-    model_store.set_current(mongo.db, model.version, "test")
-    return model, frame
+    model = train_current_model(mongo)
+    return model, mongo.read_opportunities(mongo.schema()).frame
 
 
 def test_batch_and_single_scoring_agree(mongo, redis_resource, trained):
