@@ -1,12 +1,22 @@
-"""Reporting: the SQL tables analysts open in Power BI."""
+"""Reporting: the SQL tables and views analysts open in Power BI, and the built-in sales dashboard."""
+
+import os
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from salespred_assets.defs.common import IO_RETRY
-from salespred_assets.sql import tables
+from salespred_assets import dashboard, settings
+from salespred_assets.defs.common import IO_RETRY, md
+from salespred_assets.defs.modeling.assets import production_model
+from salespred_assets.mongo import model_store
+from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.sql import model_versions, tables, views, writer
+from salespred_assets.sql.resource import SqlResource
 
 GROUP = "reporting"
+HISTORY_COLUMNS = ["opportunity_id", "model_version", "scored_at", "probability", "score", "grade", "outcome"]
+DASHBOARD_FILE = "sales_dashboard.html"
 
 
 @dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,
@@ -23,3 +33,72 @@ def dim_seller(sellers: pd.DataFrame) -> pd.DataFrame:
     out = sellers[["numero_vendedor", "username", "first_name", "last_name", "title"]].copy()
     out["full_name"] = (out["first_name"].fillna("") + " " + out["last_name"].fillna("")).str.strip()
     return out
+
+
+@dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,
+          deps=[production_model], metadata={"table": tables.DIM_MODEL_VERSION, "write": "replace"})
+def dim_model_version(mongo: MongoResource) -> dg.Output[pd.DataFrame]:
+    """Every model version in the registry: quality, hyperparameters, whether and when it was promoted."""
+    frame = model_versions.frame(model_store.versions(mongo.db))
+    current = frame.loc[frame["is_current"], "model_version"]
+    return dg.Output(frame, metadata={
+        "versions": len(frame),
+        "current_version": str(current.iloc[0]) if len(current) else "none",
+        "versions_table": md(frame[["model_version", "status", "is_current", "roc_auc", "accuracy"]], max_rows=10),
+    })
+
+
+@dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,
+          metadata={"table": tables.FACT_PREDICTION_HISTORY, "write": "append"})
+def fact_prediction_history(opportunity_predictions: pd.DataFrame) -> pd.DataFrame:
+    """Append-only: this scoring's probability, score and grade per opportunity (recording it twice is a no-op)."""
+    return opportunity_predictions[HISTORY_COLUMNS]
+
+
+@dg.asset(group_name=GROUP, kinds={"sql"}, retry_policy=IO_RETRY,
+          deps=[fact_opportunity, dim_seller, dim_model_version, fact_prediction_history])
+def reporting_views(sql: SqlResource, mongo: MongoResource) -> dg.MaterializeResult:
+    """One SQL view per dashboard tile (closed amounts, open pipeline, by close month, by region,
+    seller x stage, model quality), created or replaced atomically on every dialect."""
+    engine = sql.engine
+    created = views.refresh(engine, mongo.schema())
+    rows = {name: writer.count_rows(engine, name) for name in created}
+    return dg.MaterializeResult(metadata={
+        "dialect": engine.dialect.name,
+        "views": ", ".join(created),
+        "views_left_out": ", ".join(n for n in views.NAMES if n not in created) or "none",
+        "period_rule": views.PERIOD_RULE,
+        **{f"rows_{name}": n for name, n in rows.items()},
+    })
+
+
+def dashboard_dir() -> Path:
+    return settings.home() / "dashboard"
+
+
+@dg.asset(group_name=GROUP, kinds={"sql"}, deps=[reporting_views], retry_policy=IO_RETRY)
+def sales_dashboard(sql: SqlResource) -> dg.MaterializeResult:
+    """The five Power BI tiles and the model-quality trend as one self-contained HTML page (inline SVG,
+    no network), read from the reporting views; written under $SALESPRED_HOME/dashboard/."""
+    figs = dashboard.figures(sql.engine)
+    out = dashboard_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for lang in dashboard.LANGUAGES:
+        path = out / (DASHBOARD_FILE if lang == "en" else DASHBOARD_FILE.replace(".html", f".{lang}.html"))
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(dashboard.render_html(figs, lang), encoding="utf-8")
+        tmp.replace(path)  # readers never see a half-written page
+        paths[lang] = path
+    metadata: dict = {"path": dg.MetadataValue.path(str(paths["en"])),
+                      "path_es": dg.MetadataValue.path(str(paths["es"])),
+                      "bytes": paths["en"].stat().st_size, **dashboard.summary(figs),
+                      "figures": dg.MetadataValue.json(figs)}
+    if figs.get("pipeline"):
+        metadata["open_pipeline"] = md(pd.DataFrame(figs["pipeline"]["horizons"]), floatfmt="{:,.0f}")
+    if figs.get("by_region"):
+        metadata["expected_by_region"] = md(pd.DataFrame(figs["by_region"]), floatfmt="{:,.0f}")
+    if figs.get("model_quality"):
+        metadata["model_quality"] = md(pd.DataFrame(figs["model_quality"])[
+            ["model_version", "status", "is_current", "roc_auc", "accuracy", "predictions_recorded"]])
+    return dg.MaterializeResult(metadata=metadata)

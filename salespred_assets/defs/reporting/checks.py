@@ -1,11 +1,24 @@
-"""Checks on the reporting tables: what SQL holds reconciles with MongoDB."""
+"""Checks on the reporting tables and views: what SQL holds reconciles with MongoDB and with itself."""
+
+import math
+import re
 
 import dagster as dg
 import sqlalchemy as sa
 
-from salespred_assets.defs.reporting.assets import dim_seller, fact_opportunity
+from salespred_assets.defs.reporting.assets import (
+    DASHBOARD_FILE,
+    dashboard_dir,
+    dim_model_version,
+    dim_seller,
+    fact_opportunity,
+    fact_prediction_history,
+    reporting_views,
+    sales_dashboard,
+)
+from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE, MongoResource
-from salespred_assets.sql import tables, writer
+from salespred_assets.sql import tables, views, writer
 from salespred_assets.sql.resource import SqlResource
 
 
@@ -39,3 +52,92 @@ def dim_seller_safe(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResu
                   "hash_like_values": int(values)},
     )
 
+
+
+@dg.asset_check(asset=dim_model_version, blocking=True,
+                description="One row per registry version, and the current version is the one scoring now.")
+def dim_model_version_matches_registry(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
+    frame = writer.read_table(sql.engine, tables.DIM_MODEL_VERSION)
+    registry = mongo.db[model_store.REGISTRY].count_documents({})
+    pointer = model_store.current_version(mongo.db)
+    current = sorted(frame.loc[frame["is_current"].astype(bool), "model_version"].astype(str))
+    return dg.AssetCheckResult(
+        passed=len(frame) == registry and current == ([pointer] if pointer else []),
+        metadata={"rows": len(frame), "registry_versions": registry, "current_in_sql": ", ".join(current) or "none",
+                  "current_in_registry": pointer or "none"},
+    )
+
+
+@dg.asset_check(asset=fact_prediction_history, blocking=False,
+                description="Every opportunity's latest scoring (fact_opportunity) is recorded in the history.")
+def fact_prediction_history_has_latest_scoring(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
+    md = sa.MetaData()
+    schema = mongo.schema()
+    fact = tables.fact_opportunity(md, schema)
+    history = tables.fact_prediction_history(md)
+    joined = fact.outerjoin(history, sa.and_(history.c.opportunity_id == fact.c[schema.id],
+                                             history.c.model_version == fact.c.model_version,
+                                             history.c.scored_at == fact.c.scored_at))
+    with sql.engine.connect() as conn:
+        missing = conn.execute(sa.select(sa.func.count()).select_from(joined)
+                               .where(history.c.opportunity_id.is_(None))).scalar_one()
+        rows = conn.execute(sa.select(sa.func.count()).select_from(history)).scalar_one()
+        scorings = conn.execute(sa.select(sa.func.count()).select_from(
+            sa.select(history.c.model_version, history.c.scored_at).distinct().subquery())).scalar_one()
+    return dg.AssetCheckResult(
+        passed=int(missing) == 0, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"fact_rows_without_history": int(missing), "history_rows": int(rows), "scorings": int(scorings)},
+    )
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(float(a or 0.0), float(b or 0.0), rel_tol=1e-9, abs_tol=1e-6)
+
+
+@dg.asset_check(asset=reporting_views, blocking=True, description=(
+    "Every view the data supports exists, and each tile's totals equal the same sums taken on fact_opportunity."))
+def reporting_views_reconcile(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
+    schema = mongo.schema()
+    engine = sql.engine
+    fact = tables.fact_opportunity(sa.MetaData(), schema)
+    expected_names = sorted(views.definitions(schema))
+    with engine.connect() as conn:
+        present = sorted(views.existing(conn))
+        if present != expected_names or not schema.amount:
+            return dg.AssetCheckResult(passed=present == expected_names and not schema.amount, metadata={
+                "views_expected": ", ".join(expected_names), "views_present": ", ".join(present) or "none"})
+        amount = fact.c[schema.amount]
+        is_open = fact.c.outcome == "open"
+        open_count, open_expected = conn.execute(
+            sa.select(sa.func.count(), sa.func.sum(amount * fact.c.probability)).where(is_open)).one()
+        closed_tcv = conn.execute(sa.select(sa.func.sum(amount)).where(fact.c.outcome.in_(["won", "lost"]))).scalar()
+        totals = {name: views.read(conn, name) for name in present if name != views.MODEL_QUALITY}
+    metadata: dict = {"open_opportunities": int(open_count), "expected_open_tcv": float(open_expected or 0.0)}
+    passed = True
+    for name, frame in totals.items():
+        if name == views.CLOSED_BY_RESULT:
+            ok = _close(frame["tcv"].sum(), closed_tcv)
+        else:
+            ok = int(frame["opportunities"].sum()) == int(open_count) and _close(frame["expected_tcv"].sum(),
+                                                                                   open_expected)
+        metadata[f"{name}_reconciles"] = ok
+        passed = passed and ok
+    return dg.AssetCheckResult(passed=passed, metadata=metadata)
+
+
+_EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|@import|url\(\s*["']?(?:https?:)?//""", re.IGNORECASE)
+
+
+@dg.asset_check(asset=sales_dashboard, blocking=False,
+                description="The dashboard page exists and is self-contained: no script, style or image from the network.")
+def sales_dashboard_self_contained() -> dg.AssetCheckResult:
+    path = dashboard_dir() / DASHBOARD_FILE
+    if not path.exists():
+        return dg.AssetCheckResult(passed=False, metadata={"missing": str(path)})
+    html = path.read_text(encoding="utf-8")
+    external = _EXTERNAL.findall(html)
+    return dg.AssetCheckResult(
+        passed=not external and "<svg" in html, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"path": str(path), "bytes": len(html.encode("utf-8")), "external_references": len(external),
+                  "charts": html.count("<svg")},
+    )

@@ -1,0 +1,15 @@
+"""The built-in sales dashboard: figures read from the reporting views, rendered as one self-contained page.
+
+A web route is one call: ``render_dashboard(engine, lang)``; the Dagster asset ``sales_dashboard``
+writes the same page to ``$SALESPRED_HOME/dashboard/`` with the figures in its metadata.
+"""
+
+from salespred_assets.dashboard.figures import figures, summary
+from salespred_assets.dashboard.render import (
+    CSS,
+    LANGUAGES,
+    render_dashboard,
+    render_html,
+)
+
+__all__ = ["CSS", "LANGUAGES", "figures", "render_dashboard", "render_html", "summary"]

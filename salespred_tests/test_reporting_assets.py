@@ -1,0 +1,120 @@
+"""The reporting assets and checks, materialised by Dagster on SQLite, PostgreSQL and MariaDB-via-pyodbc.
+
+Upstream assets (raw opportunities, sellers, features, predictions) are materialised once per module on
+real MongoDB with a tiny promoted model; each dialect then materialises the whole ``reporting`` group
+twice: the second run must change nothing (idempotent writes, history appended once).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from salespred_assets import dashboard, loading, settings
+from salespred_assets.mongo import model_store
+from salespred_assets.mongo.io_manager import MongoModelIOManager
+from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.redis_cache.io_manager import RedisCacheIOManager
+from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.sql import tables, views, writer
+from salespred_assets.sql.io_manager import SqlIOManager
+from salespred_assets.sql.resource import SqlResource, make_engine
+from salespred_tests import reporting_fixtures as rf
+from salespred_tests.helpers import AS_OF, all_assets_and_checks
+
+pytestmark = pytest.mark.integration
+UPSTREAM = ["raw_opportunities", "sellers", "opportunity_features", "opportunity_predictions"]
+
+
+@pytest.fixture(scope="module")
+def mongo_db(mongo_server):
+    mongo = MongoResource(uri=mongo_server.uri, database=f"t_{uuid.uuid4().hex[:12]}")
+    loading.seed_synthetic(mongo, 800, seed=21, as_of=AS_OF)
+    loading.ensure_demo_sellers(mongo)
+    frame = mongo.read_opportunities(mongo.schema()).frame
+    versions = []
+    for trees in (30, 40):  # two versions: the first promoted, then replaced by the second
+        model = rf.tiny_model(frame, trees=trees)
+        model.info["metrics"] = {"roc_auc": 0.7 + trees / 1000, "accuracy": 0.7, "brier": 0.2}
+        model_store.save(mongo.db, model)
+        model_store.set_current(mongo.db, model.version, "test")
+        versions.append(model.version)
+    yield mongo, versions
+    mongo.client.drop_database(mongo.database)
+
+
+@pytest.fixture(scope="module")
+def storage(mongo_db, tmp_path_factory) -> Path:
+    """Upstream frames materialised once, in a filesystem IO manager the reporting runs read from."""
+    base = tmp_path_factory.mktemp("storage")
+    result = _materialize(mongo_db[0], f"sqlite:///{base / 'unused.db'}", base, dg.AssetSelection.assets(*UPSTREAM))
+    assert result.success
+    return base
+
+
+def _materialize(mongo: MongoResource, sql_url: str, base: Path, selection) -> dg.ExecuteInProcessResult:
+    sql = SqlResource(url=sql_url)
+    redis = RedisResource(url="redis://127.0.0.1:1/0")  # the reporting group never touches Redis
+    resources = {"mongo": mongo, "sql": sql, "redis": redis, "model_io_manager": MongoModelIOManager(mongo=mongo),
+                 "sql_io_manager": SqlIOManager(sql=sql), "redis_io_manager": RedisCacheIOManager(redis=redis),
+                 "io_manager": dg.FilesystemIOManager(base_dir=str(base))}
+    assets, checks = all_assets_and_checks()
+    return dg.materialize([*assets, *checks], resources=resources, selection=selection, raise_on_error=False)
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    [event] = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
+    mongo, versions = mongo_db
+    engine = make_engine(sql_url)
+    rf.reset(engine)
+    preds = pd.read_pickle(storage / "opportunity_predictions")
+    reporting = dg.AssetSelection.groups("reporting")
+
+    first = _materialize(mongo, sql_url, storage, reporting)
+    assert first.success
+    checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
+    assert checks == {"fact_opportunity_reconciles": True, "dim_seller_safe": True,
+                      "dim_model_version_matches_registry": True, "fact_prediction_history_has_latest_scoring": True,
+                      "reporting_views_reconcile": True, "sales_dashboard_self_contained": True}
+    assert _metadata(first, "reporting_views")["views"] == ", ".join(views.NAMES)
+
+    # Model versions: the second is current, the first retired after one promotion.
+    mv = writer.read_table(engine, tables.DIM_MODEL_VERSION).set_index("model_version")
+    assert list(mv.loc[versions, "status"]) == ["retired", "promoted"]
+    assert [bool(v) for v in mv.loc[versions, "is_current"]] == [False, True]
+    assert mv.loc[versions[0], "retired_at"] is not None and int(mv.loc[versions[0], "times_promoted"]) == 1
+
+    # The dashboard: a file, and metadata figures equal to the views and to pandas on the scored frame.
+    page = settings.home() / "dashboard" / "sales_dashboard.html"
+    assert page.exists() and "<svg" in page.read_text(encoding="utf-8")
+    meta = _metadata(first, "sales_dashboard")
+    assert meta["path"] == str(page)
+    from_views = dashboard.summary(dashboard.figures(engine))
+    pipeline = rf.expected_pipeline(preds)
+    closed = rf.expected_closed(preds)
+    for key, want in {"expected_open_tcv": pipeline["expected_tcv"].sum(), "open_opportunities": len(preds[
+            preds["outcome"] == "open"]), "won_tcv": closed.loc["won", "tcv"], "lost_opportunities":
+            closed.loc["lost", "opportunities"], "regions": len(rf.expected_by_region(preds)), "model_versions": 2}.items():
+        assert meta[key] == pytest.approx(want, rel=1e-9), key
+        assert from_views[key] == pytest.approx(want, rel=1e-9), key
+    assert meta["current_model"] == versions[1]
+
+    # Idempotent: the same run again changes no table (the history already holds this scoring).
+    second = _materialize(mongo, sql_url, storage, reporting)
+    assert second.success and all(e.passed for e in second.get_asset_check_evaluations())
+    assert _metadata(second, "fact_prediction_history")["rows_already_recorded"] == len(preds)
+    for name, rows in {tables.FACT_OPPORTUNITY: len(preds), tables.FACT_PREDICTION_HISTORY: len(preds),
+                       tables.DIM_SELLER: 5, tables.DIM_MODEL_VERSION: 2}.items():
+        assert writer.count_rows(engine, name) == rows, name
+    with engine.connect() as conn:
+        history = sa.table(tables.FACT_PREDICTION_HISTORY, sa.column("model_version"))
+        assert set(conn.execute(sa.select(history.c.model_version).distinct()).scalars()) == {versions[1]}
