@@ -291,5 +291,7 @@ def test_mongo_down_capture_gives_503_and_writes_nothing(tmp_path, redis_url):
             assert up.status_code == 201 and mongo.db[OPPORTUNITIES].count_documents({}) == 1
             # No model has been trained in this database: the capture stands and says why there is no prediction.
             assert up.json()["prediction"] is None and "no model" in up.json()["prediction_error"]
+            later = client.get(f"/api/opportunities/{up.json()['numero_opportunidad']}/prediction", headers=headers)
+            assert later.status_code == 503 and "no model" in later.json()["detail"]
     finally:
         server.stop()

@@ -54,7 +54,9 @@ def test_pages_need_a_login(client):
 
 
 def test_log_in_capture_and_see_the_prediction(client, app_db):
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
     page_login(client, app_db, "luis")
+    assert client.get("/", follow_redirects=False).headers["location"] == "/opportunities/new"
     form = client.get("/opportunities/new")
     assert form.status_code == 200 and "Ingrese los datos" in form.text and "Luis Gómez (NV-1)" in form.text
     for name, codes in CODE_SETS.items():  # each code field is a dropdown of its known codes

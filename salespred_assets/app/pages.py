@@ -103,7 +103,7 @@ async def text_form(request: Request) -> dict[str, str]:
 @router.get("/")
 async def home(request: Request) -> Response:
     ctx: AppContext = request.app.state.ctx
-    logged_in = ctx.sessions.read(request.cookies.get(Sessions.COOKIE)) is not None
+    logged_in = await run_in_threadpool(ctx.sessions.read, request.cookies.get(Sessions.COOKIE)) is not None
     return RedirectResponse("/opportunities/new" if logged_in else "/login", status_code=303)
 
 
