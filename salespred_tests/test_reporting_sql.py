@@ -202,3 +202,19 @@ def test_append_only_history_is_never_dropped(sqlite_url):
     assert sa.inspect(engine).has_table(tables.FACT_PREDICTION_HISTORY)
     with pytest.raises(SalespredError, match="unknown write mode"):
         writer.write(engine, tables.dim_seller(sa.MetaData()), rf.sellers_frame(), mode="merge")
+
+
+def test_power_bi_files_name_what_the_database_holds():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pbids = json.loads((root / "powerbi" / "salespred.pbids").read_text(encoding="utf-8"))
+    [connection] = pbids["connections"]
+    assert connection["details"]["protocol"] == "postgresql" and connection["details"]["address"]["database"]
+    guide = (root / "docs" / "powerbi.md").read_text(encoding="utf-8")
+    for name in [*tables.all_tables(sa.MetaData()), *views.NAMES]:
+        assert f"`{name}`" in guide, name
+    for name, select in views.definitions(S).items():  # every view column the DAX may use is documented
+        for column in select.selected_columns.keys():
+            assert column in guide, f"{name}.{column}"
