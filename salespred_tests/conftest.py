@@ -205,14 +205,14 @@ def sqlite_url(tmp_path) -> str:  # noqa: ANN001
     return f"sqlite:///{tmp_path / 'report.db'}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def seed_csv() -> Path:
     if not SEED_CSV.exists():
         pytest.skip(f"the reference data is absent ({SEED_CSV}); it lives in ../shared/data beside the repo")
     return SEED_CSV
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def sellers_csv() -> Path:
     if not SELLERS_CSV.exists():
         pytest.skip(f"the reference sellers file is absent ({SELLERS_CSV})")

@@ -69,14 +69,13 @@ def test_whole_graph_on_synthetic_data(mongo, redis_resource, sqlite_url, tmp_pa
     assert after["cache_hits"] == 3000
 
 
-@pytest.mark.slow_ok
 def test_whole_graph_on_the_reference_data(mongo, redis_resource, sqlite_url, tmp_path, seed_csv, sellers_csv):
     """The acceptance test of the foundation: the original data, through every database."""
     result = loading.seed_csv(mongo, seed_csv)
     loading.load_sellers_csv(mongo, sellers_csv)
     assert result == {"inserted": 13791, "rejected": 0}
     resources = build_test_resources(mongo, redis_resource, sqlite_url, str(tmp_path / "storage"))
-    run = materialize_all(resources, run_config={"ops": {"win_model": {"config": {"search": "full"}}}})
+    run = materialize_all(resources)  # the fast search; test_model.py holds the full search to its figures
     assert run.success
     assert [e.check_name for e in run.get_asset_check_evaluations() if not e.passed] == []
 
@@ -88,7 +87,12 @@ def test_whole_graph_on_the_reference_data(mongo, redis_resource, sqlite_url, tm
 
     entry = model_store.registry_entry(mongo.db, model_store.current_version(mongo.db))
     assert entry["info"]["metrics"]["accuracy"] > ORIGINAL_ACCURACY
-    materialization = run.asset_materializations_for_node("win_model")[0]
-    assert materialization.metadata["accuracy"].value == entry["info"]["metrics"]["accuracy"]
+    metadata = run.asset_materializations_for_node("win_model")[0].metadata
+    assert metadata["accuracy"].value == entry["info"]["metrics"]["accuracy"]
+    for plot in ("roc_curve", "calibration_curve", "feature_importance"):
+        assert metadata[plot].value.startswith(f"![") and "data:image/png;base64," in metadata[plot].value
+    assert "HistGradientBoosting yardstick" in metadata["metrics"].value
+    card = model_store.card(mongo.db, entry["_id"])
+    assert card.startswith(f"# Model card: win model {entry['_id']}") and "Held-out evaluation" in card
     json.dumps(entry["info"]["params"])  # hyperparameters are plain data
     assert isinstance(got["fact"], pd.DataFrame)

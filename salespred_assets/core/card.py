@@ -38,9 +38,10 @@ def model_card(info: dict[str, Any], evaluation: dict[str, Any], importances: pd
 
 **What it predicts**: the probability that an open B2B sales opportunity is won.
 **Trained at**: {info['trained_at']} on {info['rows']} closed opportunities ({info['won']} won, {info['lost']} lost).
-**Algorithm**: scikit-learn random forest ({info['n_estimators']} trees), hyperparameters by successive halving
-(ROC AUC, stratified {evaluation.get('cv', 'k')}-fold), isotonic calibration fitted on out-of-bag probabilities,
-decision threshold {info['threshold']:.3f} chosen on out-of-bag probabilities (never on the test split).
+**Algorithm**: scikit-learn random forest ({info['n_estimators']} trees); hyperparameters by successive halving
+scored on out-of-bag ROC AUC; Platt calibration (logistic regression on the logit) fitted on out-of-bag
+probabilities; decision threshold {info['threshold']:.3f} chosen on out-of-bag probabilities (never on the
+test split). Out-of-bag ROC AUC of the production forest: {info.get('oob_roc_auc', float('nan')):.4f}.
 
 ## Held-out evaluation ({m['n']} closed opportunities, 20% split, random_state=42)
 

@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, confusion_matrix,
                              f1_score, log_loss, roc_auc_score)
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
 
 from salespred_assets.core.features import build_features, closed_target, feature_spec
 from salespred_assets.core.model import SearchConfig, Trained, check_enough, train
@@ -81,11 +83,8 @@ def evaluate(frame: pd.DataFrame, schema: DatasetSchema, config: SearchConfig | 
     hgb: dict[str, Any] = {}
     if yardstick:
         started = time.perf_counter()
-        pre = model.pipeline.named_steps["pre"]
         # Same encoded inputs as the forest, re-fitted on the training split only.
-        from sklearn.base import clone
-        from sklearn.pipeline import Pipeline
-        pipe = Pipeline([("pre", clone(pre)), ("hgb", HistGradientBoostingClassifier(
+        pipe = Pipeline([("pre", clone(model.pipeline.named_steps["pre"])), ("hgb", HistGradientBoostingClassifier(
             max_iter=400, learning_rate=0.05, early_stopping=True, random_state=random_state))])
         pipe.fit(X_tr, y_tr)
         hp = pipe.predict_proba(X_te)[:, 1]

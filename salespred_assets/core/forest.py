@@ -25,15 +25,15 @@ class PathExplainer:
         self.n_features = int(forest.n_features_in_)
         self.n_threads = max(1, n_threads)
         self.positive = int(np.flatnonzero(forest.classes_ == 1)[0]) if 1 in forest.classes_ else 1
-        self._tables: list[tuple[np.ndarray, np.ndarray]] = [self._leaf_table(t) for t in self.trees]
+        self._tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [self._leaf_table(t) for t in self.trees]
         self.bias = float(np.mean([self._node_p1(t)[0] for t in self.trees]))
 
     def _node_p1(self, tree) -> np.ndarray:
         v = tree.value[:, 0, :]
         return v[:, self.positive] / v.sum(axis=1)
 
-    def _leaf_table(self, tree) -> tuple[np.ndarray, np.ndarray]:
-        """(p1 per node, contributions per node as float32 [n_nodes, n_features]); rows of inner nodes hold partial paths."""
+    def _leaf_table(self, tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(p1 per node, row of each node in the leaf table, contributions per leaf as float32 [n_leaves, n_features])."""
         p1 = self._node_p1(tree)
         left, right, feature = tree.children_left, tree.children_right, tree.feature
         n = tree.node_count
@@ -49,7 +49,11 @@ class PathExplainer:
                 contrib[kids] = contrib[inner]
                 contrib[kids, feature[inner]] += (p1[kids] - p1[inner]).astype(np.float32)
             frontier = np.concatenate([left[inner], right[inner]])
-        return p1, contrib
+        # Keep only the leaves' rows: a row's path always ends in a leaf, and this halves the memory.
+        leaves = np.flatnonzero(left == -1)
+        row = np.full(n, -1, dtype=np.int32)
+        row[leaves] = np.arange(leaves.size, dtype=np.int32)
+        return p1, row, np.ascontiguousarray(contrib[leaves])
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
         X32 = np.ascontiguousarray(X, dtype=np.float32)
@@ -73,9 +77,9 @@ class PathExplainer:
         n = X.shape[0]
         prob = np.zeros(n)
         contrib = np.zeros((n, self.n_features), dtype=np.float64)
-        for t, (p1, table) in enumerate(self._tables):
+        for t, (p1, row, table) in enumerate(self._tables):
             idx = leaves[:, t]
             prob += p1[idx]
-            contrib += table[idx]
+            contrib += table[row[idx]]
         k = len(self._tables)
         return prob / k, contrib / k

@@ -3,14 +3,21 @@
 Training (:func:`train`) follows one protocol everywhere (assets, CLI, benchmarks):
 
 1. closed opportunities only (won = 1, lost = 0);
-2. hyperparameters by successive halving (:class:`~sklearn.model_selection.HalvingRandomSearchCV`)
-   over trees, depth, leaf size, features per split and class weight, scored by ROC AUC;
-3. the chosen forest is fitted with out-of-bag scoring; the out-of-bag probabilities, which no tree
-   saw when it was fitted, train an isotonic calibrator and choose the decision threshold, so neither
-   ever looks at a held-out split.
+2. the inputs are encoded once; the client's win history is target-encoded out of fold
+   (scikit-learn's ``TargetEncoder`` cross-fits in ``fit_transform``), so no row sees its own outcome;
+3. hyperparameters by **successive halving on out-of-bag scores**: random candidates (depth, leaf size,
+   features per split, class weight, bootstrap sample size, split criterion) each grow a small forest;
+   the best third, by out-of-bag ROC AUC, grow three times as many trees; and so on until one remains.
+   Growing is incremental (``warm_start``), so a survivor's trees are never refitted, and the number of
+   trees is itself searched: the winner keeps growing while the out-of-bag ROC AUC still gains;
+4. the out-of-bag probabilities (each row scored only by trees that never saw it) train the calibrator,
+   a logistic regression on the logit of the forest's probability (Platt scaling; steadier than isotonic
+   regression on a few thousand rows), and choose the decision threshold, so neither ever looks at a
+   held-out split.
 
-The client's win history is target-encoded out of fold (scikit-learn's ``TargetEncoder`` cross-fits
-in ``fit_transform``), so no training row sees its own outcome.
+Out-of-bag scoring makes each candidate cost one forest instead of k cross-validation forests, which
+is what keeps the search within a minute on two cores (see BENCHMARKS.md for the comparison with the
+original ``GridSearchCV(cv=10)``).
 """
 
 from __future__ import annotations
@@ -19,17 +26,17 @@ import datetime as dt
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import randint
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - enables the import below
-from sklearn.isotonic import IsotonicRegression
-from sklearn.model_selection import HalvingRandomSearchCV, StratifiedKFold
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import ParameterSampler, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder, TargetEncoder
 
@@ -40,26 +47,28 @@ from salespred_assets.errors import NotEnoughData
 MIN_PER_CLASS = 40
 GRADE_BANDS = (("A", 0.75), ("B", 0.50), ("C", 0.25), ("D", 0.0))  # grade: lowest probability in band
 TOP_FACTORS = 3
+MIN_EFFECT = 0.001  # a factor must move the probability by at least 0.1 point to be named
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     """How hard to search. ``full`` is the production search; ``fast`` is for tests and smoke runs."""
 
-    n_candidates: int | str = 40
+    n_candidates: int = 18
     factor: int = 3
-    cv: int = 4
-    min_resources: int | str = 600
-    final_trees: int | None = None  # override the chosen number of trees (None: keep it)
+    min_trees: int = 40
+    max_trees: int = 600
+    tree_step: int = 100          # the winner grows by this many trees while the OOB AUC gains
+    min_gain: float = 0.0003      # ... by at least this much
     random_state: int = 42
     n_jobs: int = 2
-    param_space: dict[str, Any] = field(default_factory=lambda: {
-        "rf__n_estimators": [150, 250, 400],
-        "rf__max_depth": [None, 12, 16, 22, 30],
-        "rf__min_samples_leaf": [1, 2, 3, 5, 8],
-        "rf__max_features": ["sqrt", 0.3, 0.5, 0.7],
-        "rf__class_weight": [None, "balanced", "balanced_subsample"],
-        "rf__max_samples": [None, 0.7],
+    param_space: dict[str, list[Any]] = field(default_factory=lambda: {
+        "max_depth": [None, 14, 20, 28],
+        "min_samples_leaf": [1, 2, 3, 4, 6, 8],
+        "max_features": ["sqrt", 0.25, 0.35, 0.5],
+        "class_weight": [None, "balanced_subsample"],
+        "max_samples": [None, 0.7],
+        "criterion": ["gini", "entropy"],
     })
 
     @classmethod
@@ -67,13 +76,13 @@ class SearchConfig:
         if name == "full":
             return cls()
         if name == "fast":
-            return cls(n_candidates=6, cv=3, param_space={
-                "rf__n_estimators": [40, 60],
-                "rf__max_depth": [8, 14, None],
-                "rf__min_samples_leaf": [2, 5],
-                "rf__max_features": ["sqrt", 0.5],
-                "rf__class_weight": [None],
-                "rf__max_samples": [None],
+            return cls(n_candidates=4, factor=2, min_trees=20, max_trees=60, tree_step=20, param_space={
+                "max_depth": [12, None],
+                "min_samples_leaf": [2, 4],
+                "max_features": ["sqrt"],
+                "class_weight": [None],
+                "max_samples": [None],
+                "criterion": ["gini"],
             })
         raise ValueError(f"unknown search preset {name!r}; use 'full' or 'fast'")
 
@@ -88,7 +97,7 @@ def check_enough(y: pd.Series | np.ndarray) -> None:
         )
 
 
-def build_pipeline(spec: FeatureSpec, random_state: int = 42, n_jobs: int = 1) -> Pipeline:
+def build_preprocessor(spec: FeatureSpec, random_state: int = 42) -> ColumnTransformer:
     parts: list[tuple[str, Any, list[str]]] = []
     if spec.categorical:
         parts.append(("categorical", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
@@ -98,36 +107,78 @@ def build_pipeline(spec: FeatureSpec, random_state: int = 42, n_jobs: int = 1) -
     if spec.client:
         cv = StratifiedKFold(5, shuffle=True, random_state=random_state)
         parts.append(("client", TargetEncoder(target_type="binary", cv=cv), [CLIENT]))
-    pre = ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=False)
-    rf = RandomForestClassifier(n_jobs=n_jobs, random_state=random_state)
-    return Pipeline([("pre", pre), ("rf", rf)])
+    return ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=False)
 
 
-def search(X: pd.DataFrame, y: pd.Series, spec: FeatureSpec, config: SearchConfig) -> tuple[dict, pd.DataFrame, float]:
-    """Successive-halving search; returns (best params, the search's table, seconds)."""
-    started = time.perf_counter()
-    pipe = build_pipeline(spec, config.random_state, n_jobs=1)
-    searcher = HalvingRandomSearchCV(
-        pipe, config.param_space, n_candidates=config.n_candidates, factor=config.factor,
-        resource="n_samples", min_resources=config.min_resources, aggressive_elimination=False,
-        cv=StratifiedKFold(config.cv, shuffle=True, random_state=config.random_state), scoring="roc_auc",
-        refit=False, random_state=config.random_state, n_jobs=config.n_jobs, error_score="raise",
-    )
-    searcher.fit(X, y)
-    table = pd.DataFrame(searcher.cv_results_)
-    keep = ["iter", "n_resources", "mean_test_score", "std_test_score", "mean_fit_time"] + \
-        [c for c in table.columns if c.startswith("param_")]
-    return dict(searcher.best_params_), table[keep], time.perf_counter() - started
+def _forest(params: dict[str, Any], trees: int, config: SearchConfig) -> RandomForestClassifier:
+    return RandomForestClassifier(n_estimators=trees, oob_score=True, bootstrap=True, warm_start=True,
+                                  n_jobs=config.n_jobs, random_state=config.random_state, **params)
 
 
-def fit_forest(X: pd.DataFrame, y: pd.Series, spec: FeatureSpec, params: dict, config: SearchConfig) -> Pipeline:
-    pipe = build_pipeline(spec, config.random_state, n_jobs=config.n_jobs)
-    pipe.set_params(**params)
-    if config.final_trees:
-        pipe.set_params(rf__n_estimators=config.final_trees)
-    pipe.set_params(rf__oob_score=True, rf__bootstrap=True)
-    pipe.fit(X, y)
-    return pipe
+def _oob_auc(rf: RandomForestClassifier, y: np.ndarray) -> float:
+    oob = rf.oob_decision_function_[:, 1]
+    seen = ~np.isnan(oob)
+    return float(roc_auc_score(y[seen], oob[seen]))
+
+
+def _grow(rf: RandomForestClassifier, trees: int, Xt: np.ndarray, y: np.ndarray) -> float:
+    rf.set_params(n_estimators=trees)
+    with warnings.catch_warnings():
+        # Same rows at every growth step, so "balanced" class weights stay valid under warm_start.
+        warnings.filterwarnings("ignore", message="class_weight presets", category=UserWarning)
+        # Small first-rung forests leave a few rows without out-of-bag trees; they are skipped.
+        warnings.filterwarnings("ignore", message="Some inputs do not have OOB scores", category=UserWarning)
+        rf.fit(Xt, y)
+    return _oob_auc(rf, y)
+
+
+def search(Xt: np.ndarray, y: np.ndarray, config: SearchConfig) -> tuple[dict, RandomForestClassifier, pd.DataFrame]:
+    """Successive halving over trees, scored out of bag; returns (params, the grown winner, the trials)."""
+    candidates = list(ParameterSampler(config.param_space, n_iter=config.n_candidates,
+                                       random_state=config.random_state))
+    # Duplicates can come out of the sampler when the space is small; keep the first of each.
+    unique: list[dict[str, Any]] = []
+    for cand in candidates:
+        if cand not in unique:
+            unique.append(cand)
+    alive = [(cand, _forest(cand, config.min_trees, config)) for cand in unique]
+    trials: list[dict[str, Any]] = []
+    trees, rung = config.min_trees, 0
+    while True:
+        scored = []
+        for cand, rf in alive:
+            started = time.perf_counter()
+            auc = _grow(rf, trees, Xt, y)
+            trials.append({"rung": rung, "trees": trees, "oob_roc_auc": auc,
+                           "seconds": time.perf_counter() - started, **{k: str(v) for k, v in cand.items()}})
+            scored.append((auc, cand, rf))
+        scored.sort(key=lambda t: -t[0])
+        keep = max(1, len(scored) // config.factor)
+        alive = [(cand, rf) for _, cand, rf in scored[:keep]]
+        if keep == 1:
+            break
+        trees = min(trees * config.factor, config.max_trees)
+        rung += 1
+    params, winner = alive[0]
+    best = scored[0][0]
+    # The number of trees: keep growing while it still pays.
+    while winner.n_estimators < config.max_trees:
+        nxt = min(winner.n_estimators + config.tree_step, config.max_trees)
+        started = time.perf_counter()
+        auc = _grow(winner, nxt, Xt, y)
+        trials.append({"rung": "trees", "trees": nxt, "oob_roc_auc": auc, "seconds": time.perf_counter() - started,
+                       **{k: str(v) for k, v in params.items()}})
+        if auc - best < config.min_gain:
+            best = max(best, auc)
+            break
+        best = auc
+    winner.set_params(warm_start=False)
+    return dict(params), winner, pd.DataFrame(trials)
+
+
+def logit(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    p = np.clip(p, eps, 1 - eps)
+    return np.log(p / (1 - p))
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -160,7 +211,7 @@ def score_1_99(p: np.ndarray) -> np.ndarray:
 class WinModel:
     """A fitted forest with its calibrator, threshold and explainer; scores feature frames."""
 
-    def __init__(self, pipeline: Pipeline, calibrator: IsotonicRegression, threshold: float,
+    def __init__(self, pipeline: Pipeline, calibrator: LogisticRegression, threshold: float,
                  spec: FeatureSpec, info: dict[str, Any]) -> None:
         self.pipeline = pipeline
         self.calibrator = calibrator
@@ -194,7 +245,7 @@ class WinModel:
         return self.forest.predict_proba(self.transform(features))[:, 1]
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        return np.clip(self.calibrator.predict(raw), 0.0, 1.0)
+        return self.calibrator.predict_proba(logit(np.asarray(raw, dtype=float))[:, None])[:, 1]
 
     def predict(self, features: pd.DataFrame, *, explain: bool = True) -> pd.DataFrame:
         """probability, label, score (1-99), grade, and the top factors for and against each row."""
@@ -224,9 +275,9 @@ class WinModel:
         fors, againsts = [], []
         for i in range(len(features)):
             fors.append(json.dumps([_factor(names[j], values[i, j], contrib[i, j]) for j in top_for[i]
-                                    if contrib[i, j] > 0], ensure_ascii=False))
+                                    if contrib[i, j] >= MIN_EFFECT], ensure_ascii=False))
             againsts.append(json.dumps([_factor(names[j], values[i, j], contrib[i, j]) for j in top_against[i]
-                                        if contrib[i, j] < 0], ensure_ascii=False))
+                                        if contrib[i, j] <= -MIN_EFFECT], ensure_ascii=False))
         return fors, againsts
 
     def contributions(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
@@ -264,34 +315,48 @@ class Trained:
 
 def train(X: pd.DataFrame, y: pd.Series, spec: FeatureSpec, config: SearchConfig | None = None,
           params: dict | None = None) -> Trained:
-    """Search (unless ``params`` is given), fit, calibrate on out-of-bag probabilities, pick the threshold."""
+    """Encode, search (unless ``params`` fixes the forest), calibrate out of bag, pick the threshold.
+
+    ``params`` are RandomForestClassifier arguments (``n_estimators`` included), e.g. the ``params`` a
+    previous training recorded in its ``info``; production refits use them to repeat a search's choice.
+    """
     config = config or SearchConfig()
     y = pd.Series(np.asarray(y, dtype="int64"), index=X.index)
     check_enough(y)
+    y_np = y.to_numpy()
     timings: dict[str, float] = {}
-    table = pd.DataFrame()
-    if params is None:
-        params, table, timings["search_s"] = search(X, y, spec, config)
     started = time.perf_counter()
-    pipe = fit_forest(X, y, spec, params, config)
-    timings["fit_s"] = time.perf_counter() - started
-    oob = pipe.named_steps["rf"].oob_decision_function_[:, 1]
+    pre = build_preprocessor(spec, config.random_state)
+    Xt = np.asarray(pre.fit_transform(X[spec.columns], y), dtype=np.float32)
+    timings["encode_s"] = time.perf_counter() - started
+    table = pd.DataFrame()
+    started = time.perf_counter()
+    if params is None:
+        chosen, rf, table = search(Xt, y_np, config)
+    else:
+        chosen = {k.removeprefix("rf__"): v for k, v in params.items()}
+        trees = int(chosen.pop("n_estimators", config.max_trees))
+        rf = _forest(chosen, trees, config).set_params(warm_start=False)
+        rf.fit(Xt, y_np)
+    timings["search_s" if params is None else "fit_s"] = time.perf_counter() - started
+    oob = rf.oob_decision_function_[:, 1]
     seen = ~np.isnan(oob)
-    calibrator = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-    calibrator.fit(oob[seen], y.to_numpy()[seen])
-    threshold = choose_threshold(y.to_numpy()[seen], np.clip(calibrator.predict(oob[seen]), 0, 1))
+    calibrator = LogisticRegression(C=1e4).fit(logit(oob[seen])[:, None], y_np[seen])
+    threshold = choose_threshold(y_np[seen], calibrator.predict_proba(logit(oob[seen])[:, None])[:, 1])
+    recorded = {**chosen, "n_estimators": int(rf.n_estimators)}
     info = {
-        "version": new_version(X, y, params),
+        "version": new_version(X, y, recorded),
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "params": {k.removeprefix("rf__"): v for k, v in params.items()},
-        "n_estimators": int(pipe.named_steps["rf"].n_estimators),
+        "params": recorded,
+        "n_estimators": int(rf.n_estimators),
         "threshold": threshold,
         "rows": int(len(y)),
         "won": int(y.sum()),
         "lost": int(len(y) - y.sum()),
-        "oob_accuracy": float(pipe.named_steps["rf"].oob_score_),
+        "oob_roc_auc": _oob_auc(rf, y_np),
+        "oob_accuracy": float(rf.oob_score_),
         "timings": timings,
         "features": spec.columns,
     }
-    model = WinModel(pipe, calibrator, threshold, spec, info)
-    return Trained(model=model, search_table=table, oob_raw=oob[seen], oob_y=y.to_numpy()[seen])
+    model = WinModel(Pipeline([("pre", pre), ("rf", rf)]), calibrator, threshold, spec, info)
+    return Trained(model=model, search_table=table, oob_raw=oob[seen], oob_y=y_np[seen])

@@ -42,6 +42,10 @@ CODE_SETS: dict[str, list[str]] = {
     "lead_source": [f"LS-{i:02d}" for i in range(36)],
 }
 OPEN_STAGES = ["S1", "S2", "S3", "S4", "S5", "S6"]
+# Columns salespred adds beside the input fields (in frames, SQL and the cache); an export's field may
+# not take one of these names (compared case-insensitively, as SQL does).
+RESERVED = {"_id", "opportunity_id", "outcome", "probability", "predicted_won", "score", "grade",
+            "factors_for", "factors_against", "model_version", "scored_at"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,10 @@ class DatasetSchema:
         overlap = set(schema.won) & set(schema.lost) or set(schema.open) & set(schema.won + schema.lost)
         if overlap:
             raise SalespredError(f"{source}: stage values {sorted(overlap)} are listed in more than one group")
+        clash = sorted(f for f in schema.fields if f.lower() in RESERVED)
+        if clash:
+            raise SalespredError(f"{source}: the fields {clash} have names salespred uses for its own columns "
+                                 f"({sorted(RESERVED)}); rename them in the export, or leave them out of the schema")
         if not schema.categorical and not schema.numeric and not schema.dates:
             raise SalespredError(f"{source}: declare at least one categorical, numeric or date feature")
         return schema

@@ -30,7 +30,7 @@ class TrainingReport:
     @property
     def summary(self) -> dict[str, Any]:
         return {"metrics": self.evaluation.metrics, "raw_metrics": self.evaluation.raw_metrics,
-                "yardstick": self.evaluation.yardstick, "cv": None}
+                "yardstick": self.evaluation.yardstick}
 
 
 def train_production(frame: pd.DataFrame, schema: DatasetSchema, config: SearchConfig | None = None,
@@ -39,7 +39,7 @@ def train_production(frame: pd.DataFrame, schema: DatasetSchema, config: SearchC
     started = time.perf_counter()
     features = build_features(frame, schema) if features is None else features
     ev = evaluate(frame, schema, config, yardstick=yardstick, features=features)
-    params = {f"rf__{k}": v for k, v in ev.trained.model.info["params"].items()}
+    params = dict(ev.trained.model.info["params"])
     closed, y = closed_target(frame, schema)
     final = train(features[closed.to_numpy()], y, feature_spec(schema), config, params=params).model
     seconds = {**ev.seconds, "total_s": time.perf_counter() - started}
@@ -58,6 +58,6 @@ def train_production(frame: pd.DataFrame, schema: DatasetSchema, config: SearchC
         "evaluation_version": ev.trained.model.version,
         "schema": schema.to_dict(),
     })
-    evaluation_info = {"metrics": ev.metrics, "raw_metrics": ev.raw_metrics, "yardstick": ev.yardstick, "cv": config.cv}
+    evaluation_info = {"metrics": ev.metrics, "raw_metrics": ev.raw_metrics, "yardstick": ev.yardstick}
     final.info["card"] = card.model_card(final.info, evaluation_info, final.importances())
     return TrainingReport(final, ev, seconds, figures)

@@ -11,7 +11,7 @@ from salespred_assets.core.features import build_features, feature_spec
 from salespred_assets.core.model import SearchConfig, WinModel
 from salespred_assets.core.scoring import outcome
 from salespred_assets.core.training import train_production
-from salespred_assets.defs.common import IO_RETRY, md
+from salespred_assets.defs.common import IO_RETRY, markdown_table, md
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
 
@@ -79,9 +79,7 @@ def win_model(context: dg.AssetExecutionContext, config: TrainingConfig, raw_opp
 def _search_md(table: pd.DataFrame) -> str:
     if table.empty:
         return "no search (fixed hyperparameters)"
-    best = table.sort_values(["iter", "mean_test_score"], ascending=[False, False]).head(10)
-    from salespred_assets.defs.common import markdown_table
-    return markdown_table(best)
+    return markdown_table(table.sort_values("oob_roc_auc", ascending=False), max_rows=15)
 
 
 @dg.asset_check(asset=win_model, blocking=True, description=(
