@@ -319,6 +319,8 @@ def test_databases_keep_their_data_and_require_auth():
         mount = next(v for v in svcs[name]["volumes"] if "docker-entrypoint-initdb.d" in v)
         source = REPO / mount.split(":")[0]
         assert source.is_dir() and any(source.iterdir()), f"{mount}: nothing to run"
+    # The postgres entrypoint sources a non-executable .sh into its own shell; ours must run on its own.
+    assert os.access(DEPLOY / "postgres" / "10-create-databases.sh", os.X_OK)
 
 
 def test_compose_urls_reach_the_compose_services():
