@@ -218,3 +218,18 @@ def test_power_bi_files_name_what_the_database_holds():
     for name, select in views.definitions(S).items():  # every view column the DAX may use is documented
         for column in select.selected_columns.keys():
             assert column in guide, f"{name}.{column}"
+
+
+def test_the_page_escapes_text_and_says_when_a_tile_has_no_data():
+    figs = {"closed": None, "pipeline": None, "by_month": [], "by_region": None, "model_quality": [],
+            "matrix": {"stages": ["S1"], "totals": {"S1": {"opportunities": 1, "tcv": 5.0, "expected_tcv": 1.0}},
+                       "opportunities": 1, "tcv": 5.0, "rows": [
+                           {"seller": "NV-9", "seller_name": "<script>alert(1)</script>", "opportunities": 1,
+                            "tcv": 5.0, "expected_tcv": 1.0,
+                            "cells": {"S1": {"opportunities": 1, "tcv": 5.0, "expected_tcv": 1.0}}}]}}
+    page = dashboard.render_html(figs, "en")
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("Not available") == 3 and page.count("No data yet.") == 2
+    assert "<script" not in page.replace('<script type="application/json" id="figures">', "")
+    with pytest.raises(SalespredError, match="unknown dashboard language"):
+        dashboard.render_html(figs, "fr")

@@ -8,6 +8,7 @@ and the figures are embedded as JSON (``<script type="application/json" id="figu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from html import escape
 from typing import Any
 
@@ -75,18 +76,23 @@ def _value(figure: str, value: float, text: str) -> str:
     return f'<span data-figure="{escape(figure)}" data-value="{value!r}">{escape(text)}</span>'
 
 
-def _closed(f: dict[str, Any] | None, t: dict[str, str]) -> str:
-    if f is None:
+def _tile(data: Any, t: dict[str, str], draw: Callable[[Any, dict[str, str]], str]) -> str:
+    """A tile's body: a note when its view does not exist (the data lacks a field) or holds no row."""
+    if data is None:
         return f"<p>{t['unavailable']}</p>"
+    if not data or (isinstance(data, dict) and data.get("rows") == []):
+        return f"<p>{t['empty']}</p>"
+    return draw(data, t)
+
+
+def _closed(f: dict[str, Any], t: dict[str, str]) -> str:
     items = [svg.Item(t[r], f[r]["tcv"], f"closed.{r}.tcv", svg.WON if r == "won" else svg.LOST) for r in ("won", "lost")]
     counts = " · ".join(f"{t[r]}: " + _value(f"closed.{r}.opportunities", f[r]["opportunities"],
                                                f"{f[r]['opportunities']:,}") for r in ("won", "lost"))
     return svg.bars(items, t["closed"]) + f'<p class="note">{t["count"]} {counts}</p>'
 
 
-def _pipeline(p: dict[str, Any] | None, t: dict[str, str]) -> str:
-    if p is None:
-        return f"<p>{t['unavailable']}</p>"
+def _pipeline(p: dict[str, Any], t: dict[str, str]) -> str:
     rows = []
     for h in p["horizons"]:
         key, count = f"pipeline.horizon.{h['order']}", h["opportunities"]
@@ -102,22 +108,14 @@ def _pipeline(p: dict[str, Any] | None, t: dict[str, str]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def _by_month(months: list[dict[str, Any]] | None, t: dict[str, str]) -> str:
-    if months is None:
-        return f"<p>{t['unavailable']}</p>"
-    if not months:
-        return f"<p>{t['empty']}</p>"
+def _by_month(months: list[dict[str, Any]], t: dict[str, str]) -> str:
     items = [svg.Item(m["month"], m["expected_tcv"], f"by_month.{m['month']}.expected_tcv", svg.LINE) for m in months]
     every = -(-len(items) // 12)
     ticks = [n for n in range(len(items)) if n % every == 0]
-    return svg.line(items, t["by_month"], ticks=ticks, y_min=0.0, width=WIDE)
+    return svg.lines([items], t["by_month"], [m["month"] for m in months], ticks=ticks, y_min=0.0, width=WIDE)
 
 
-def _by_region(regions: list[dict[str, Any]] | None, t: dict[str, str]) -> str:
-    if regions is None:
-        return f"<p>{t['unavailable']}</p>"
-    if not regions:
-        return f"<p>{t['empty']}</p>"
+def _by_region(regions: list[dict[str, Any]], t: dict[str, str]) -> str:
     items = [svg.Item(r["region"], r["expected_tcv"], f"by_region.{r['region']}.expected_tcv",
                       svg.PALETTE[n % len(svg.PALETTE)]) for n, r in enumerate(regions)]
     total = sum(i.value for i in items) or 1.0
@@ -126,11 +124,7 @@ def _by_region(regions: list[dict[str, Any]] | None, t: dict[str, str]) -> str:
     return f'<div class="donut">{svg.donut(items, t["by_region"])}</div><div class="legend">{legend}</div>'
 
 
-def _matrix(m: dict[str, Any] | None, t: dict[str, str]) -> str:
-    if m is None:
-        return f"<p>{t['unavailable']}</p>"
-    if not m["rows"]:
-        return f"<p>{t['empty']}</p>"
+def _matrix(m: dict[str, Any], t: dict[str, str]) -> str:
     stages = m["stages"]
     head1 = "".join(f'<th colspan="2">{escape(s)}</th>' for s in stages)
     head2 = "".join(f"<th>{t['count']}</th><th>{t['tcv']}</th>" for _ in stages)
@@ -156,17 +150,14 @@ def _matrix(m: dict[str, Any] | None, t: dict[str, str]) -> str:
             f"<tbody>{body}</tbody><tfoot>{foot}</tfoot></table></div>")
 
 
-def _quality(versions: list[dict[str, Any]] | None, t: dict[str, str]) -> str:
-    if versions is None:
-        return f"<p>{t['unavailable']}</p>"
-    if not versions:
-        return f"<p>{t['empty']}</p>"
+def _quality(versions: list[dict[str, Any]], t: dict[str, str]) -> str:
     labels = [v["model_version"][:15] for v in versions]
     series = [[svg.Item(f"{v['model_version']} {t[metric]}", v[metric] if v[metric] is not None else float("nan"),
                         f"quality.{v['model_version']}.{metric}", color) for v in versions]
               for metric, color in (("roc_auc", svg.ACCENT), ("accuracy", svg.LINE))]
     low = min([v[m] for v in versions for m in ("roc_auc", "accuracy") if v[m] is not None] or [0.5])
-    chart = svg.lines(series, t["quality"], labels, y_min=max(0.0, min(0.5, low - 0.05)), y_max=1.0, width=WIDE)
+    chart = svg.lines(series, t["quality"], labels, y_min=max(0.0, min(0.5, low - 0.05)), y_max=1.0, width=WIDE,
+                      fmt="{:.4f}".format)
     legend = (f'<div class="legend"><span>{svg.swatch(svg.ACCENT)}{t["roc_auc"]}</span>'
               f'<span>{svg.swatch(svg.LINE)}{t["accuracy"]}</span></div>')
 
@@ -195,14 +186,16 @@ def render_html(figs: dict[str, Any], lang: str = "en", *, stylesheet: str | Non
     if lang not in TEXT:
         raise SalespredError(f"unknown dashboard language {lang!r}; use one of {', '.join(LANGUAGES)}")
     t = TEXT[lang]
-    data = json.dumps(figs, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")
+    # Inside <script>, no "<", ">" or "&" of the data may reach the HTML parser: JSON's \u escapes hide them.
+    data = (json.dumps(figs, ensure_ascii=False, sort_keys=True)
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
     sections = [
-        ("closed", t["closed"], _closed(figs.get("closed"), t), ""),
-        ("pipeline", t["pipeline"], _pipeline(figs.get("pipeline"), t), ""),
-        ("by_region", t["by_region"], _by_region(figs.get("by_region"), t), ""),
-        ("by_month", t["by_month"], _by_month(figs.get("by_month"), t), "wide"),
-        ("matrix", t["matrix"], _matrix(figs.get("matrix"), t), "wide"),
-        ("quality", t["quality"], _quality(figs.get("model_quality"), t), "wide"),
+        ("closed", t["closed"], _tile(figs.get("closed"), t, _closed), ""),
+        ("pipeline", t["pipeline"], _tile(figs.get("pipeline"), t, _pipeline), ""),
+        ("by_region", t["by_region"], _tile(figs.get("by_region"), t, _by_region), ""),
+        ("by_month", t["by_month"], _tile(figs.get("by_month"), t, _by_month), "wide"),
+        ("matrix", t["matrix"], _tile(figs.get("matrix"), t, _matrix), "wide"),
+        ("quality", t["quality"], _tile(figs.get("model_quality"), t, _quality), "wide"),
     ]
     body = "".join(f'<section id="tile-{key}" class="{cls}"><h2>{escape(title)}</h2>{html}</section>'
                    for key, title, html, cls in sections)

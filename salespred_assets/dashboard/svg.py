@@ -7,7 +7,7 @@ analyst) can read the exact number behind a bar, a point or a slice.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -68,67 +68,44 @@ def bars(items: Sequence[Item], label: str, width: int = 260, height: int = 200)
     return _svg(width, height, label, "".join(parts))
 
 
-def line(items: Sequence[Item], label: str, width: int = 640, height: int = 220, ticks: Sequence[int] = (),
-         y_min: float | None = None, y_max: float | None = None) -> str:
-    """A polyline with a dot per point; ``ticks`` are the indices labelled on the x axis."""
+def lines(series: Sequence[Sequence[Item]], label: str, x_labels: Sequence[str], *, width: int = 640,
+          height: int = 220, ticks: Sequence[int] | None = None, y_min: float | None = None,
+          y_max: float | None = None, fmt: Callable[[float], str] = compact) -> str:
+    """One or more series of points on one scale, a dot per point (NaN values are left out).
+
+    ``ticks`` are the indices of ``x_labels`` written under the axis (default: all); the y range is the
+    data's unless given; ``fmt`` writes the axis labels and the dots' tooltips.
+    """
     left, right, top, bottom = 52, 12, 14, 30
-    if not items:
-        return _svg(width, height, label, "")
-    lo = min(i.value for i in items) if y_min is None else y_min
-    hi = max(i.value for i in items) if y_max is None else y_max
+    values = [i.value for items in series for i in items if not math.isnan(i.value)]
+    lo = (min(values) if values else 0.0) if y_min is None else y_min
+    hi = (max(values) if values else 1.0) if y_max is None else y_max
     hi = hi if hi > lo else lo + 1.0
-    step = (width - left - right) / max(len(items) - 1, 1)
-
-    def xy(n: int, v: float) -> tuple[float, float]:
-        return left + n * step, top + (height - top - bottom) * (1 - (v - lo) / (hi - lo))
-
-    grid = []
-    for g in range(5):
-        v = lo + (hi - lo) * g / 4
-        _, y = xy(0, v)
-        grid.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{compact(v)}</text>')
-    points = [xy(n, i.value) for n, i in enumerate(items)]
-    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    color = items[0].color
-    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{2.5 if len(items) > 40 else 3.5}" fill="{i.color}" '
-                   f'{_attr(i.figure, i.value)}><title>{escape(i.label)}: {compact(i.value)}</title></circle>'
-                   for (x, y), i in zip(points, items))
-    labels = "".join(f'<text x="{xy(n, lo)[0]:.1f}" y="{height - 8}" text-anchor="middle">{escape(items[n].label)}</text>'
-                     for n in ticks if 0 <= n < len(items))
-    body = f'{"".join(grid)}<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>{dots}{labels}'
-    return _svg(width, height, label, body)
-
-
-def lines(series: Sequence[Sequence[Item]], label: str, x_labels: Sequence[str], width: int = 640,
-          height: int = 220, y_min: float = 0.0, y_max: float = 1.0) -> str:
-    """Several series on one scale (model quality: ROC AUC and accuracy per version)."""
-    left, right, top, bottom = 52, 12, 14, 30
     step = (width - left - right) / max(len(x_labels) - 1, 1)
-    first = left if len(x_labels) > 1 else (left + width - right) / 2  # one version: in the middle
+    first = left if len(x_labels) > 1 else (left + width - right) / 2  # one point: in the middle
+    radius = 2.5 if len(x_labels) > 40 else 3.5
 
     def xy(n: int, v: float) -> tuple[float, float]:
-        return first + n * step, top + (height - top - bottom) * (1 - (v - y_min) / (y_max - y_min))
+        return first + n * step, top + (height - top - bottom) * (1 - (v - lo) / (hi - lo))
 
     parts = []
     for g in range(5):
-        v = y_min + (y_max - y_min) * g / 4
-        _, y = xy(0, v)
+        v = lo + (hi - lo) * g / 4
+        y = xy(0, v)[1]
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(v)}</text>')
     for items in series:
-        pts = [(n, i) for n, i in enumerate(items) if i.value is not None and not math.isnan(i.value)]
-        if not pts:
+        points = [(xy(n, i.value), i) for n, i in enumerate(items) if not math.isnan(i.value)]
+        if not points:
             continue
-        path = " ".join("{:.1f},{:.1f}".format(*xy(n, i.value)) for n, i in pts)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{pts[0][1].color}" stroke-width="2"/>')
-        for n, i in pts:
-            x, y = xy(n, i.value)
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{i.color}" {_attr(i.figure, i.value)}>'
-                         f'<title>{escape(i.label)}: {i.value:.4f}</title></circle>')
-    for n, text in enumerate(x_labels):
-        x, _ = xy(n, y_min)
-        parts.append(f'<text x="{x:.1f}" y="{height - 8}" text-anchor="middle">{escape(text)}</text>')
+        path = " ".join(f"{x:.1f},{y:.1f}" for (x, y), _ in points)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{points[0][1].color}" stroke-width="2"/>')
+        parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{i.color}" {_attr(i.figure, i.value)}>'
+                     f"<title>{escape(i.label)}: {fmt(i.value)}</title></circle>" for (x, y), i in points)
+    for n in range(len(x_labels)) if ticks is None else ticks:
+        if 0 <= n < len(x_labels):
+            parts.append(f'<text x="{xy(n, lo)[0]:.1f}" y="{height - 8}" text-anchor="middle">'
+                         f"{escape(x_labels[n])}</text>")
     return _svg(width, height, label, "".join(parts))
 
 
