@@ -1,0 +1,79 @@
+"""The Redis cache: namespaced keys, generations swapped in one command, never a miss, never a flush."""
+
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+import pytest
+
+from salespred_assets.redis_cache.cache import PredictionCache, serialize
+
+pytestmark = pytest.mark.integration
+
+
+def _values(n: int, version: str, prob: float) -> tuple[list[str], list[str]]:
+    frame = pd.DataFrame({
+        "opportunity_id": [f"OP-{i:05d}" for i in range(n)],
+        "probability": prob, "predicted_won": prob >= 0.5, "score": int(prob * 100), "grade": "B",
+        "factors_for": '[{"feature": "tipos", "label": "tipos", "value": "TY-00", "effect": 0.1}]',
+        "factors_against": "[]", "model_version": version, "scored_at": pd.Timestamp("2026-11-27T10:00:00Z"),
+    })
+    return serialize(frame, "opportunity_id")
+
+
+def test_values_are_json_with_factors_as_lists(redis_resource):
+    ids, values = _values(3, "v1", 0.7)
+    cache = redis_resource.cache()
+    cache.publish(ids, values, "v1")
+    got = cache.get("OP-00001")
+    assert got["factors_for"][0]["feature"] == "tipos" and got["factors_against"] == []
+    assert got["model_version"] == "v1" and got["scored_at"] == "2026-11-27T10:00:00Z"
+    assert cache.get("OP-99999") is None
+
+
+def test_publish_swaps_generations_without_a_miss_and_expires_the_old_one(redis_resource):
+    cache: PredictionCache = redis_resource.cache()
+    ids, v1 = _values(20_000, "v1", 0.2)
+    cache.publish(ids, v1, "v1")
+    misses, versions, stop = [], set(), threading.Event()
+
+    def reader() -> None:
+        probe = redis_resource.cache()
+        while not stop.is_set():
+            for number in ("OP-00000", "OP-10000", "OP-19999"):
+                got = probe.get(number)
+                if got is None:
+                    misses.append(number)
+                else:
+                    versions.add(got["model_version"])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        _, v2 = _values(20_000, "v2", 0.8)
+        result = cache.publish(ids, v2, "v2")
+    finally:
+        stop.set()
+        thread.join()
+    assert misses == []
+    assert versions <= {"v1", "v2"} and "v2" in {cache.get("OP-00000")["model_version"]}
+    assert result["previous_keys_expiring"] == 20_000
+    old_key = cache.prefix(result["previous_generation"]) + "OP-00000"
+    assert 0 < redis_resource.client.ttl(old_key) <= 600
+    assert 0 < redis_resource.client.ttl(cache.prefix(result["generation"]) + "OP-00000") <= redis_resource.ttl_s
+
+
+def test_upsert_writes_into_the_live_generation_and_touches_nothing_else(redis_resource):
+    cache = redis_resource.cache()
+    ids, values = _values(100, "v1", 0.3)
+    gen = cache.publish(ids, values, "v1")["generation"]
+    # Someone else's key in the same Redis database is never touched (no FLUSHDB, namespaced keys).
+    redis_resource.client.set("someone-else:key", "keep me")
+    new_ids, new_values = ["OP-NEW01"], [values[0]]
+    assert cache.upsert(new_ids, new_values, "v1")["generation"] == gen
+    assert cache.get("OP-NEW01") is not None and cache.get("OP-00050") is not None
+    assert redis_resource.client.get("someone-else:key") == b"keep me"
+    mine = list(redis_resource.client.scan_iter(match=f"{redis_resource.namespace}:*"))
+    assert len(mine) == 101 + 3  # keys + current pointer + generation counter + meta hash
+    redis_resource.client.delete("someone-else:key")

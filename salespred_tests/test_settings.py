@@ -1,0 +1,27 @@
+"""Configuration helpers (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from salespred_assets.settings import mask_url
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("mongodb://app:s3cr3t@db.example.com:27017/sales?authSource=admin",
+     "mongodb://app:***@db.example.com:27017/sales?authSource=admin"),
+    ("mongodb+srv://app:p%40ss@cluster0.abcde.mongodb.net/?retryWrites=true",
+     "mongodb+srv://app:***@cluster0.abcde.mongodb.net/?retryWrites=true"),
+    ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("postgresql+psycopg://sales:pw@pg/salespred", "postgresql+psycopg://sales:***@pg/salespred"),
+    ("mssql+pyodbc://sa:Str0ng!@sql/db?driver=ODBC+Driver+18+for+SQL+Server&TrustServerCertificate=yes",
+     "mssql+pyodbc://sa:***@sql/db?driver=ODBC+Driver+18+for+SQL+Server&TrustServerCertificate=yes"),
+    ("mysql+pyodbc://root:@127.0.0.1:3306/test?driver=MariaDB+Unicode", "mysql+pyodbc://root:***@127.0.0.1:3306/test?driver=MariaDB+Unicode"),
+    ("postgresql://pg/db?password=topsecret&sslmode=require", "postgresql://pg/db?password=***&sslmode=require"),
+    ("sqlite:////tmp/x/salespred.db", "sqlite:////tmp/x/salespred.db"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+])
+def test_passwords_never_show(url, masked):
+    assert mask_url(url) == masked
+    for secret in ("s3cr3t", "p%40ss", "hunter2", ":pw@", "Str0ng!", "topsecret"):
+        assert secret not in mask_url(url)
