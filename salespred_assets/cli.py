@@ -174,6 +174,7 @@ def demo(once, n, dagster_port, app_port) -> None:  # noqa: ANN001
     for name in ("mongo", "redis"):
         svc.resolve(name)
     mongo = _mongo()
+    _ping_all()
     if mongo.db[OPPORTUNITIES].estimated_document_count() == 0:
         click.echo(f"MongoDB is empty: generating {n} synthetic opportunities ...")
         loading.seed_synthetic(mongo, n)
@@ -185,6 +186,16 @@ def demo(once, n, dagster_port, app_port) -> None:  # noqa: ANN001
     if once:
         sys.exit(0 if outcome.ok else 1)
     _serve_forever(dagster_port, app_port)
+
+
+def _ping_all() -> None:
+    """Fail before any work, with one line naming the service, when a database does not answer."""
+    from salespred_assets.redis_cache.resource import RedisResource
+    from salespred_assets.sql.resource import SqlResource
+
+    _mongo()
+    RedisResource(url=settings.get(settings.ENV_REDIS) or "").ping()
+    SqlResource(url=settings.get(settings.ENV_SQL) or "").ping()
 
 
 def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:  # noqa: ANN001

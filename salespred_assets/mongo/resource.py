@@ -61,7 +61,8 @@ class MongoResource(dg.ConfigurableResource):
 
     @property
     def db(self) -> Database:
-        return self.client[self.database]
+        # A database named in the URI (mongodb://host/name) wins over the `database` field.
+        return self.client.get_default_database(default=self.database)
 
     def ping(self) -> None:
         """Raise :class:`ServiceUnavailable` with the (masked) URI unless the server answers."""
