@@ -6,6 +6,7 @@ records through :func:`validate`, so the rules live in one place.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,11 +37,10 @@ class Validated:
 def records_frame(records: Iterable[Mapping[str, Any]], schema: DatasetSchema) -> pd.DataFrame:
     """Build an untyped (object) frame of the schema's fields from records, keeping ``_id``."""
     columns = [SOURCE_ID, *schema.fields]
-    rows = list(records)
+    rows = records if isinstance(records, list) else list(records)
     data = {c: [r.get(c, _MISSING) for r in rows] for c in columns}
-    frame = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in data.items()}, columns=columns)
-    frame[SOURCE_ID] = frame[SOURCE_ID].map(lambda v: None if v is _MISSING else str(v))
-    return frame
+    data[SOURCE_ID] = [None if v is _MISSING else str(v) for v in data[SOURCE_ID]]
+    return pd.DataFrame(data, columns=columns, dtype=object)
 
 
 class _Missing:
@@ -49,10 +49,45 @@ class _Missing:
 
 
 _MISSING = _Missing()
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
 
 
 def _is_missing(value: Any) -> bool:
-    return value is _MISSING or value is None or (isinstance(value, float) and math.isnan(value))
+    return value is _MISSING or value is None or (type(value) is float and value != value)
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER_TYPES) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def _iso_date_text(value: Any) -> bool:
+    return type(value) is str and len(value) == 10 and value[4] == "-" and value[7] == "-"
+
+
+def _parse_dates(arr: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(datetime64[ns] values with NaT where bad, mask of present-but-bad values)."""
+    n = len(arr)
+    out = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+    text = np.fromiter((_iso_date_text(v) for v in arr), dtype=bool, count=n)
+    idx = np.flatnonzero(text)
+    if idx.size:
+        try:
+            out[idx] = np.array(arr[idx].tolist(), dtype="datetime64[D]")
+        except ValueError:  # an impossible date such as 2024-02-30 somewhere: parse one by one
+            for i in idx:
+                try:
+                    out[i] = np.datetime64(arr[i], "D")
+                except ValueError:
+                    pass
+    # datetime objects (e.g. BSON dates) are accepted as they are.
+    other = np.flatnonzero(~text & ~missing)
+    for i in other:
+        value = arr[i]
+        if isinstance(value, (dt.datetime, dt.date, pd.Timestamp, np.datetime64)):
+            out[i] = np.datetime64(pd.Timestamp(value).tz_localize(None) if getattr(value, "tzinfo", None)
+                                   else pd.Timestamp(value), "D")
+    bad = ~missing & np.isnat(out)
+    return out, bad
 
 
 def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -> Validated:
@@ -67,73 +102,64 @@ def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -
     reasons = np.full(n, "", dtype=object)
 
     def flag(mask: np.ndarray, text: str) -> None:
-        idx = np.flatnonzero(mask)
-        for i in idx:
+        for i in np.flatnonzero(mask):
             reasons[i] = f"{reasons[i]}; {text}" if reasons[i] else text
 
-    typed: dict[str, pd.Series] = {}
+    typed: dict[str, np.ndarray] = {}
     for col in schema.fields:
-        values = raw[col] if col in raw.columns else pd.Series([_MISSING] * n, dtype=object, index=raw.index)
-        arr = values.to_numpy(dtype=object)
+        arr = raw[col].to_numpy(dtype=object) if col in raw.columns else np.full(n, _MISSING, dtype=object)
         missing = np.fromiter((_is_missing(v) for v in arr), dtype=bool, count=n)
         flag(missing, f"{col}: missing")
         if col in schema.number_fields:
-            ok = np.fromiter(
-                (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-                 and math.isfinite(float(v)) for v in arr), dtype=bool, count=n)
+            ok = np.fromiter((_finite_number(v) for v in arr), dtype=bool, count=n)
             flag(~ok & ~missing, f"{col}: not a finite number")
             nums = np.where(ok, arr, np.nan).astype("float64")
             if col in schema.non_negative:
                 flag(ok & (nums < 0), f"{col}: negative")
             if col in schema.fractions:
                 flag(ok & ((nums < 0) | (nums > 1)), f"{col}: outside [0, 1]")
-            typed[col] = pd.Series(nums, index=raw.index)
+            typed[col] = nums
         elif col in schema.dates:
-            is_text = np.fromiter((isinstance(v, str) for v in arr), dtype=bool, count=n)
-            is_dt = np.fromiter((isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "isoformat")
-                                 and not isinstance(v, str) for v in arr), dtype=bool, count=n) & ~missing
-            as_text = pd.Series(np.where(is_text, arr, None), index=raw.index, dtype=object)
-            parsed = pd.to_datetime(as_text, format=DATE_FORMAT, errors="coerce")
-            if is_dt.any():
-                parsed[is_dt] = pd.to_datetime(pd.Series(arr[is_dt], index=raw.index[is_dt]), errors="coerce")
-            bad = ~missing & parsed.isna().to_numpy()
+            typed[col], bad = _parse_dates(arr, missing)
             flag(bad, f"{col}: not a YYYY-MM-DD date")
-            typed[col] = parsed.dt.normalize().astype("datetime64[ns]")
         else:
-            ok = np.fromiter((isinstance(v, str) and v.strip() != "" for v in arr), dtype=bool, count=n)
+            ok = np.fromiter((type(v) is str and v.strip() != "" for v in arr), dtype=bool, count=n)
             flag(~ok & ~missing, f"{col}: not a non-empty text")
             if col == schema.stage:
                 known = set(schema.stages)
-                unknown = ok & ~np.fromiter((v in known for v in arr), dtype=bool, count=n)
-                flag(unknown, f"{col}: unknown stage")
-            typed[col] = pd.Series(np.where(ok, arr, None), index=raw.index, dtype=object)
+                flag(ok & np.fromiter((v not in known for v in arr), dtype=bool, count=n) if n else ok,
+                     f"{col}: unknown stage")
+            typed[col] = arr
 
     valid = reasons == ""
-    if dedupe and schema.id in typed:
-        ids = typed[schema.id]
+    if dedupe and schema.id in typed and n:
+        ids = pd.Series(typed[schema.id])
         dup = ids.where(valid).duplicated(keep="first").to_numpy() & valid
         flag(dup, f"{schema.id}: duplicate")
         valid = reasons == ""
 
-    frame = pd.DataFrame({c: s[valid] for c, s in typed.items()})
+    columns = {}
+    if SOURCE_ID in raw.columns:
+        columns[SOURCE_ID] = raw[SOURCE_ID].to_numpy(dtype=object)[valid].astype(str)
+    for col, values in typed.items():
+        columns[col] = values[valid]
+    frame = pd.DataFrame(columns)
     for col in schema.text_fields:
         frame[col] = frame[col].astype("str")
-    if SOURCE_ID in raw.columns:
-        frame.insert(0, SOURCE_ID, raw.loc[valid, SOURCE_ID].astype("str"))
-    frame = frame.reset_index(drop=True)
 
     bad = ~valid
+    bad_rows = raw[bad]
+    ids = bad_rows[schema.id].to_numpy(dtype=object) if schema.id in raw.columns else np.full(int(bad.sum()), None)
     quarantine = pd.DataFrame({
-        SOURCE_ID: raw.loc[bad, SOURCE_ID].to_numpy() if SOURCE_ID in raw.columns else [None] * int(bad.sum()),
-        "id": [None if _is_missing(v) else str(v)[:200] for v in
-               (raw.loc[bad, schema.id] if schema.id in raw.columns else [None] * int(bad.sum()))],
+        SOURCE_ID: bad_rows[SOURCE_ID].to_numpy(dtype=object) if SOURCE_ID in raw.columns else [None] * len(bad_rows),
+        "id": [None if _is_missing(v) else str(v)[:200] for v in ids],
         "reason": reasons[bad],
     })
     quarantine["document"] = [
         {k: (None if _is_missing(v) else v) for k, v in row.items() if k != SOURCE_ID}
-        for row in raw.loc[bad].to_dict("records")
-    ]
-    return Validated(frame=frame, quarantine=quarantine.reset_index(drop=True))
+        for row in bad_rows.to_dict("records")
+    ] if len(bad_rows) else []
+    return Validated(frame=frame, quarantine=quarantine)
 
 
 def to_documents(frame: pd.DataFrame, schema: DatasetSchema) -> list[dict[str, Any]]:

@@ -77,76 +77,107 @@ def label(feature: str) -> str:
     return LABELS.get(feature, feature)
 
 
+def _days(values: pd.Series) -> np.ndarray:
+    """Whole days since 2000-01-01 of a datetime column, as float64."""
+    return (values.to_numpy(dtype="datetime64[D]") - np.datetime64(EPOCH.date(), "D")).astype("float64")
+
+
+def _months(values: pd.Series) -> np.ndarray:
+    d = values.to_numpy(dtype="datetime64[M]").astype("int64")
+    return (d % 12 + 1).astype("float64")
+
+
 def build_features(frame: pd.DataFrame, schema: DatasetSchema, context: pd.DataFrame | None = None) -> pd.DataFrame:
     """Model inputs for every row of ``frame``; client aggregates come from ``context`` (default: frame).
 
     ``context`` must contain the rows of ``frame`` (matched by the schema's id) when it is given, as
-    the app does when it scores one new opportunity against the client's known ones.
+    the app does when it scores one new opportunity against the client's known ones. Everything is
+    computed on NumPy arrays, so one row costs little more than a fixed few hundred microseconds and a
+    million rows a few seconds.
     """
     spec = feature_spec(schema)
-    out = pd.DataFrame(index=frame.index)
+    cols: dict[str, np.ndarray] = {}
     for col in spec.categorical:
-        out[col] = frame[col].astype("str")
-    for col in schema.numeric:
-        out[col] = frame[col].astype("float64")
-    if schema.amount and schema.amount not in schema.numeric:
-        out[schema.amount] = frame[schema.amount].astype("float64")
+        cols[col] = frame[col].to_numpy(dtype=object)
+    for col in schema.number_fields:
+        cols[col] = frame[col].to_numpy(dtype="float64")
     if schema.created:
-        created = frame[schema.created]
-        out["created_day"] = (created - EPOCH).dt.days.astype("float64")
-        out["created_month"] = created.dt.month.astype("float64")
+        cols["created_day"] = _days(frame[schema.created])
+        cols["created_month"] = _months(frame[schema.created])
     if schema.close:
-        close = frame[schema.close]
-        out["close_day"] = (close - EPOCH).dt.days.astype("float64")
-        out["close_month"] = close.dt.month.astype("float64")
+        cols["close_day"] = _days(frame[schema.close])
+        cols["close_month"] = _months(frame[schema.close])
     if schema.created and schema.close:
-        out["cycle_days"] = (frame[schema.close] - frame[schema.created]).dt.days.astype("float64")
+        cols["cycle_days"] = cols["close_day"] - cols["created_day"]
     if schema.client:
-        out = out.join(client_aggregates(frame, schema, context))
-        out[CLIENT] = frame[schema.client].astype("str")
-    return out[spec.columns]
+        cols.update(client_aggregates(frame, schema, context))
+        cols[CLIENT] = frame[schema.client].to_numpy(dtype=object)
+    return pd.DataFrame({c: cols[c] for c in spec.columns}, index=frame.index)
 
 
-def client_aggregates(frame: pd.DataFrame, schema: DatasetSchema, context: pd.DataFrame | None) -> pd.DataFrame:
-    """Label-free facts about each row's client, counted over ``context``."""
+def _per_row(codes: np.ndarray, per_group: np.ndarray) -> np.ndarray:
+    return per_group[codes].astype("float64")
+
+
+def _pair_counts(codes: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """For each row, how many rows share its (client code, day) pair."""
+    if not len(codes):
+        return np.zeros(0)
+    d = days.astype(np.int64)
+    key = codes.astype(np.int64) * (int(d.max() - d.min()) + 1) + (d - d.min())
+    pair = pd.factorize(key)[0]
+    return np.bincount(pair)[pair].astype("float64")
+
+
+def client_aggregates(frame: pd.DataFrame, schema: DatasetSchema, context: pd.DataFrame | None) -> dict[str, np.ndarray]:
+    """Label-free facts about each row's client, counted over ``context`` (which holds ``frame``'s rows)."""
     ctx = frame if context is None else context
-    cl = schema.client
-    assert cl is not None
-    groups = ctx.groupby(cl, sort=False)
-    agg = pd.DataFrame({"client_opportunities": groups[schema.id].count().astype("float64")})
+    assert schema.client is not None
+    codes, uniques = pd.factorize(ctx[schema.client].to_numpy(dtype=object))
+    k = len(uniques)
+    out: dict[str, np.ndarray] = {"client_opportunities": _per_row(codes, np.bincount(codes, minlength=k))}
     if schema.categorical:
-        agg["client_units"] = groups[schema.categorical[0]].nunique().astype("float64")
+        units = pd.factorize(ctx[schema.categorical[0]].to_numpy(dtype=object))[0]
+        pairs = np.unique(codes.astype(np.int64) * (int(units.max(initial=0)) + 1) + units)
+        out["client_units"] = _per_row(codes, np.bincount(pairs // (int(units.max(initial=0)) + 1), minlength=k))
     if schema.amount:
-        agg["client_median_amount"] = groups[schema.amount].median().astype("float64")
-    if schema.created:
-        agg["client_first_day"] = groups[schema.created].min()
-
-    out = pd.DataFrame(index=frame.index)
-    joined = frame[[cl]].join(agg, on=cl)
-    out["client_opportunities"] = joined["client_opportunities"].fillna(1.0)
-    if "client_units" in agg:
-        out["client_units"] = joined["client_units"].fillna(1.0)
-    if schema.amount:
-        med = joined["client_median_amount"].fillna(frame[schema.amount])
+        amount = ctx[schema.amount].to_numpy(dtype="float64")
+        order = np.lexsort((amount, codes))
+        sorted_codes, sorted_amount = codes[order], amount[order]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]) if len(codes) else np.zeros(0, int)
+        sizes = np.diff(np.r_[starts, len(codes)])
+        median = np.zeros(k)
+        median[sorted_codes[starts]] = (sorted_amount[starts + (sizes - 1) // 2] + sorted_amount[starts + sizes // 2]) / 2
+        med = _per_row(codes, median)
         out["client_median_amount"] = med
-        out["amount_vs_client"] = frame[schema.amount] / med.where(med > 0, np.nan)
-        out["amount_vs_client"] = out["amount_vs_client"].fillna(1.0)
-    order_key = schema.created or schema.id
-    # Rank within the client's opportunities by creation date, then id: the n-th deal of this client.
-    ranked = ctx[[cl, order_key, schema.id]].sort_values([cl, order_key, schema.id], kind="mergesort")
-    rank = ranked.groupby(cl, sort=False).cumcount() + 1
-    rank_by_id = pd.Series(rank.to_numpy(dtype="float64"), index=ranked[schema.id].to_numpy())
-    rank_by_id = rank_by_id[~rank_by_id.index.duplicated()]
-    out["client_rank"] = frame[schema.id].map(rank_by_id).fillna(out["client_opportunities"]).to_numpy()
+        out["amount_vs_client"] = np.divide(amount, med, out=np.ones_like(amount), where=med > 0)
+    ids = ctx[schema.id].to_numpy(dtype=object)
+    id_codes = pd.factorize(ids, sort=True)[0]  # rank ties on the id's own order
     if schema.created:
-        first = joined["client_first_day"].fillna(frame[schema.created])
-        out["client_tenure_days"] = (frame[schema.created] - first).dt.days.astype("float64")
-        same_day = ctx.groupby([cl, schema.created], sort=False)[schema.id].count().rename("n")
-        out["client_same_day"] = frame[[cl, schema.created]].join(same_day, on=[cl, schema.created])["n"].fillna(1.0)
+        created = _days(ctx[schema.created])
+        first = np.full(k, np.inf)
+        np.minimum.at(first, codes, created)
+        out["client_tenure_days"] = created - first[codes]
+        out["client_same_day"] = _pair_counts(codes, created)
+        order = np.lexsort((id_codes, created, codes))
+    else:
+        order = np.lexsort((id_codes, codes))
+    # The n-th opportunity of its client, by creation date then id.
+    sorted_codes = codes[order]
+    starts = np.r_[True, sorted_codes[1:] != sorted_codes[:-1]] if len(codes) else np.zeros(0, bool)
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(codes)), 0)) if len(codes) else np.zeros(0, int)
+    rank = np.empty(len(codes))
+    rank[order] = np.arange(len(codes)) - group_start + 1
+    out["client_rank"] = rank
     if schema.close:
-        same_close = ctx.groupby([cl, schema.close], sort=False)[schema.id].count().rename("n")
-        out["client_same_close"] = frame[[cl, schema.close]].join(same_close, on=[cl, schema.close])["n"].fillna(1.0)
-    return out.astype("float64")
+        out["client_same_close"] = _pair_counts(codes, _days(ctx[schema.close]))
+    if context is None:
+        return out
+    # Rows of `frame` inside the context, found by id.
+    positions = pd.Index(ids).get_indexer(frame[schema.id].to_numpy(dtype=object))
+    if (positions < 0).any():
+        raise ValueError("the context must contain every row being scored (matched by id)")
+    return {name: values[positions] for name, values in out.items()}
 
 
 def closed_target(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[pd.Series, pd.Series]:

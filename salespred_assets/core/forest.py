@@ -5,8 +5,11 @@ In a decision tree every step from a node to its child moves the predicted proba
 vector of contributions that sums to ``p(leaf) - p(root)``. Averaging over the trees explains the
 forest's probability exactly: ``bias + contributions.sum(axis=1) == forest.predict_proba(X)[:, 1]``.
 
-Leaves are found with each tree's compiled ``apply`` (a few microseconds for one row), and each tree's
-leaf table is computed once and kept, so one code path serves a single opportunity and a million.
+Each leaf's contributions are computed once, when the explainer is built, into one table for the whole
+forest. Finding the rows' leaves is then the only per-row work: for a batch, each tree's compiled
+``apply`` (it releases the GIL, so chunks run on every core); for a handful of rows, where calling 500
+compiled functions would cost more than the walk itself, all trees are walked at once in NumPy. Both
+give the same leaves (a test checks it against scikit-learn).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
 CHUNK_ROWS = 20_000
+SMALL = 32  # up to this many rows, walk all trees at once
 
 
 class PathExplainer:
@@ -25,15 +29,31 @@ class PathExplainer:
         self.n_features = int(forest.n_features_in_)
         self.n_threads = max(1, n_threads)
         self.positive = int(np.flatnonzero(forest.classes_ == 1)[0]) if 1 in forest.classes_ else 1
-        self._tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [self._leaf_table(t) for t in self.trees]
-        self.bias = float(np.mean([self._node_p1(t)[0] for t in self.trees]))
+        p1s, rows, tables = zip(*(self._leaf_table(t) for t in self.trees))
+        counts = np.array([t.node_count for t in self.trees])
+        node_offset = np.r_[0, np.cumsum(counts)[:-1]]
+        leaf_offset = np.r_[0, np.cumsum([tab.shape[0] for tab in tables])[:-1]]
+        # The whole forest as flat arrays: global node ids, and one table of leaf contributions.
+        self.roots = node_offset.astype(np.int64)
+        self.left = np.concatenate([np.where(t.children_left >= 0, t.children_left + o, -1)
+                                    for t, o in zip(self.trees, node_offset)]).astype(np.int64)
+        self.right = np.concatenate([np.where(t.children_right >= 0, t.children_right + o, -1)
+                                     for t, o in zip(self.trees, node_offset)]).astype(np.int64)
+        self.feature = np.concatenate([np.maximum(t.feature, 0) for t in self.trees]).astype(np.int64)
+        self.threshold = np.concatenate([t.threshold for t in self.trees]).astype(np.float64)
+        self.p1 = np.concatenate(p1s)
+        self.leaf_row = np.concatenate([np.where(r >= 0, r + o, -1) for r, o in zip(rows, leaf_offset)]).astype(np.int64)
+        self.table = np.concatenate(tables)
+        self.node_offset = self.roots
+        self.max_depth = max(int(t.max_depth) for t in self.trees)
+        self.bias = float(np.mean(self.p1[self.roots]))
 
-    def _node_p1(self, tree) -> np.ndarray:
+    def _node_p1(self, tree) -> np.ndarray:  # noqa: ANN001
         v = tree.value[:, 0, :]
         return v[:, self.positive] / v.sum(axis=1)
 
-    def _leaf_table(self, tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(p1 per node, row of each node in the leaf table, contributions per leaf as float32 [n_leaves, n_features])."""
+    def _leaf_table(self, tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+        """(p1 per node, row of each node in the leaf table, contributions per leaf as float32)."""
         p1 = self._node_p1(tree)
         left, right, feature = tree.children_left, tree.children_right, tree.feature
         n = tree.node_count
@@ -56,8 +76,26 @@ class PathExplainer:
         return p1, row, np.ascontiguousarray(contrib[leaves])
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
+        """Global node id of each row's leaf in each tree, shape (rows, trees)."""
         X32 = np.ascontiguousarray(X, dtype=np.float32)
-        return np.column_stack([t.apply(X32) for t in self.trees])
+        if X32.shape[0] <= SMALL:
+            return self._walk(X32)
+        return np.column_stack([t.apply(X32) for t in self.trees]) + self.node_offset
+
+    def _walk(self, X32: np.ndarray) -> np.ndarray:
+        # scikit-learn compares the float32 input with the float64 threshold: do the same.
+        X = X32.astype(np.float64)
+        n = X.shape[0]
+        node = np.broadcast_to(self.roots, (n, self.roots.size)).copy()
+        row = np.broadcast_to(np.arange(n)[:, None], node.shape)
+        for _ in range(self.max_depth):
+            left = self.left[node]
+            inner = left >= 0
+            if not inner.any():
+                break
+            go_left = X[row, self.feature[node]] <= self.threshold[node]
+            node = np.where(inner, np.where(go_left, left, self.right[node]), node)
+        return node
 
     def explain(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(forest probability [n], contributions [n, n_features]) for the positive class."""
@@ -74,12 +112,14 @@ class PathExplainer:
 
     def _explain_chunk(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         leaves = self.leaves(X)
-        n = X.shape[0]
-        prob = np.zeros(n)
-        contrib = np.zeros((n, self.n_features), dtype=np.float64)
-        for t, (p1, row, table) in enumerate(self._tables):
-            idx = leaves[:, t]
-            prob += p1[idx]
-            contrib += table[row[idx]]
-        k = len(self._tables)
-        return prob / k, contrib / k
+        k = leaves.shape[1]
+        prob = self.p1[leaves].sum(axis=1) / k
+        rows = self.leaf_row[leaves]
+        if leaves.shape[0] <= SMALL:
+            contrib = self.table[rows].sum(axis=1, dtype=np.float64) / k
+        else:
+            contrib = np.zeros((leaves.shape[0], self.n_features), dtype=np.float64)
+            for t in range(k):  # one tree at a time keeps the gather small
+                contrib += self.table[rows[:, t]]
+            contrib /= k
+        return prob, contrib

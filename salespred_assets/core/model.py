@@ -40,6 +40,7 @@ from sklearn.model_selection import ParameterSampler, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder, TargetEncoder
 
+from salespred_assets.core.encoding import LookupEncoder
 from salespred_assets.core.features import CLIENT, FeatureSpec, label
 from salespred_assets.core.forest import PathExplainer
 from salespred_assets.errors import NotEnoughData
@@ -219,6 +220,7 @@ class WinModel:
         self.spec = spec
         self.info = info
         self._explainer: PathExplainer | None = None
+        self._encoder: LookupEncoder | None = None
 
     @property
     def version(self) -> str:
@@ -235,21 +237,34 @@ class WinModel:
         return self._explainer
 
     @property
-    def feature_names(self) -> list[str]:
-        return list(self.pipeline.named_steps["pre"].get_feature_names_out())
+    def encoder(self) -> LookupEncoder:
+        if self._encoder is None:
+            self._encoder = LookupEncoder(self.pipeline.named_steps["pre"])
+        return self._encoder
 
-    def transform(self, features: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.pipeline.named_steps["pre"].transform(features[self.spec.columns]), dtype=np.float64)
+    @property
+    def feature_names(self) -> list[str]:
+        return self.encoder.columns
+
+    def _columns(self, features: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {c: features[c].to_numpy() for c in self.feature_names}
+
+    def transform(self, features: pd.DataFrame | dict[str, np.ndarray]) -> np.ndarray:
+        """The forest's inputs: the fitted preprocessing, applied as lookups (same numbers, far cheaper)."""
+        return self.encoder.transform(features if isinstance(features, dict) else self._columns(features))
 
     def raw_proba(self, features: pd.DataFrame) -> np.ndarray:
         return self.forest.predict_proba(self.transform(features))[:, 1]
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        return self.calibrator.predict_proba(logit(np.asarray(raw, dtype=float))[:, None])[:, 1]
+        # The logistic calibrator's own formula, without its per-call input validation.
+        z = logit(np.asarray(raw, dtype=float)) * float(self.calibrator.coef_[0, 0]) + float(self.calibrator.intercept_[0])
+        return 1.0 / (1.0 + np.exp(-z))
 
     def predict(self, features: pd.DataFrame, *, explain: bool = True) -> pd.DataFrame:
         """probability, label, score (1-99), grade, and the top factors for and against each row."""
-        X = self.transform(features)
+        columns = self._columns(features)
+        X = self.transform(columns)
         if explain:
             raw, contrib = self.explainer.explain(X)
         else:
@@ -262,21 +277,20 @@ class WinModel:
             "grade": grade(prob),
         }, index=features.index)
         if contrib is not None:
-            out["factors_for"], out["factors_against"] = self._factors(features, contrib)
+            out["factors_for"], out["factors_against"] = self._factors(columns, contrib)
         out["model_version"] = self.version
         return out
 
-    def _factors(self, features: pd.DataFrame, contrib: np.ndarray) -> tuple[list[str], list[str]]:
+    def _factors(self, columns: dict[str, np.ndarray], contrib: np.ndarray) -> tuple[list[str], list[str]]:
         names = self.feature_names
-        values = features[names].to_numpy(dtype=object)
         order = np.argsort(-contrib, axis=1)
         top_for = order[:, :TOP_FACTORS]
         top_against = order[:, ::-1][:, :TOP_FACTORS]
         fors, againsts = [], []
-        for i in range(len(features)):
-            fors.append(json.dumps([_factor(names[j], values[i, j], contrib[i, j]) for j in top_for[i]
+        for i in range(contrib.shape[0]):
+            fors.append(json.dumps([_factor(names[j], columns[names[j]][i], contrib[i, j]) for j in top_for[i]
                                     if contrib[i, j] >= MIN_EFFECT], ensure_ascii=False))
-            againsts.append(json.dumps([_factor(names[j], values[i, j], contrib[i, j]) for j in top_against[i]
+            againsts.append(json.dumps([_factor(names[j], columns[names[j]][i], contrib[i, j]) for j in top_against[i]
                                         if contrib[i, j] <= -MIN_EFFECT], ensure_ascii=False))
         return fors, againsts
 
@@ -290,8 +304,8 @@ class WinModel:
 
 
 def _factor(name: str, value: Any, contribution: float) -> dict[str, Any]:
-    if isinstance(value, float):
-        value = round(value, 4)
+    if isinstance(value, (float, np.floating)):
+        value = round(float(value), 4)
     return {"feature": name, "label": label(name), "value": value if name != CLIENT else str(value),
             "effect": round(float(contribution), 4)}
 
