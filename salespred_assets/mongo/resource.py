@@ -13,6 +13,8 @@ Collections (in database ``salespred``):
 from __future__ import annotations
 
 import functools
+import queue
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +27,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from salespred_assets import services
-from salespred_assets.core.documents import SOURCE_ID, Validated, records_frame, validate
+from salespred_assets.core.documents import SOURCE_ID, Validated, combine, records_frame, validate
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import ServiceUnavailable
 
@@ -35,6 +37,7 @@ SELLERS = "sellers"
 COUNTERS = "counters"
 SETTINGS = "settings"
 OPPORTUNITY_COUNTER = "numero_opportunidad"
+ID_RANGE_INDEX = "id_range"
 BATCH = 5_000
 
 
@@ -79,6 +82,11 @@ class MongoResource(dg.ConfigurableResource):
         db[OPPORTUNITIES].create_index(DEFAULT_SCHEMA.seller, name="numero_vendedor_1")
         db[SELLERS].create_index("username", unique=True, name="username_unique")
         db[SELLERS].create_index("numero_vendedor", unique=True, name="numero_vendedor_unique")
+        if "secantusVersion" in self.client.admin.command("buildInfo"):
+            # SecantusDB's built-in _id index answers point lookups only; an _id range (the new-opportunity
+            # batches) would scan the collection. A secondary index led by _id serves ranges. mongod's own
+            # _id index already does, so it is created on SecantusDB only.
+            db[OPPORTUNITIES].create_index([("_id", 1), (DEFAULT_SCHEMA.stage, 1)], name=ID_RANGE_INDEX)
 
     # ---- opportunities -------------------------------------------------------------------
     def iter_raw(self, query: dict | None = None, batch_size: int = BATCH,
@@ -91,13 +99,37 @@ class MongoResource(dg.ConfigurableResource):
         for chunk in cursor:
             yield bson.decode_all(chunk)
 
-    def read_opportunities(self, schema: DatasetSchema = DEFAULT_SCHEMA, query: dict | None = None) -> Validated:
-        """Read and validate; the frame keeps ``_id`` so every row can be traced to its document."""
-        frames = []
-        for docs in self.iter_raw(query, fields=schema.fields):
-            frames.append(records_frame(docs, schema))
-        raw = pd.concat(frames, ignore_index=True) if frames else records_frame([], schema)
-        return validate(raw, schema)
+    def read_opportunities(self, schema: DatasetSchema = DEFAULT_SCHEMA, query: dict | None = None,
+                           batch_size: int = 20_000) -> Validated:
+        """Read and validate; the frame keeps ``_id`` so every row can be traced to its document.
+
+        A reader thread pulls raw BSON batches while this thread decodes and validates the previous
+        one, so the server's work and ours overlap (the socket wait releases the GIL). No projection:
+        SecantusDB serves whole documents faster than projected ones.
+        """
+        import bson
+
+        batches: queue.Queue = queue.Queue(maxsize=4)
+        failure: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                for chunk in self.db[OPPORTUNITIES].find_raw_batches(query or {}, batch_size=batch_size):
+                    batches.put(chunk)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+                failure.append(exc)
+            finally:
+                batches.put(None)
+
+        thread = threading.Thread(target=reader, name="mongo-extract", daemon=True)
+        thread.start()
+        parts = []
+        while (chunk := batches.get()) is not None:
+            parts.append(validate(records_frame(bson.decode_all(chunk), schema), schema, dedupe=False))
+        thread.join()
+        if failure:
+            raise failure[0]
+        return combine(parts, schema)
 
     def count_opportunities(self) -> int:
         return self.db[OPPORTUNITIES].estimated_document_count()
