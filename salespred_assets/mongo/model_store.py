@@ -129,15 +129,21 @@ def versions(db: Database) -> list[dict[str, Any]]:
     return out
 
 
-def set_current(db: Database, version: str, reason: str) -> str | None:
+# How a version became current: the promotion gate, `salespred model promote`, `salespred model rollback`.
+ACTIONS = ("gate", "promote", "rollback")
+
+
+def set_current(db: Database, version: str, reason: str, action: str = "gate") -> str | None:
     """Point scoring at ``version``; returns the previous version. Records the switch on both."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown switch action {action!r}; use one of {ACTIONS}")
     if db[REGISTRY].count_documents({"_id": version}) == 0:
-        raise NoModel(f"model version {version!r} is not in the registry")
+        raise NoModel(f"model version {version!r} is not in the registry; `salespred model list` shows the versions")
     now = _now()
     before = db[POINTER].find_one_and_update(
         {"_id": "current"},
         {"$set": {"version": version, "switched_at": now, "reason": reason},
-         "$push": {"history": {"version": version, "at": now, "reason": reason}}},
+         "$push": {"history": {"version": version, "at": now, "reason": reason, "action": action}}},
         upsert=True, return_document=ReturnDocument.BEFORE)
     previous = before["version"] if before else None
     db[REGISTRY].update_one({"_id": version}, {"$set": {"status": "promoted", "promoted_at": now},

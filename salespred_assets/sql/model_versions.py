@@ -1,8 +1,9 @@
-"""The model registry (MongoDB) as the ``dim_model_version`` reporting table.
+"""The model registry (MongoDB) as the ``dim_model_version`` and ``fact_model_switch`` reporting tables.
 
-``frame`` turns ``model_store.versions(db)`` into rows; ``record`` writes them through the one SQL write
-path. The ``dim_model_version`` asset uses both, and so can anything that switches the current model
-(promotion, rollback) so that SQL records every switch at once.
+``frame`` turns ``model_store.versions(db)`` into rows, ``switches_frame`` the pointer's history of
+switches; ``record`` writes both through the one SQL write path. The ``dim_model_version`` and
+``fact_model_switch`` assets use them, and so can anything that switches the current model (promotion,
+rollback) so that SQL records every switch at once.
 """
 
 from __future__ import annotations
@@ -80,12 +81,38 @@ def frame(versions: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return out
 
 
+SWITCH_COLUMNS = ["switch_number", "switched_at", "model_version", "previous_version", "action", "reason"]
+
+
+def switches_frame(history: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """MongoDB's pointer history (``model_store.pointer_history``) as ``fact_model_switch`` rows, in order.
+
+    Entries written before switches carried an action are told apart by their reason: the gate's
+    promotions say so, anything else is counted as a manual promotion.
+    """
+    rows, previous = [], None
+    for number, entry in enumerate(history, start=1):
+        reason = str(entry.get("reason") or "")
+        action = entry.get("action") or ("gate" if "gate" in reason else "promote")
+        rows.append({"switch_number": number, "switched_at": _utc(entry.get("at")),
+                     "model_version": str(entry["version"]), "previous_version": previous, "action": action,
+                     "reason": reason[:400]})
+        previous = str(entry["version"])
+    out = pd.DataFrame(rows, columns=SWITCH_COLUMNS)
+    out["switched_at"] = pd.to_datetime(out["switched_at"], utc=True)
+    out["switch_number"] = out["switch_number"].astype("int64")
+    return out
+
+
 def record(db: Database, engine: Engine) -> dict[str, Any]:
-    """Replace ``dim_model_version`` with the registry as it is now (call it after every model switch)."""
-    table = tables.dim_model_version(sa.MetaData())
+    """Replace ``dim_model_version`` and ``fact_model_switch`` with the registry and the pointer history as
+    they are now (call it after every model switch)."""
+    md = sa.MetaData()
     versions = frame(model_store.versions(db))
-    result = writer.write(engine, table, versions, mode="replace")
-    return {**result, "versions": len(versions), "current": _current(versions)}
+    result = writer.write(engine, tables.dim_model_version(md), versions, mode="replace")
+    switches = switches_frame(model_store.pointer_history(db))
+    writer.write(engine, tables.fact_model_switch(md), switches, mode="replace")
+    return {**result, "versions": len(versions), "current": _current(versions), "switches": len(switches)}
 
 
 def _current(versions: pd.DataFrame) -> str | None:

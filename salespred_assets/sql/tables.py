@@ -18,6 +18,7 @@ FACT_OPPORTUNITY = "fact_opportunity"
 DIM_SELLER = "dim_seller"
 DIM_MODEL_VERSION = "dim_model_version"
 FACT_PREDICTION_HISTORY = "fact_prediction_history"
+FACT_MODEL_SWITCH = "fact_model_switch"
 
 # Long text (JSON): TEXT elsewhere, NVARCHAR(max) on SQL Server (its NTEXT is deprecated).
 LONG_TEXT = sa.UnicodeText().with_variant(mssql.NVARCHAR(), "mssql")
@@ -126,12 +127,31 @@ def fact_prediction_history(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+def fact_model_switch(metadata: sa.MetaData) -> sa.Table:
+    # Replaced from MongoDB's pointer history (the source of truth) after every switch; dim_model_version
+    # keeps each version's latest promotion and retirement, this table every switch in order.
+    return sa.Table(
+        FACT_MODEL_SWITCH, metadata,
+        sa.Column("switch_number", sa.Integer, primary_key=True, autoincrement=False,
+                  comment="1 for the first model ever promoted, then one more per switch"),
+        sa.Column("switched_at", sa.DateTime(timezone=True), nullable=False, comment="when scoring switched (UTC)"),
+        sa.Column("model_version", sa.String(40), nullable=False, comment="the version that became current"),
+        sa.Column("previous_version", sa.String(40), nullable=True, comment="the version it replaced (none at first)"),
+        sa.Column("action", sa.String(16), nullable=False,
+                  comment="gate (passed the promotion gate), promote (salespred model promote) or rollback"),
+        sa.Column("reason", sa.Unicode(400), nullable=False, comment="why, as recorded with the switch"),
+        sa.Index(f"ix_{FACT_MODEL_SWITCH}_model_version", "model_version"),
+        comment="Every switch of the model that scores: promotions by the gate, manual promotions, rollbacks",
+    )
+
+
 def table_for(name: str, metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> sa.Table:
     if name in metadata.tables:
         return metadata.tables[name]
     builders = {FACT_OPPORTUNITY: lambda: fact_opportunity(metadata, schema), DIM_SELLER: lambda: dim_seller(metadata),
                 DIM_MODEL_VERSION: lambda: dim_model_version(metadata),
-                FACT_PREDICTION_HISTORY: lambda: fact_prediction_history(metadata)}
+                FACT_PREDICTION_HISTORY: lambda: fact_prediction_history(metadata),
+                FACT_MODEL_SWITCH: lambda: fact_model_switch(metadata)}
     if name not in builders:
         raise KeyError(f"no reporting table is declared as {name!r}; known: {sorted(builders)}")
     return builders[name]()
