@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from salespred_assets.core import card, plots
+from salespred_assets.core import card, drift, plots
 from salespred_assets.core.evaluation import Evaluation, evaluate
 from salespred_assets.core.features import build_features, closed_target, feature_spec
 from salespred_assets.core.model import SearchConfig, WinModel, train
@@ -57,6 +57,8 @@ def train_production(frame: pd.DataFrame, schema: DatasetSchema, config: SearchC
         "search_seconds": ev.seconds.get("search_s"),
         "evaluation_version": ev.trained.model.version,
         "schema": schema.to_dict(),
+        # What the drift monitor compares recent opportunities with: the training rows' distributions.
+        "reference": drift.reference_profile(features[closed.to_numpy()], feature_spec(schema)),
     })
     evaluation_info = {"metrics": ev.metrics, "raw_metrics": ev.raw_metrics, "yardstick": ev.yardstick}
     final.info["card"] = card.model_card(final.info, evaluation_info, final.importances())
