@@ -4,28 +4,34 @@ from __future__ import annotations
 
 import dagster as dg
 
+from salespred_assets.defs import automation
 from salespred_assets.defs.ingestion import assets as ingestion, checks as ingestion_checks
-from salespred_assets.defs.modeling import assets as modeling
+from salespred_assets.defs.modeling import assets as modeling, checks as modeling_checks
+from salespred_assets.defs.monitoring import assets as monitoring, checks as monitoring_checks
 from salespred_assets.defs.reporting import assets as reporting, checks as reporting_checks
 from salespred_assets.defs.scoring import assets as scoring, checks as scoring_checks
 from salespred_assets.defs.serving import assets as serving, checks as serving_checks
 from salespred_assets.resources import build_resources
 
-ASSET_MODULES = [ingestion, modeling, scoring, reporting, serving]
-CHECK_MODULES = [ingestion_checks, modeling, scoring_checks, reporting_checks, serving_checks]
+ASSET_MODULES = [ingestion, modeling, scoring, reporting, serving, monitoring]
+CHECK_MODULES = [ingestion_checks, modeling, modeling_checks, scoring_checks, reporting_checks, serving_checks,
+                 monitoring_checks]
 
 full_refresh_job = dg.define_asset_job(
-    "full_refresh", selection=dg.AssetSelection.all(),
+    "full_refresh", selection=automation.EVERYTHING,  # every asset but the new-opportunity batches
     description="Read every opportunity, retrain, promote if the gate passes, rescore, and refresh SQL and Redis.",
 )
 
 
-def build_definitions(environment: str | None = None) -> dg.Definitions:
+def build_definitions(environment: str | None = None, resources: dict[str, object] | None = None) -> dg.Definitions:
+    """The code location; ``resources`` replaces the environment's (tests, benchmarks)."""
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
-        jobs=[full_refresh_job],
-        resources=build_resources(environment),
+        jobs=[full_refresh_job, *automation.JOBS],
+        schedules=automation.SCHEDULES,
+        sensors=automation.SENSORS,
+        resources=resources if resources is not None else build_resources(environment),
     )
 
 

@@ -37,16 +37,28 @@ class RunOutcome:
         return self.success and not self.failed_checks and not self.failed_steps
 
 
-def materialize(job_name: str = "full_refresh", run_config: dict | None = None, ephemeral: bool = False) -> RunOutcome:
+def materialize(job_name: str = "full_refresh", run_config: dict | None = None, ephemeral: bool = False,
+                resources: dict[str, Any] | None = None, partition_key: str | None = None,
+                instance: Any = None) -> RunOutcome:
+    """Run a job in-process. ``resources`` replaces the environment's; ``partition_key`` runs one partition
+    (a batch of ``score_new_opportunities``: the key is registered as a partition first)."""
     import dagster as dg
 
-    from salespred_assets.definitions import defs
+    from salespred_assets.definitions import build_definitions, defs
 
-    if not ephemeral:
+    if not ephemeral and instance is None:
         prepare_dagster_home()
-    instance = dg.DagsterInstance.ephemeral() if ephemeral else dg.DagsterInstance.get()
-    job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config or {})
+    if instance is None:
+        instance = dg.DagsterInstance.ephemeral() if ephemeral else dg.DagsterInstance.get()
+    definitions = defs if resources is None else build_definitions(resources=resources)
+    job = definitions.resolve_job_def(job_name)
+    if partition_key is not None:
+        partitions = job.partitions_def
+        if isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name \
+                and not instance.has_dynamic_partition(partitions.name, partition_key):
+            instance.add_dynamic_partitions(partitions.name, [partition_key])
+    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config or {},
+                                    partition_key=partition_key)
     outcome = RunOutcome(success=result.success, run_id=result.run_id)
     for event in result.all_events:
         if event.is_step_failure:

@@ -25,6 +25,7 @@ from salespred_assets.redis_cache.cache import serialize
 from salespred_assets.redis_cache.resource import RedisResource
 
 log = logging.getLogger("salespred.scoring")
+CLIENT_CHUNK = 100
 
 
 def client_context(mongo: MongoResource, schema: DatasetSchema, frame: pd.DataFrame) -> pd.DataFrame | None:
@@ -32,7 +33,13 @@ def client_context(mongo: MongoResource, schema: DatasetSchema, frame: pd.DataFr
     if not schema.client:
         return None
     clients = sorted(set(frame[schema.client].astype(str)))
-    docs = list(mongo.db[OPPORTUNITIES].find({schema.client: {"$in": clients}}, {f: 1 for f in schema.fields}))
+    projection = {f: 1 for f in schema.fields}
+    docs: list[dict[str, Any]] = []
+    # Chunks of 100: a batch of new opportunities names hundreds of clients, and SecantusDB's $in costs
+    # grow with the square of the list (mongod's do not; chunks cost it one round trip per 100).
+    for start in range(0, len(clients), CLIENT_CHUNK):
+        chunk = clients[start:start + CLIENT_CHUNK]
+        docs.extend(mongo.db[OPPORTUNITIES].find({schema.client: {"$in": chunk}}, projection))
     known = validate(records_frame(docs, schema), schema).frame.drop(columns=["_id"], errors="ignore")
     context = pd.concat([known[~known[schema.id].isin(frame[schema.id])], frame.drop(columns=["_id"], errors="ignore")],
                         ignore_index=True)

@@ -9,6 +9,13 @@ Every setting has one name, read here and nowhere else:
 - ``SALESPRED_ENV``        ``local`` (embedded defaults allowed) or ``production`` (all URLs required)
 - ``SALESPRED_SECRET_KEY`` signs the seller app's sessions; unset and local: generated once into
   ``$SALESPRED_HOME/secret_key`` (mode 0600); required in production
+- ``SALESPRED_RETRAIN_CRON`` when the retrain schedule runs (cron, default ``0 2 * * *``: nightly)
+- ``SALESPRED_DRIFT_CRON``   when the drift monitor runs (cron, default ``0 */6 * * *``)
+- ``SALESPRED_TIMEZONE``     the schedules' time zone (IANA name, default ``UTC``)
+- ``SALESPRED_AUTOMATION``   ``on`` (default): schedules and sensors start running with Dagster's daemon;
+  ``off``: they start stopped (turn them on in the UI)
+- ``SALESPRED_SENSOR_INTERVAL`` seconds between new-opportunity sensor ticks (default 30)
+- ``SALESPRED_DRIFT_COOLDOWN_HOURS`` drift triggers no retrain while the current model is younger (default 6)
 """
 
 from __future__ import annotations
@@ -85,3 +92,32 @@ def mask_url(url: str | None) -> str:
         netloc = f"{userinfo}@{hostinfo}"
     query = _PASSWORD_IN_QUERY.sub(r"\1***", parts.query)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# ---- automation (schedules and sensors) -----------------------------------------------------------
+ENV_RETRAIN_CRON = "SALESPRED_RETRAIN_CRON"
+ENV_DRIFT_CRON = "SALESPRED_DRIFT_CRON"
+ENV_TIMEZONE = "SALESPRED_TIMEZONE"
+ENV_AUTOMATION = "SALESPRED_AUTOMATION"
+ENV_SENSOR_INTERVAL = "SALESPRED_SENSOR_INTERVAL"
+ENV_DRIFT_COOLDOWN = "SALESPRED_DRIFT_COOLDOWN_HOURS"
+
+
+def automation_enabled() -> bool:
+    value = (get(ENV_AUTOMATION) or "on").lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{ENV_AUTOMATION} must be 'on' or 'off', not {value!r}")
+    return value == "on"
+
+
+def positive_number(name: str, default: float) -> float:
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive number, not {raw!r}")
+    return value

@@ -20,15 +20,17 @@ from salespred_assets.sql.resource import SqlResource
 AS_OF = dt.date(2026, 11, 1)
 
 
-def train_current_model(mongo: MongoResource) -> WinModel:
-    """Train a small forest (fixed parameters, no search) on what MongoDB holds and make it current."""
+def train_current_model(mongo: MongoResource, *, trees: int = 30, leaf: int = 3, promote: bool = True) -> WinModel:
+    """Train a small forest (fixed parameters, no search) on what MongoDB holds and make it current
+    (``promote=False``: store it as a candidate only)."""
     schema = mongo.schema()
     frame = mongo.read_opportunities(schema).frame
     closed, y = closed_target(frame, schema)
     model = train(build_features(frame, schema)[closed.to_numpy()], y, feature_spec(schema),
-                  SearchConfig.preset("fast"), params={"rf__n_estimators": 30, "rf__min_samples_leaf": 3}).model
+                  SearchConfig.preset("fast"), params={"rf__n_estimators": trees, "rf__min_samples_leaf": leaf}).model
     model_store.save(mongo.db, model)
-    model_store.set_current(mongo.db, model.version, "test")
+    if promote:
+        model_store.set_current(mongo.db, model.version, "test")
     return model
 
 
@@ -59,6 +61,10 @@ def all_assets_and_checks() -> tuple[list, list]:
 
 def materialize_all(resources: dict[str, Any], run_config: dict | None = None, selection: Any = None,
                     instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
+    from salespred_assets.defs.automation import EVERYTHING
+
     assets, checks = all_assets_and_checks()
+    # "All" is what the full_refresh job materialises: every asset but the (partitioned) batches.
     return dg.materialize([*assets, *checks], resources=resources, run_config=run_config or {},
-                          selection=selection, instance=instance, raise_on_error=False)
+                          selection=selection if selection is not None else EVERYTHING, instance=instance,
+                          raise_on_error=False)

@@ -122,6 +122,20 @@ class PredictionCache:
     def get_raw(self, number: str) -> bytes | None:
         return self._lookup(keys=[self.current_key], args=[f"{self.ns}:pred:", number])
 
+    def get_many(self, numbers: list[str], gen: int | None = None) -> list[bytes | None]:
+        """Raw values of ``numbers`` in generation ``gen`` (default: the live one), pipelined."""
+        gen = self.current_generation() if gen is None else gen
+        if gen is None:
+            return [None] * len(numbers)
+        prefix = self.prefix(gen)
+        out: list[bytes | None] = []
+        for start in range(0, len(numbers), PIPELINE_BATCH):
+            pipe = self.r.pipeline(transaction=False)
+            for number in numbers[start:start + PIPELINE_BATCH]:
+                pipe.get(prefix + number)
+            out.extend(pipe.execute())
+        return out
+
     def set_one(self, number: str, value: dict[str, Any]) -> None:
         gen = self.current_generation()
         if gen is None:

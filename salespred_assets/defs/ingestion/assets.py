@@ -39,8 +39,16 @@ def raw_opportunities(context: dg.AssetExecutionContext, mongo: MongoResource) -
         "quarantine_reasons": md(reasons) if len(reasons) else dg.MetadataValue.md("none"),
         "stages": counts_md(frame[schema.stage], "stage") if len(frame) else dg.MetadataValue.md("no rows"),
         "schema_id_field": schema.id,
+        # The new-opportunity sensor's first watermark: documents above it were not read here.
+        "max_object_id": _max_object_id(frame),
         "preview": md(frame.drop(columns=["_id"], errors="ignore"), max_rows=5),
     })
+
+
+def _max_object_id(frame: pd.DataFrame) -> str:
+    ids = frame["_id"].astype("str") if "_id" in frame.columns else pd.Series([], dtype="str")
+    ids = ids[ids.str.fullmatch(r"[0-9a-f]{24}")]
+    return str(ids.max()) if len(ids) else ""
 
 
 @dg.asset(group_name=GROUP, kinds={"mongodb", "pandas"}, deps=[sellers_collection], retry_policy=IO_RETRY)

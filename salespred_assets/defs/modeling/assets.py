@@ -12,8 +12,10 @@ from salespred_assets.core.model import SearchConfig, WinModel
 from salespred_assets.core.scoring import outcome
 from salespred_assets.core.training import train_production
 from salespred_assets.defs.common import IO_RETRY, markdown_table, md
+from salespred_assets.errors import NotEnoughData
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.sql import model_versions, tables
 
 GROUP = "modeling"
 # Promotion gate: a candidate must reach 98% of the current model's held-out ROC AUC, and this floor.
@@ -27,7 +29,7 @@ class TrainingConfig(dg.Config):
     yardstick: bool = Field(default=True, description="also train the HistGradientBoosting yardstick")
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas"})
+@dg.asset(group_name=GROUP, kinds={"pandas"}, retry_policy=IO_RETRY)
 def opportunity_features(raw_opportunities: pd.DataFrame, mongo: MongoResource) -> dg.Output[pd.DataFrame]:
     """Model inputs for every opportunity (client facts counted over all of them), with id and outcome."""
     schema = mongo.schema()
@@ -44,13 +46,16 @@ def opportunity_features(raw_opportunities: pd.DataFrame, mongo: MongoResource) 
     })
 
 
-@dg.asset(group_name=GROUP, kinds={"scikit-learn"}, io_manager_key="model_io_manager")
+@dg.asset(group_name=GROUP, kinds={"scikit-learn"}, io_manager_key="model_io_manager", retry_policy=IO_RETRY)
 def win_model(context: dg.AssetExecutionContext, config: TrainingConfig, raw_opportunities: pd.DataFrame,
               opportunity_features: pd.DataFrame, mongo: MongoResource) -> dg.Output[WinModel]:
     """A tuned, calibrated random forest: a candidate version, evaluated on the original protocol."""
     schema = mongo.schema()
-    report = train_production(raw_opportunities, schema, SearchConfig.preset(config.search),
-                              yardstick=config.yardstick, features=opportunity_features[feature_spec(schema).columns])
+    try:
+        report = train_production(raw_opportunities, schema, SearchConfig.preset(config.search),
+                                  yardstick=config.yardstick, features=opportunity_features[feature_spec(schema).columns])
+    except NotEnoughData as exc:  # a data problem: retrying cannot help (the retry policy is for the GridFS write)
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     model, ev = report.model, report.evaluation
     context.log.info(f"candidate {model.version}: held-out ROC AUC {ev.metrics['roc_auc']:.4f}, "
                      f"accuracy {ev.metrics['accuracy']:.4f}")
@@ -114,9 +119,22 @@ def production_model(mongo: MongoResource) -> dg.MaterializeResult:
     latest = db[model_store.REGISTRY].find_one({"status": {"$ne": "rejected"}}, sort=[("trained_at", -1)])
     if latest is None:
         raise model_store.NoModel("no candidate passed the gate; the current model stays")
-    previous = model_store.set_current(db, latest["_id"], reason="passed the promotion gate")
+    previous = model_store.set_current(db, latest["_id"], reason="passed the promotion gate", action="gate")
     return dg.MaterializeResult(metadata={
         "model_version": latest["_id"],
         "previous_version": previous or "none",
         "roc_auc": float(latest["info"]["metrics"]["roc_auc"]),
+    })
+
+
+@dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,
+          deps=[production_model], metadata={"table": tables.FACT_MODEL_SWITCH, "write": "replace"})
+def fact_model_switch(mongo: MongoResource) -> dg.Output[pd.DataFrame]:
+    """Every switch of the model that scores, in order: promotions by the gate, `salespred model promote`,
+    `salespred model rollback` (from MongoDB's pointer history, the source of truth)."""
+    frame = model_versions.switches_frame(model_store.pointer_history(mongo.db))
+    return dg.Output(frame, metadata={
+        "switches": len(frame),
+        "current_version": str(frame["model_version"].iloc[-1]) if len(frame) else "none",
+        "latest_switches": md(frame.tail(10).iloc[::-1], max_rows=10) if len(frame) else dg.MetadataValue.md("none"),
     })

@@ -1,10 +1,20 @@
-"""Checks on the predictions before they reach analysts and sellers."""
+"""Checks on the predictions before they reach analysts and sellers, and on each new-opportunity batch."""
+
+import json
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
-from salespred_assets.defs.scoring.assets import opportunity_predictions
+from salespred_assets import batches
+from salespred_assets.core.documents import records_frame, validate
+from salespred_assets.defs.scoring.assets import new_opportunity_scores, opportunity_predictions
+from salespred_assets.mongo import model_store
+from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.sql import tables, writer
+from salespred_assets.sql.resource import SqlResource
 
 
 @dg.asset_check(asset=opportunity_predictions, blocking=True,
@@ -21,4 +31,46 @@ def predictions_complete(opportunity_predictions: pd.DataFrame, raw_opportunitie
         passed=missing == 0 and out_of_range == 0 and versions <= 1,
         metadata={"rows_scored": len(preds), "rows_not_scored": missing, "open_scored": open_scored,
                   "probabilities_out_of_range": out_of_range, "model_versions": int(versions)},
+    )
+
+
+@dg.asset_check(asset=new_opportunity_scores, blocking=True,
+                description="Every valid document of the batch has its fact_opportunity row, its history row and its "
+                            "key in the live Redis generation, all by the current model.")
+def new_opportunity_scores_landed(context: dg.AssetCheckExecutionContext, mongo: MongoResource, sql: SqlResource,
+                                  redis: RedisResource) -> dg.AssetCheckResult:
+    schema = mongo.schema()
+    batch = context.op_execution_context.partition_key
+    docs = batches.read_batch(mongo, batch, schema)
+    numbers = validate(records_frame(docs, schema), schema).frame[schema.id].astype(str).tolist()
+    version = model_store.current_version(mongo.db)
+    md = sa.MetaData()
+    fact = tables.fact_opportunity(md, schema)
+    history = tables.fact_prediction_history(md)
+    key = fact.c[schema.id]
+    joined = fact.outerjoin(history, sa.and_(history.c.opportunity_id == key,
+                                             history.c.model_version == fact.c.model_version,
+                                             history.c.scored_at == fact.c.scored_at))
+    in_sql, without_history, sql_versions = 0, 0, set()
+    with sql.engine.connect() as conn:
+        for start in range(0, len(numbers), writer.IN_CHUNK):
+            chunk = numbers[start:start + writer.IN_CHUNK]
+            rows = conn.execute(sa.select(fact.c.model_version, history.c.opportunity_id.is_(None))
+                                .select_from(joined).where(key.in_(chunk))).all()
+            in_sql += len(rows)
+            without_history += sum(bool(missing) for _, missing in rows)
+            sql_versions.update(str(v) for v, _ in rows)
+    cache = redis.cache()
+    cached = [json.loads(raw)["model_version"] for raw in cache.get_many(numbers) if raw is not None]
+    cache_versions = set(cached)
+    expected = {version} if numbers else set()
+    return dg.AssetCheckResult(
+        passed=in_sql == len(numbers) and without_history == 0 and len(cached) == len(numbers)
+        and sql_versions <= expected and cache_versions <= expected,
+        metadata={"batch": batch, "valid_documents": len(numbers), "documents": len(docs),
+                  "sql_rows": in_sql, "sql_rows_without_history": without_history, "cached": len(cached),
+                  "current_model": version or "none",
+                  "sql_model_versions": ", ".join(sorted(sql_versions)) or "none",
+                  "cache_model_versions": ", ".join(sorted(cache_versions)) or "none",
+                  "live_generation": cache.current_generation() or "none"},
     )

@@ -16,19 +16,11 @@ def prediction_cache_coverage(opportunity_predictions: pd.DataFrame, redis: Redi
     gen = cache.current_generation()
     ids = opportunity_predictions["opportunity_id"].astype(str).tolist()
     missing, versions = 0, set()
-    if gen is not None:
-        prefix = cache.prefix(gen)
-        for start in range(0, len(ids), 10_000):
-            pipe = cache.r.pipeline(transaction=False)
-            for number in ids[start:start + 10_000]:
-                pipe.get(prefix + number)
-            for raw in pipe.execute():
-                if raw is None:
-                    missing += 1
-                else:
-                    versions.add(json.loads(raw)["model_version"])
-    else:
-        missing = len(ids)
+    for raw in cache.get_many(ids, gen):
+        if raw is None:
+            missing += 1
+        else:
+            versions.add(json.loads(raw)["model_version"])
     expected_version = str(opportunity_predictions["model_version"].iloc[0]) if len(ids) else None
     return dg.AssetCheckResult(
         passed=missing == 0 and versions <= {expected_version},

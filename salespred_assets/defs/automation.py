@@ -1,0 +1,162 @@
+"""Automation: the jobs, schedules and sensors that keep the platform current without anyone clicking.
+
+- ``new_opportunities`` (sensor, every 30 s): finds new and changed opportunities (see
+  :mod:`salespred_assets.batches`), adds one ``opportunity_batches`` partition per batch and launches
+  ``score_new_opportunities`` for it, with the batch key as ``run_key`` (never the same batch twice).
+- ``retrain`` (job; "retrain now" in the UI) and ``nightly_retrain`` (its schedule, cron from
+  ``SALESPRED_RETRAIN_CRON``): fresh data, a candidate model, the blocking promotion gate, and, if the
+  candidate passes, its promotion and everything downstream (SQL, the Redis cache, reports, drift).
+- ``rescore`` (job): every opportunity scored again by the current model, SQL replaced in one
+  transaction and a new Redis generation swapped in; ``salespred model promote|rollback`` runs it.
+- ``monitor_drift`` (job) on ``drift_monitor`` (schedule, ``SALESPRED_DRIFT_CRON``), and
+  ``retrain_on_drift`` (sensor): a drift measurement at the 'act' threshold starts a retrain, at most
+  once per model version and not while the current model is younger than the cooldown.
+
+Every job retries database steps with backoff (``IO_RETRY``) and carries a ``salespred/workload`` tag
+that the production instance's run queue limits (training: one at a time; database-heavy: three).
+"""
+
+import datetime as dt
+
+import dagster as dg
+
+from salespred_assets import batches, settings
+from salespred_assets.core import drift
+from salespred_assets.defs.common import IO_RETRY
+from salespred_assets.defs.ingestion.assets import raw_opportunities, sellers
+from salespred_assets.defs.modeling.assets import fact_model_switch, opportunity_features, win_model
+from salespred_assets.defs.monitoring.assets import opportunity_drift
+from salespred_assets.defs.reporting.assets import dim_model_version, dim_seller
+from salespred_assets.defs.scoring.assets import new_opportunity_scores, opportunity_predictions
+from salespred_assets.errors import SalespredError
+from salespred_assets.mongo import model_store
+from salespred_assets.mongo.resource import MongoResource
+
+WORKLOAD = "salespred/workload"
+BATCHES = dg.AssetSelection.assets(new_opportunity_scores)
+# Everything that is not a batch: what a full refresh materialises.
+EVERYTHING = dg.AssetSelection.all() - BATCHES
+RETRAIN = (dg.AssetSelection.assets(win_model).upstream() | dg.AssetSelection.assets(win_model).downstream()) - BATCHES
+# Rescoring with the current model: fresh data and features, predictions and everything they feed (the
+# reporting views need the sellers too), and the model-version tables (a switch is recorded by the same run).
+RESCORE = (dg.AssetSelection.assets(raw_opportunities, opportunity_features, sellers, dim_seller, dim_model_version,
+                                    fact_model_switch)
+           | dg.AssetSelection.assets(opportunity_predictions).downstream()) - BATCHES
+
+retrain_job = dg.define_asset_job(
+    "retrain", selection=RETRAIN, op_retry_policy=IO_RETRY, tags={WORKLOAD: "training"},
+    description="Retrain now: read every opportunity, train a candidate, and promote it only if the blocking "
+                "promotion gate passes; a promoted model rescores SQL and the Redis cache.")
+rescore_job = dg.define_asset_job(
+    "rescore", selection=RESCORE, op_retry_policy=IO_RETRY, tags={WORKLOAD: "database-heavy"},
+    description="Rescore every opportunity with the current model: SQL replaced in one transaction, a new Redis "
+                "generation swapped in (lookups never miss). `salespred model promote|rollback` runs it.")
+score_new_opportunities_job = dg.define_asset_job(
+    "score_new_opportunities", selection=BATCHES, op_retry_policy=IO_RETRY,
+    executor_def=dg.in_process_executor, tags={WORKLOAD: "incremental"},
+    description="Score one batch of new or changed opportunities (a partition of opportunity_batches): SQL upsert, "
+                "history append, live Redis generation. Launched by the new_opportunities sensor.")
+monitor_drift_job = dg.define_asset_job(
+    "monitor_drift", selection=dg.AssetSelection.assets(raw_opportunities, opportunity_features, opportunity_drift),
+    op_retry_policy=IO_RETRY, description="Measure how far recent opportunities drifted from the training data.")
+
+JOBS = [retrain_job, rescore_job, score_new_opportunities_job, monitor_drift_job]
+
+
+def _status(kind: type) -> object:
+    return kind.RUNNING if settings.automation_enabled() else kind.STOPPED
+
+
+def _schedule(name: str, job: object, env: str, default: str, description: str) -> dg.ScheduleDefinition:
+    cron = settings.get(env) or default
+    timezone = settings.get(settings.ENV_TIMEZONE) or "UTC"
+    try:
+        return dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron, execution_timezone=timezone,
+                                     default_status=_status(dg.DefaultScheduleStatus), description=description)
+    except dg.DagsterInvalidDefinitionError as exc:
+        raise SalespredError(f"{env}={cron!r} / {settings.ENV_TIMEZONE}={timezone!r} is not a valid schedule: "
+                             f"{str(exc).splitlines()[0]} (a cron expression has five fields, e.g. '0 2 * * *', "
+                             f"and the time zone is an IANA name such as 'Europe/Madrid')") from exc
+
+
+nightly_retrain = _schedule("nightly_retrain", retrain_job, settings.ENV_RETRAIN_CRON, "0 2 * * *",
+                            f"Retrain on a schedule (cron from {settings.ENV_RETRAIN_CRON}, default nightly at 02:00).")
+drift_monitor = _schedule("drift_monitor", monitor_drift_job, settings.ENV_DRIFT_CRON, "0 */6 * * *",
+                          f"Measure drift on a schedule (cron from {settings.ENV_DRIFT_CRON}, default every 6 hours).")
+
+
+_indexed: set[tuple[str, str]] = set()
+
+
+def _ensure_indexes(mongo: MongoResource) -> None:
+    """Once per process: the indexes the sensor's and the batches' queries use."""
+    key = (mongo.resolved_uri(), mongo.db.name)
+    if key not in _indexed:
+        mongo.ensure_indexes()
+        _indexed.add(key)
+
+
+def first_watermark(instance: dg.DagsterInstance) -> str | None:
+    """Where a sensor without a cursor starts: the newest document the last full read saw."""
+    event = instance.get_latest_materialization_event(raw_opportunities.key)
+    mat = event.asset_materialization if event else None
+    value = mat.metadata.get("max_object_id") if mat else None
+    return str(value.value) or None if value is not None else None
+
+
+@dg.sensor(name="new_opportunities", jobs=[score_new_opportunities_job, rescore_job],
+           minimum_interval_seconds=int(settings.positive_number(settings.ENV_SENSOR_INTERVAL, 30)),
+           default_status=_status(dg.DefaultSensorStatus),
+           description="New and changed opportunities, in batches: one partition and one run per batch, keyed by "
+                       "the batch (an _id range, or a change-stream batch), so no batch is ever scored twice.")
+def new_opportunities(context: dg.SensorEvaluationContext, mongo: MongoResource) -> dg.SensorResult:
+    if model_store.current_version(mongo.db) is None:
+        return dg.SensorResult(skip_reason="no model promoted yet: run the retrain job (or full_refresh) first; "
+                                           "new opportunities are scored once a model is current")
+    _ensure_indexes(mongo)
+    cursor = batches.Cursor.loads(context.cursor) or batches.Cursor(last_id=first_watermark(context.instance))
+    plan = batches.plan(mongo, cursor)
+    for note in plan.notes:
+        context.log.warning(note)
+    requests = [dg.RunRequest(run_key=b.key, partition_key=b.key, job_name=score_new_opportunities_job.name,
+                              tags={"salespred/batch_kind": b.kind, "salespred/batch_rows": str(b.rows)})
+                for b in plan.batches]
+    if plan.resync:
+        context.log.warning(plan.resync)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        requests.append(dg.RunRequest(run_key=f"resync-{stamp}", job_name=rescore_job.name,
+                                      tags={"salespred/trigger": "change-stream-resync"}))
+    keys = [b.key for b in plan.batches]
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(batches.PARTITIONS, keys)] if keys else None,
+        cursor=plan.cursor.dumps(),
+        skip_reason=None if requests else "no new or changed opportunities",
+    )
+
+
+@dg.asset_sensor(asset_key=opportunity_drift.key, job=retrain_job, name="retrain_on_drift",
+                 minimum_interval_seconds=60, default_status=_status(dg.DefaultSensorStatus),
+                 description=f"Starts a retrain when a drift measurement reaches PSI {drift.ACT} (at most once per "
+                             f"model version, never while the current model is younger than "
+                             f"{settings.ENV_DRIFT_COOLDOWN} hours, default 6).")
+def retrain_on_drift(context: dg.SensorEvaluationContext,
+                     asset_event: dg.EventLogEntry) -> dg.RunRequest | dg.SkipReason:
+    mat = asset_event.asset_materialization
+    meta = {k: getattr(v, "value", v) for k, v in (mat.metadata if mat else {}).items()}
+    version, max_psi = str(meta.get("model_version", "none")), float(meta.get("max_psi") or 0.0)
+    if meta.get("action") != "retrain":
+        return dg.SkipReason(f"drift of model {version}: max PSI {max_psi:.3f} is below {drift.ACT}")
+    cooldown_h = settings.positive_number(settings.ENV_DRIFT_COOLDOWN, 6)
+    trained = meta.get("model_trained_at")
+    if trained:
+        age_h = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(str(trained))).total_seconds() / 3600
+        if age_h < cooldown_h:
+            return dg.SkipReason(f"drift of model {version} (max PSI {max_psi:.3f}), but it was trained {age_h:.1f} h "
+                                 f"ago, within the {cooldown_h:g} h cooldown")
+    return dg.RunRequest(run_key=f"drift-{version}",
+                         tags={"salespred/trigger": "drift", "salespred/drift_psi": f"{max_psi:.3f}"})
+
+
+SCHEDULES = [nightly_retrain, drift_monitor]
+SENSORS = [new_opportunities, retrain_on_drift]

@@ -1,0 +1,156 @@
+"""The new-opportunity sensor and its batch runs, on real MongoDB (change streams), SQLite and Redis.
+
+The sensor is evaluated with ``build_sensor_context`` on an ephemeral Dagster instance, as the daemon
+would: its cursor, its run keys, that a tick evaluated twice asks for the same runs (so Dagster launches
+them once) and that the next tick asks for nothing. Each requested run is then executed as the daemon's
+run would be (``score_new_opportunities`` for that partition), and SQL, the history and Redis are read
+back: the batch's rows changed, nothing else did.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import time
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from bson import ObjectId
+
+from salespred_assets import batches, loading, runner
+from salespred_assets.core.schema import DEFAULT_SCHEMA as S
+from salespred_assets.defs.automation import new_opportunities
+from salespred_assets.mongo import model_store
+from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.sql import tables, writer
+from salespred_tests.helpers import AS_OF, build_test_resources, train_current_model
+
+pytestmark = pytest.mark.integration
+
+
+def _tick(instance: dg.DagsterInstance, mongo, cursor: str | None) -> dg.SensorResult:  # noqa: ANN001
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"mongo": mongo})
+    result = new_opportunities(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def _fact(sqlite_url: str):  # noqa: ANN202
+    engine = sa.create_engine(sqlite_url)
+    try:
+        return writer.read_table(engine, tables.FACT_OPPORTUNITY).set_index(S.id), \
+            writer.count_rows(engine, tables.FACT_PREDICTION_HISTORY)
+    finally:
+        engine.dispose()
+
+
+def _old_object_id(seconds_ago: float) -> ObjectId:
+    """An ObjectId as a client with a slow clock (or a retried insert) would have made it."""
+    stamp = int(time.time() - seconds_ago).to_bytes(4, "big")
+    return ObjectId(stamp + os.urandom(8))
+
+
+def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sqlite_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(batches, "SETTLE_SECONDS", 0)  # ObjectIds count from the next whole second
+    loading.seed_synthetic(mongo, 500, seed=11, as_of=AS_OF)
+    train_current_model(mongo)
+    resources = build_test_resources(mongo, redis_resource, sqlite_url, str(tmp_path / "storage"))
+    instance = dg.DagsterInstance.ephemeral()
+    # The full rescore the platform starts from (the job `salespred model promote` also runs).
+    assert runner.materialize("rescore", resources=resources, instance=instance).ok
+    before, history_before = _fact(sqlite_url)
+    generation = redis_resource.cache().current_generation()
+    newest = max(d["_id"] for d in mongo.db[OPPORTUNITIES].find({}, {"_id": 1}))
+
+    # First tick: no cursor, so it starts where the last full read stopped; nothing new yet.
+    first = _tick(instance, mongo, None)
+    assert first.run_requests == [] and "no new or changed" in first.skip_reason.skip_message
+    cursor = batches.Cursor.loads(first.cursor)
+    assert cursor.last_id == str(newest) and cursor.changes == "followed" and cursor.token
+
+    # 30 new opportunities, 3 existing ones won, and one late insert below the watermark.
+    loading.seed_synthetic(mongo, 30, seed=12, as_of=AS_OF)
+    won = [d[S.id] for d in mongo.db[OPPORTUNITIES].find({S.stage: "S2"}, {S.id: 1}).limit(3)]
+    assert len(won) == 3
+    mongo.db[OPPORTUNITIES].update_many({S.id: {"$in": won}}, {"$set": {S.stage: "Won"}})
+    late = {**mongo.db[OPPORTUNITIES].find_one({S.id: won[0]}, {"_id": 0}), "_id": _old_object_id(3600),
+            S.id: "OP-LATE-1", S.stage: "S1"}
+    mongo.db[OPPORTUNITIES].insert_one(late)
+    time.sleep(1.1)  # past the second the new ObjectIds were made in
+
+    second = _tick(instance, mongo, first.cursor)
+    by_kind = {r.tags["salespred/batch_kind"]: r for r in second.run_requests}
+    assert set(by_kind) == {"new", "changed"}
+    for request in second.run_requests:
+        assert request.run_key == request.partition_key and request.job_name == "score_new_opportunities"
+    [partitions] = second.dynamic_partitions_requests
+    assert sorted(partitions.partition_keys) == sorted(r.partition_key for r in second.run_requests)
+    assert by_kind["new"].tags["salespred/batch_rows"] == "30"
+    lo, hi = batches.parse_range(by_kind["new"].partition_key)
+    assert lo == newest and batches.Cursor.loads(second.cursor).last_id == str(hi)
+    assert by_kind["changed"].tags["salespred/batch_rows"] == "4"  # 3 won + the late insert
+
+    # The same tick evaluated again (a daemon retry) asks for the same run keys: Dagster launches them once.
+    again = _tick(instance, mongo, first.cursor)
+    assert sorted(r.run_key for r in again.run_requests) == sorted(r.run_key for r in second.run_requests)
+    # The next tick finds nothing: no batch is ever requested twice.
+    third = _tick(instance, mongo, second.cursor)
+    assert third.run_requests == []
+
+    for request in second.run_requests:
+        instance.add_dynamic_partitions(batches.PARTITIONS, [request.partition_key])
+        outcome = runner.materialize("score_new_opportunities", resources=resources, instance=instance,
+                                     partition_key=request.partition_key)
+        assert outcome.ok, (outcome.failed_steps, outcome.failed_checks)
+        meta = outcome.metadata["new_opportunity_scores"]
+        # Only the batch was read: 30 new documents, or the 4 changed ones, never the collection.
+        assert meta["documents_read"] == int(request.tags["salespred/batch_rows"])
+
+    after, history_after = _fact(sqlite_url)
+    assert len(after) == len(before) + 31 and after.index.is_unique
+    assert history_after == history_before + 34
+    untouched = before.index.difference(won)
+    assert (after.loc[untouched, "scored_at"] == before.loc[untouched, "scored_at"]).all()
+    assert set(after.loc[won, "outcome"]) == {"won"}
+    assert (after.loc[won, "scored_at"] > before.loc[won, "scored_at"]).all()
+
+    cache = redis_resource.cache()
+    assert cache.current_generation() == generation  # written into the live generation, not a new one
+    version = model_store.current_version(mongo.db)
+    new_numbers = [n for n in after.index.difference(before.index)]
+    for raw in cache.get_many([*new_numbers, *won]):
+        assert raw is not None and json.loads(raw)["model_version"] == version
+    assert cache.get(won[1])["probability"] == pytest.approx(after.loc[won[1], "probability"], abs=1e-6)
+
+    # A batch run again (a retried run) is idempotent: same rows, history recorded once per scoring.
+    rerun = runner.materialize("score_new_opportunities", resources=resources, instance=instance,
+                               partition_key=by_kind["new"].partition_key)
+    assert rerun.ok and _fact(sqlite_url)[0].shape == after.shape
+
+
+def test_a_full_rescore_tiles_every_document_into_range_batches(mongo):
+    loading.seed_synthetic(mongo, 450, seed=5, as_of=AS_OF)
+    keys = batches.tile(mongo, rows=200)
+    assert len(keys) == 3 and keys[0].startswith(batches.ZERO_ID)
+    seen = []
+    for key in keys:
+        seen += [d["_id"] for d in batches.read_batch(mongo, key, S)]
+    assert sorted(seen) == sorted(d["_id"] for d in mongo.db[OPPORTUNITIES].find({}, {"_id": 1}))
+    # Consecutive ranges share their bounds: no gap, no overlap.
+    for a, b in itertools.pairwise(keys):
+        assert a.split("-")[1] == b.split("-")[0]
+
+
+def test_the_settle_time_and_the_watermark_rules():
+    bound = batches.settle_bound(dt.datetime(2026, 1, 1, 12, 0, 10, tzinfo=dt.timezone.utc), settle_s=5)
+    assert bound.generation_time == dt.datetime(2026, 1, 1, 12, 0, 5, tzinfo=dt.timezone.utc)
+    a, b, c = (ObjectId.from_datetime(dt.datetime(2026, 1, 1, 12, 0, s, tzinfo=dt.timezone.utc)) for s in (1, 2, 3))
+    events = [("update", a), ("insert", b), ("insert", a), ("update", c), ("replace", "custom-id")]
+    # Watermark b: updates at or below it count, an insert the scan returned does not, above it waits.
+    assert batches._changed_ids(events, scanned={b}, hi=str(b)) == [a, "custom-id"]
+    with pytest.raises(Exception, match="neither"):
+        batches.parse_range("not-a-key")
+    assert batches.changes_key([b, a], None) == batches.changes_key([a, b], None)
