@@ -359,7 +359,7 @@ def _score_once(mongo: MongoResource, engine: sa.engine.Engine, redis: RedisReso
         seconds["history_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        cache_keys = scoring_service.cache_predictions(redis, preds)
+        cache_keys = scoring_service.cache_predictions(redis, preds, schema)
         generation = redis.cache().current_generation()
         seconds["cache_s"] = time.perf_counter() - started
         scored_at = pd.Timestamp(preds["scored_at"].iloc[0]).isoformat()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pandas as pd
@@ -62,39 +62,43 @@ def score_documents(mongo: MongoResource, docs: Sequence[dict[str, Any]] | pd.Da
     return score(model, frame, schema, context=context), quarantine
 
 
-def cache_predictions(redis: RedisResource, predictions: pd.DataFrame) -> int:
+def cache_predictions(redis: RedisResource, predictions: pd.DataFrame, schema: DatasetSchema | None = None) -> int:
     """Write predictions into the live cache generation; returns how many keys were written."""
     if predictions.empty:
         return 0
-    ids, values = serialize(predictions, ID)
+    ids, values = serialize(predictions, ID, seller_column=schema.seller if schema else None)
     redis.cache().upsert(ids, values, str(predictions["model_version"].iloc[0]))
     return len(ids)
 
 
 def prediction_for(mongo: MongoResource, redis: RedisResource | None, number: str,
-                   query: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, str]:
+                   sellers: Collection[str] | None = None) -> tuple[dict[str, Any] | None, str]:
     """(prediction, source) for one opportunity number: source is 'cache', 'model' or 'missing'.
 
-    ``query`` narrows which documents may be read (the app passes the caller's visibility filter): when
-    it is given, the document must match it before anything, even a cached prediction, is returned.
+    ``sellers`` are the seller numbers whose opportunities the caller may see (None: anyone's). A cached
+    entry names its seller, so a cache hit the caller may see costs one Redis call and no MongoDB read;
+    an entry of someone else's is 'missing', exactly like an unknown number.
     """
     schema = mongo.schema()
-    doc = None
-    if query is not None:
-        doc = mongo.db[OPPORTUNITIES].find_one({schema.id: number, **query})
-        if doc is None:
-            return None, "missing"
+    if sellers is not None and not schema.seller:
+        return None, "missing"  # nothing can be attributed to a seller, so nothing is visible
+    cached = None
     if redis is not None:
         try:
             cached = redis.cache().get(number)
-            if cached is not None:
-                return cached, "cache"
         except redis_lib.RedisError as exc:
             log.warning("Redis lookup failed, scoring with the model instead: %s", exc)
+        if cached is not None and "seller" in cached:
+            visible = sellers is None or cached["seller"] in sellers
+            return (cached, "cache") if visible else (None, "missing")
+    query: dict[str, Any] = {schema.id: number}
+    if sellers is not None:
+        query[str(schema.seller)] = {"$in": [str(s) for s in sellers]}
+    doc = mongo.db[OPPORTUNITIES].find_one(query)
     if doc is None:
-        doc = mongo.db[OPPORTUNITIES].find_one({schema.id: number})
-        if doc is None:
-            return None, "missing"
+        return None, "missing"
+    if cached is not None:  # an entry written before entries named their seller
+        return cached, "cache"
     return predict_document(mongo, redis, doc, schema), "model"
 
 
@@ -108,8 +112,8 @@ def predict_document(mongo: MongoResource, redis: RedisResource | None, doc: dic
         raise ValueError(f"opportunity {doc.get(schema.id)} cannot be scored: {reason}")
     if redis is not None:
         try:
-            cache_predictions(redis, preds)
+            cache_predictions(redis, preds, schema)
         except redis_lib.RedisError as exc:
             log.warning("could not write the prediction back to Redis: %s", exc)
-    _, values = serialize(preds, ID)
+    _, values = serialize(preds, ID, seller_column=schema.seller)
     return json.loads(values[0])

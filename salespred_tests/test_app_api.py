@@ -221,7 +221,7 @@ def test_listing_shows_only_what_the_seller_may_see(client, app_db):
 def test_prediction_falls_back_to_the_model_and_fills_the_cache(client, app_db):
     headers = login_token(client, app_db, "luis")
     number = _seller_doc(app_db, "NV-1")
-    app_db.redis.cache().r.delete(app_db.redis.cache().prefix(app_db.redis.cache().current_generation() or 0) + number)
+    app_db.redis.cache().delete(number)
     first = client.get(f"/api/opportunities/{number}/prediction", headers=headers).json()
     again = client.get(f"/api/opportunities/{number}/prediction", headers=headers).json()
     assert first["source"] == "model" and again["source"] == "cache"

@@ -35,6 +35,19 @@ def test_batch_and_single_scoring_agree(mongo, redis_resource, trained):
     assert first["grade"] == batch.loc[number, "grade"]
 
 
+def test_callers_see_only_their_sellers_predictions(mongo, redis_resource, trained):
+    _, frame = trained
+    row = frame.iloc[42]
+    number, owner = row["numero_opportunidad"], row["numero_vendedor"]
+    other = "NV-9" if owner != "NV-9" else "NV-8"
+    assert scoring_service.prediction_for(mongo, redis_resource, number, sellers={other}) == (None, "missing")
+    mine, source = scoring_service.prediction_for(mongo, redis_resource, number, sellers={owner})
+    assert source == "model" and mine["seller"] == owner
+    # Cached now: a hit for its seller, and still nothing for anyone else, without asking MongoDB.
+    assert scoring_service.prediction_for(mongo, redis_resource, number, sellers={owner})[1] == "cache"
+    assert scoring_service.prediction_for(mongo, redis_resource, number, sellers={other}) == (None, "missing")
+
+
 def test_redis_down_falls_back_to_the_model(mongo, trained):
     _, frame = trained
     number = frame["numero_opportunidad"].iloc[10]

@@ -138,10 +138,8 @@ def prediction(ctx: AppContext, viewer: Viewer, number: str) -> tuple[dict[str, 
     """(prediction, source) for an opportunity ``viewer`` may see: the cache first, else the model."""
     if not NUMBER.match(number):
         raise NotFound(number)
-    schema = ctx.mongo.schema()
     try:
-        value, source = scoring_service.prediction_for(ctx.mongo, ctx.redis, number,
-                                                       query=viewer.visibility(schema.seller))
+        value, source = scoring_service.prediction_for(ctx.mongo, ctx.redis, number, sellers=viewer.team)
     except NoModel as exc:
         raise Unavailable("model", str(exc)) from exc
     if value is None:

@@ -1,45 +1,64 @@
-"""The prediction cache: generations of keys, swapped in with one pointer write.
+"""The prediction cache: generations of hash buckets, swapped in with one pointer write.
 
 Keys (``ns`` is the namespace, default ``salespred``)::
 
-    ns:pred:current          -> the live generation number
-    ns:pred:gen              -> counter of generations
-    ns:pred:meta:<gen>       -> hash: model_version, rows, created_at
-    ns:pred:<gen>:<number>   -> JSON of one opportunity's prediction (with expiry)
+    ns:pred:current           -> the live generation number
+    ns:pred:gen               -> counter of generations
+    ns:pred:meta:<gen>        -> hash: model_version, rows, created_at, upserts
+    ns:pred:<gen>:<bucket>    -> hash: opportunity number -> JSON of its prediction (with expiry)
 
-A full refresh writes a new generation, then moves ``current`` to it in one command: a lookup sees the
-old generation or the new one, never a miss in between. The old generation then expires after a grace
-period; nothing is ever flushed. New opportunities are written into the live generation.
+Each generation is spread over 64 hashes by CRC32 of the opportunity number, so a full refresh writes
+a thousand entries per command instead of one (faster than plain pipelined SETs; see BENCHMARKS.md)
+and no single key grows without bound. A full refresh writes a new generation, then moves ``current``
+to it in one command: a lookup, one Lua call that reads the pointer and the entry, sees the old
+generation or the new one, never a miss in between. The old generation then expires after a grace
+period; nothing is ever flushed. New opportunities are written into the live generation, whose
+buckets' expiry every write renews.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import zlib
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
 import redis
 
-PIPELINE_BATCH = 10_000
+BUCKETS = 64
+PAIRS_PER_COMMAND = 1_000
+COMMANDS_PER_ROUND_TRIP = 20
 OLD_GENERATION_GRACE_S = 600
 
-# One round trip: read the pointer, then the key in that generation.
+# One round trip: read the pointer, then the entry in that generation's bucket.
 _LOOKUP = """
 local gen = redis.call('GET', KEYS[1])
 if not gen then return nil end
-return redis.call('GET', ARGV[1] .. gen .. ':' .. ARGV[2])
+return redis.call('HGET', ARGV[1] .. gen .. ':' .. ARGV[2], ARGV[3])
 """
+
+
+def bucket_of(number: str) -> str:
+    return f"{zlib.crc32(number.encode()) % BUCKETS:02d}"
+
 
 VALUE_COLUMNS = ["probability", "predicted_won", "score", "grade", "factors_for", "factors_against",
                  "model_version", "scored_at"]
 
 
-def serialize(frame: pd.DataFrame, id_column: str) -> tuple[list[str], list[str]]:
-    """(ids, JSON values) for a predictions frame; the factor columns, already JSON, are spliced in."""
+def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = None) -> tuple[list[str], list[str]]:
+    """(ids, JSON values) for a predictions frame; the factor columns, already JSON, are spliced in.
+
+    With ``seller_column`` the value carries the owning seller as ``seller``, so that the app can
+    check who may see a cached prediction without asking MongoDB.
+    """
     plain = [c for c in VALUE_COLUMNS if c in frame.columns and not c.startswith("factors_")]
     data = frame[plain].copy()
+    if seller_column and seller_column in frame.columns:
+        data["seller"] = frame[seller_column].astype(str)
     if "scored_at" in data:
         data["scored_at"] = pd.to_datetime(data["scored_at"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     data["probability"] = data["probability"].round(6)
@@ -62,8 +81,11 @@ class PredictionCache:
     def current_key(self) -> str:
         return f"{self.ns}:pred:current"
 
-    def prefix(self, gen: int | str) -> str:
-        return f"{self.ns}:pred:{gen}:"
+    def bucket_key(self, gen: int | str, bucket: str) -> str:
+        return f"{self.ns}:pred:{gen}:{bucket}"
+
+    def bucket_keys(self, gen: int | str) -> list[str]:
+        return [self.bucket_key(gen, f"{b:02d}") for b in range(BUCKETS)]
 
     def meta_key(self, gen: int | str) -> str:
         return f"{self.ns}:pred:meta:{gen}"
@@ -73,12 +95,21 @@ class PredictionCache:
         return int(value) if value is not None else None
 
     def _write(self, gen: int, ids: list[str], values: list[str]) -> None:
-        prefix = self.prefix(gen)
-        for start in range(0, len(ids), PIPELINE_BATCH):
-            pipe = self.r.pipeline(transaction=False)
-            for key, value in zip(ids[start:start + PIPELINE_BATCH], values[start:start + PIPELINE_BATCH]):
-                pipe.set(prefix + key, value, ex=self.ttl_s)
-            pipe.execute()
+        by_bucket: dict[str, dict[str, str]] = defaultdict(dict)
+        for number, value in zip(ids, values):
+            by_bucket[bucket_of(number)][number] = value
+        pipe = self.r.pipeline(transaction=False)
+        queued = 0
+        for bucket, entries in by_bucket.items():
+            key = self.bucket_key(gen, bucket)
+            items = list(entries.items())
+            for start in range(0, len(items), PAIRS_PER_COMMAND):
+                pipe.hset(key, mapping=dict(items[start:start + PAIRS_PER_COMMAND]))
+                queued += 1
+                if queued % COMMANDS_PER_ROUND_TRIP == 0:
+                    pipe.execute()
+            pipe.expire(key, self.ttl_s)
+        pipe.execute()
 
     def publish(self, ids: list[str], values: list[str], model_version: str) -> dict[str, Any]:
         """Write a whole new generation and make it live in one command; the old one expires later."""
@@ -86,13 +117,13 @@ class PredictionCache:
         self._write(gen, ids, values)
         self.r.hset(self.meta_key(gen), mapping={"model_version": model_version, "rows": len(ids),
                                                  "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        old = self.r.getset(self.current_key, gen)  # the swap
-        expired = 0
-        if old is not None and int(old) != gen:
-            expired = self.expire_generation(int(old), OLD_GENERATION_GRACE_S)
         self.r.expire(self.meta_key(gen), self.ttl_s)
+        old = self.r.getset(self.current_key, gen)  # the swap
+        expiring = 0
+        if old is not None and int(old) != gen:
+            expiring = self.expire_generation(int(old), OLD_GENERATION_GRACE_S)
         return {"generation": gen, "written": len(ids), "previous_generation": int(old) if old else None,
-                "previous_keys_expiring": expired}
+                "previous_keys_expiring": expiring}
 
     def upsert(self, ids: list[str], values: list[str], model_version: str) -> dict[str, Any]:
         """Write into the live generation (new or changed opportunities); starts one if none is live."""
@@ -101,61 +132,65 @@ class PredictionCache:
             return self.publish(ids, values, model_version)
         self._write(gen, ids, values)
         self.r.hincrby(self.meta_key(gen), "upserts", len(ids))
+        self.r.expire(self.meta_key(gen), self.ttl_s)
         return {"generation": gen, "written": len(ids)}
 
     def expire_generation(self, gen: int, seconds: int) -> int:
-        n = 0
+        """Let a generation expire after ``seconds``; returns how many entries it held."""
         pipe = self.r.pipeline(transaction=False)
-        for key in self.r.scan_iter(match=self.prefix(gen) + "*", count=10_000):
+        for key in self.bucket_keys(gen):
+            pipe.hlen(key)
             pipe.expire(key, seconds)
-            n += 1
-            if n % PIPELINE_BATCH == 0:
-                pipe.execute()
-        pipe.execute()
-        self.r.expire(self.meta_key(gen), seconds)
-        return n
+        pipe.expire(self.meta_key(gen), seconds)
+        replies = pipe.execute()
+        return int(sum(replies[0:-1:2]))
+
+    def generation_ttl(self, gen: int) -> int:
+        """Seconds before generation ``gen`` expires (-2: gone, -1: no expiry)."""
+        return min(int(self.r.ttl(k)) for k in self.bucket_keys(gen))
 
     def get(self, number: str) -> dict[str, Any] | None:
-        raw = self._lookup(keys=[self.current_key], args=[f"{self.ns}:pred:", number])
+        raw = self.get_raw(number)
         return json.loads(raw) if raw else None
 
     def get_raw(self, number: str) -> bytes | None:
-        return self._lookup(keys=[self.current_key], args=[f"{self.ns}:pred:", number])
+        return self._lookup(keys=[self.current_key], args=[f"{self.ns}:pred:", bucket_of(number), number])
 
     def get_many(self, numbers: list[str], gen: int | None = None) -> list[bytes | None]:
         """Raw values of ``numbers`` in generation ``gen`` (default: the live one), pipelined."""
         gen = self.current_generation() if gen is None else gen
         if gen is None:
             return [None] * len(numbers)
-        prefix = self.prefix(gen)
         out: list[bytes | None] = []
-        for start in range(0, len(numbers), PIPELINE_BATCH):
+        for start in range(0, len(numbers), 10_000):
             pipe = self.r.pipeline(transaction=False)
-            for number in numbers[start:start + PIPELINE_BATCH]:
-                pipe.get(prefix + number)
+            for number in numbers[start:start + 10_000]:
+                pipe.hget(self.bucket_key(gen, bucket_of(number)), number)
             out.extend(pipe.execute())
         return out
 
-    def set_one(self, number: str, value: dict[str, Any]) -> None:
+    def delete(self, number: str) -> None:
+        """Drop one entry from the live generation (it is scored again on its next lookup)."""
         gen = self.current_generation()
-        if gen is None:
-            gen = int(self.r.incr(f"{self.ns}:pred:gen"))
-            self.r.set(self.current_key, gen, nx=True)
-            gen = self.current_generation() or gen
-        self.r.set(self.prefix(gen) + number, json.dumps(value, ensure_ascii=False, separators=(",", ":")),
-                   ex=self.ttl_s)
+        if gen is not None:
+            self.r.hdel(self.bucket_key(gen, bucket_of(number)), number)
+
+    def set_one(self, number: str, value: dict[str, Any]) -> None:
+        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        self.upsert([number], [encoded], str(value.get("model_version", "")))
 
     def live_ids(self) -> Iterable[str]:
         gen = self.current_generation()
         if gen is None:
             return []
-        prefix = self.prefix(gen)
-        return (k.decode()[len(prefix):] for k in self.r.scan_iter(match=prefix + "*", count=10_000))
+        return (field.decode() for key in self.bucket_keys(gen) for field in self.r.hkeys(key))
 
     def stats(self) -> dict[str, Any]:
         gen = self.current_generation()
         if gen is None:
             return {"generation": None, "keys": 0}
         meta = {k.decode(): v.decode() for k, v in self.r.hgetall(self.meta_key(gen)).items()}
-        keys = sum(1 for _ in self.live_ids())
-        return {"generation": gen, "keys": keys, **meta}
+        pipe = self.r.pipeline(transaction=False)
+        for key in self.bucket_keys(gen):
+            pipe.hlen(key)
+        return {"generation": gen, "keys": int(sum(pipe.execute())), **meta}

@@ -22,7 +22,7 @@ class RedisCacheIOManager(dg.ConfigurableIOManager):
         meta = context.definition_metadata or {}
         id_column = str(meta.get("id_column", "opportunity_id"))
         cache = self.redis.cache()
-        ids, values = serialize(obj, id_column)
+        ids, values = serialize(obj, id_column, seller_column="seller" if "seller" in obj.columns else None)
         version = str(obj["model_version"].iloc[0]) if len(obj) else ""
         if meta.get("write", "publish") == "upsert":
             result = cache.upsert(ids, values, version)
@@ -34,14 +34,6 @@ class RedisCacheIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         cache = self.redis.cache()
         ids = list(cache.live_ids())
-        rows = []
-        for start in range(0, len(ids), 10_000):
-            chunk = ids[start:start + 10_000]
-            pipe = cache.r.pipeline(transaction=False)
-            gen = cache.current_generation()
-            for number in chunk:
-                pipe.get(cache.prefix(gen) + number)
-            for number, raw in zip(chunk, pipe.execute()):
-                if raw is not None:
-                    rows.append({"opportunity_id": number, **json.loads(raw)})
+        rows = [{"opportunity_id": number, **json.loads(raw)}
+                for number, raw in zip(ids, cache.get_many(ids)) if raw is not None]
         return pd.DataFrame(rows)

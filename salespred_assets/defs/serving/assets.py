@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from salespred_assets.defs.common import IO_RETRY
+from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.cache import VALUE_COLUMNS
 
 GROUP = "serving"
@@ -11,6 +12,13 @@ GROUP = "serving"
 
 @dg.asset(group_name=GROUP, kinds={"redis"}, io_manager_key="redis_io_manager", retry_policy=IO_RETRY,
           metadata={"id_column": "opportunity_id", "write": "publish"})
-def prediction_cache(opportunity_predictions: pd.DataFrame) -> pd.DataFrame:
-    """Every prediction keyed by opportunity number, published as a new generation and swapped in."""
-    return opportunity_predictions[["opportunity_id", *VALUE_COLUMNS]]
+def prediction_cache(opportunity_predictions: pd.DataFrame, mongo: MongoResource) -> pd.DataFrame:
+    """Every prediction keyed by opportunity number, published as a new generation and swapped in.
+
+    Each entry names its seller, so that the app can tell who may see it without asking MongoDB.
+    """
+    seller = mongo.schema().seller
+    out = opportunity_predictions[["opportunity_id", *VALUE_COLUMNS]].copy()
+    if seller:
+        out["seller"] = opportunity_predictions[seller].astype(str)
+    return out
