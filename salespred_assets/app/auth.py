@@ -36,6 +36,7 @@ from salespred_assets import settings
 from salespred_assets.core.passwords import verify_password
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo.resource import SELLERS, MongoResource
+from salespred_assets.memo import Expiring
 from salespred_assets.redis_cache.resource import RedisResource
 
 log = logging.getLogger("salespred.app.auth")
@@ -137,13 +138,21 @@ def team_of(number: str, title: str | None, sellers: list[dict[str, Any]]) -> tu
     return tuple(sorted(seen))
 
 
+# Sellers change rarely and every request needs them: read them at most every few seconds per process.
+_SELLERS_TTL_S = 5.0
+_sellers_memo: Expiring[list[dict[str, Any]]] = Expiring(ttl_s=_SELLERS_TTL_S)
+
+
 def _sellers(mongo: MongoResource) -> list[dict[str, Any]]:
-    return list(mongo.db[SELLERS].find({}, {"_id": 0, "numero_vendedor": 1, "username": 1, "first_name": 1,
-                                            "last_name": 1, "title": 1, "reports_to": 1}))
+    def read() -> list[dict[str, Any]]:
+        return list(mongo.db[SELLERS].find({}, {"_id": 0, "numero_vendedor": 1, "username": 1, "first_name": 1,
+                                                "last_name": 1, "title": 1, "reports_to": 1}))
+
+    return _sellers_memo.get((mongo.resolved_uri(), mongo.db.name), read)
 
 
 def load_viewer(mongo: MongoResource, number: str) -> Viewer | None:
-    """The seller ``number`` with their team, read fresh (a removed seller's session stops working)."""
+    """The seller ``number`` with their team (at most 5 s old: a removed seller's session stops within that)."""
     sellers = _sellers(mongo)
     me = next((s for s in sellers if str(s.get("numero_vendedor")) == number), None)
     if me is None:

@@ -79,6 +79,11 @@ def create_app(mongo: MongoResource | None = None, redis: RedisResource | None =
     app.include_router(pages.router)
     app.include_router(dashboard.router)  # /dashboard for managers (reporting views)
 
+    @app.get("/livez", tags=["health"])
+    def livez() -> dict[str, str]:
+        """Liveness: the process answers (no database is asked; /healthz is the readiness check)."""
+        return {"status": "ok"}
+
     @app.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:
         """Whether MongoDB and Redis answer (503 when MongoDB does not: nothing works without it)."""
@@ -98,7 +103,7 @@ def create_app(mongo: MongoResource | None = None, redis: RedisResource | None =
 
 # ---- errors -----------------------------------------------------------------------------------------
 def _is_api(request: Request) -> bool:
-    return request.url.path.startswith("/api") or request.url.path in ("/healthz", "/openapi.json")
+    return request.url.path.startswith("/api") or request.url.path in ("/healthz", "/livez", "/openapi.json")
 
 
 def _error(request: Request, status: int, detail: str, page_key: str, headers: dict[str, str] | None = None,

@@ -30,6 +30,7 @@ from salespred_assets import services
 from salespred_assets.core.documents import SOURCE_ID, Validated, combine, records_frame, validate
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import ServiceUnavailable
+from salespred_assets.memo import Expiring
 
 OPPORTUNITIES = "opportunities"
 QUARANTINE = "opportunities_quarantine"
@@ -39,6 +40,7 @@ SETTINGS = "settings"
 OPPORTUNITY_COUNTER = "numero_opportunidad"
 ID_RANGE_INDEX = "id_range"
 BATCH = 5_000
+_schemas: Expiring[DatasetSchema] = Expiring(ttl_s=5.0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -160,12 +162,19 @@ class MongoResource(dg.ConfigurableResource):
 
     # ---- the active data contract ----------------------------------------------------------
     def schema(self) -> DatasetSchema:
-        """The schema of the loaded data (set by `salespred seed --schema`); default: the seed's shape."""
-        doc = self.db[SETTINGS].find_one({"_id": "schema"})
-        return DatasetSchema.from_dict(doc["schema"], source="MongoDB settings.schema") if doc else DEFAULT_SCHEMA
+        """The schema of the loaded data (set by `salespred seed --schema`); default: the seed's shape.
+
+        Read at most every few seconds per process: the seller app asks on every request.
+        """
+        def read() -> DatasetSchema:
+            doc = self.db[SETTINGS].find_one({"_id": "schema"})
+            return DatasetSchema.from_dict(doc["schema"], source="MongoDB settings.schema") if doc else DEFAULT_SCHEMA
+
+        return _schemas.get((self.resolved_uri(), self.db.name), read)
 
     def set_schema(self, schema: DatasetSchema) -> None:
         self.db[SETTINGS].replace_one({"_id": "schema"}, {"_id": "schema", "schema": schema.to_dict()}, upsert=True)
+        _schemas.clear()
 
     # ---- counters ------------------------------------------------------------------------
     def raise_counter(self, name: str, last_used: int) -> None:
