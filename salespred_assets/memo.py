@@ -29,6 +29,11 @@ class Expiring(Generic[T]):
             self._values[key] = (now, value)
         return value
 
+    def fresh(self, key: Hashable) -> bool:
+        with self._lock:
+            hit = self._values.get(key)
+        return hit is not None and time.monotonic() - hit[0] < self.ttl_s
+
     def clear(self) -> None:
         with self._lock:
             self._values.clear()

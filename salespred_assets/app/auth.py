@@ -151,6 +151,11 @@ def _sellers(mongo: MongoResource) -> list[dict[str, Any]]:
     return _sellers_memo.get((mongo.resolved_uri(), mongo.db.name), read)
 
 
+def sellers_fresh(mongo: MongoResource) -> bool:
+    """Whether :func:`load_viewer` would answer from memory (no MongoDB read)."""
+    return _sellers_memo.fresh((mongo.resolved_uri(), mongo.db.name))
+
+
 def load_viewer(mongo: MongoResource, number: str) -> Viewer | None:
     """The seller ``number`` with their team (at most 5 s old: a removed seller's session stops within that)."""
     sellers = _sellers(mongo)
@@ -279,6 +284,13 @@ class TokenStore:
         if not token or len(token) > 256:
             return None
         raw = self.redis.client.get(self._key(token))
+        return json.loads(raw)["sub"] if raw else None
+
+    async def aresolve(self, token: str, client: Any) -> str | None:
+        """:meth:`resolve` through an asyncio Redis client (no worker thread on the request's path)."""
+        if not token or len(token) > 256:
+            return None
+        raw = await client.get(self._key(token))
         return json.loads(raw)["sub"] if raw else None
 
     def revoke(self, token: str) -> bool:

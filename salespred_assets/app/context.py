@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
 
 from salespred_assets.app.auth import LoginLimiter, Sessions, TokenStore
 from salespred_assets.mongo.resource import MongoResource
@@ -19,6 +22,15 @@ class AppContext:
     tokens: TokenStore
     limiter: LoginLimiter
     secure_cookies: bool = False
+    _async_redis: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
+
+    def aredis(self) -> Any:
+        """An asyncio Redis client for the running event loop (clients belong to one loop each)."""
+        loop = asyncio.get_running_loop()
+        client = self._async_redis.get(loop)
+        if client is None:
+            client = self._async_redis[loop] = self.redis.async_client()
+        return client
 
 
 class Unavailable(Exception):

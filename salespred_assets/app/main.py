@@ -80,7 +80,7 @@ def create_app(mongo: MongoResource | None = None, redis: RedisResource | None =
     app.include_router(dashboard.router)  # /dashboard for managers (reporting views)
 
     @app.get("/livez", tags=["health"])
-    def livez() -> dict[str, str]:
+    async def livez() -> dict[str, str]:
         """Liveness: the process answers (no database is asked; /healthz is the readiness check)."""
         return {"status": "ok"}
 

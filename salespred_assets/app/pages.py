@@ -116,12 +116,12 @@ async def login_form(request: Request, next: str = "/opportunities/new") -> Resp
 async def login_submit(request: Request) -> Response:
     ctx: AppContext = request.app.state.ctx
     form = await text_form(request)
-    target = local_path(form.get("next"), "/opportunities/new")
-    try:
-        body = LoginIn.model_validate({k: form.get(k) for k in ("username", "password")})
-    except ValidationError:
-        return render(request, "login.html", 401, error="login.wrong", username=form.get("username", "")[:64],
-                      next=target)
+    target = local_path(form.pop("next", None), "/opportunities/new")
+    try:  # like the API: a message per field, and unknown fields ($ or dotted keys too) are refused
+        body = LoginIn.model_validate(form)
+    except ValidationError as exc:
+        errors = field_errors(list(exc.errors(include_url=False)), lang_of(request))
+        return render(request, "login.html", 422, errors=errors, username=form.get("username", "")[:64], next=target)
     client = request.client.host if request.client else "unknown"
     try:
         number = await run_in_threadpool(auth.login, ctx.mongo, ctx.limiter, body.username, body.password, client)
@@ -168,7 +168,8 @@ async def capture_submit(request: Request) -> Response:
     ctx: AppContext = request.app.state.ctx
     viewer = await viewer_for(request)
     fields = await checked_form(request)
-    data = {k: v for k, v in fields.items() if v.strip() != ""}  # an empty box is a missing field
+    # An empty box is a missing field; an unknown field is refused even when empty ("$gt=").
+    data = {k: v for k, v in fields.items() if k not in FORM_FIELDS or v.strip() != ""}
     try:
         body = OpportunityIn.model_validate(data)
     except ValidationError as exc:

@@ -69,6 +69,21 @@ def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = N
     return frame[id_column].astype(str).tolist(), lines
 
 
+class AsyncLookup:
+    """The cache's lookup for an asyncio Redis client (the seller app's hot path): same script, same keys."""
+
+    def __init__(self, client: Any, namespace: str = "salespred") -> None:
+        self.ns = namespace
+        self._lookup = client.register_script(_LOOKUP)
+
+    async def get_raw(self, number: str) -> bytes | None:
+        return await self._lookup(keys=[f"{self.ns}:pred:current"], args=[f"{self.ns}:pred:", bucket_of(number), number])
+
+    async def get(self, number: str) -> dict[str, Any] | None:
+        raw = await self.get_raw(number)
+        return json.loads(raw) if raw else None
+
+
 class PredictionCache:
     def __init__(self, client: redis.Redis, namespace: str = "salespred", ttl_s: int = 14 * 24 * 3600) -> None:
         self.r = client

@@ -6,6 +6,7 @@ import functools
 
 import dagster as dg
 import redis
+import redis.asyncio
 from pydantic import Field
 
 from salespred_assets import services
@@ -36,6 +37,11 @@ class RedisResource(dg.ConfigurableResource):
 
     def cache(self) -> PredictionCache:
         return PredictionCache(self.client, namespace=self.namespace, ttl_s=self.ttl_s)
+
+    def async_client(self) -> redis.asyncio.Redis:
+        """A client for asyncio code (the seller app's hot path); create one per event loop."""
+        return redis.asyncio.Redis.from_url(self.resolved_url(), socket_timeout=self.timeout_s,
+                                            socket_connect_timeout=self.timeout_s)
 
     def ping(self) -> None:
         url = self.resolved_url()
