@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
 from salespred_assets.core.features import build_features, closed_target, feature_spec
-from salespred_assets.core.model import SearchConfig, Trained, check_enough, train
+from salespred_assets.core.model import SearchConfig, Trained, cap_rows, check_enough, train
 from salespred_assets.core.schema import DatasetSchema
 
 ORIGINAL_ACCURACY = 0.7958
@@ -86,7 +86,7 @@ def evaluate(frame: pd.DataFrame, schema: DatasetSchema, config: SearchConfig | 
         # Same encoded inputs as the forest, re-fitted on the training split only.
         pipe = Pipeline([("pre", clone(model.pipeline.named_steps["pre"])), ("hgb", HistGradientBoostingClassifier(
             max_iter=400, learning_rate=0.05, early_stopping=True, random_state=random_state))])
-        pipe.fit(X_tr, y_tr)
+        pipe.fit(*cap_rows(X_tr, y_tr, config))  # the same rows the forest learns from
         hp = pipe.predict_proba(X_te)[:, 1]
         hgb = metrics(y_te.to_numpy(), hp, 0.5)
         seconds["yardstick_s"] = time.perf_counter() - started
