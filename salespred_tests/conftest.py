@@ -20,6 +20,13 @@ from pathlib import Path
 
 import pytest
 
+# RELIABILITY.md: the `reliability` fixture and the hooks that write the figures when the session ends.
+from salespred_tests.reliability import (  # noqa: F401
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    reliability,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SALESPRED_SHARED_DATA", REPO.parent / "shared" / "data"))
 SEED_CSV = SHARED_DATA / "opportunities_seed.csv"
