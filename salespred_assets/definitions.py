@@ -26,7 +26,9 @@ full_refresh_job = dg.define_asset_job(
 def build_definitions(environment: str | None = None, resources: dict[str, object] | None = None) -> dg.Definitions:
     """The code location; ``resources`` replaces the environment's (tests, benchmarks)."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        # The external MongoDB collections are AssetSpecs, which module loading does not pick up.
+        assets=[*dg.load_assets_from_modules(ASSET_MODULES), ingestion.opportunities_collection,
+                ingestion.sellers_collection],
         asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
         jobs=[full_refresh_job, *automation.JOBS],
         schedules=automation.SCHEDULES,
