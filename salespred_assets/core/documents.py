@@ -168,7 +168,8 @@ def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -
     ids = bad_rows[schema.id].to_numpy(dtype=object) if schema.id in raw.columns else np.full(len(bad_rows), None)
     quarantine = pd.DataFrame({
         SOURCE_ID: bad_rows[SOURCE_ID].to_numpy(dtype=object) if SOURCE_ID in raw.columns else [None] * len(bad_rows),
-        "id": [None if _is_missing(v) else str(v)[:200] for v in ids],
+        # object dtype: a missing number stays None (a str column would store it as NaN)
+        "id": pd.Series([None if _is_missing(v) else str(v)[:200] for v in ids], dtype=object),
         "reason": reasons[~valid],
     })
     quarantine["document"] = [
