@@ -25,7 +25,7 @@ test: $(STAMP) system-deps
 test-slow: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m slow
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/salespred bench
 
 lint: $(STAMP)

@@ -210,6 +210,49 @@ def model_rollback() -> None:
     _switched(lifecycle.rollback(_mongo()))
 
 
+@cli.group("batches")
+def batches_group() -> None:
+    """Batches of opportunities (partitions of opportunity_batches): one run each; a full rescore fanned out."""
+
+
+@batches_group.command("plan")
+@click.option("--rows", default=50_000, show_default=True, type=click.IntRange(1), help="Documents per batch.")
+def batches_plan(rows: int) -> None:
+    """Cut every opportunity into _id-range batches and register them as partitions, ready to launch."""
+    import dagster as dg
+
+    from salespred_assets import batches, runner
+
+    keys = batches.tile(_mongo(), rows)
+    runner.prepare_dagster_home()
+    instance = dg.DagsterInstance.get()
+    new = [k for k in keys if not instance.has_dynamic_partition(batches.PARTITIONS, k)]
+    instance.add_dynamic_partitions(batches.PARTITIONS, new)
+    click.echo(f"{len(keys)} batches of up to {rows} opportunities ({len(new)} new partitions of {batches.PARTITIONS}):")
+    for key in keys:
+        click.echo(f"  {key}")
+    click.echo("launch them as a backfill (one run per batch): Dagster UI > Lineage > new_opportunity_scores > "
+               "Materialize > choose these partitions; or\n  dagster job backfill -w workspace.yaml -j "
+               f"score_new_opportunities --noprompt --partitions {','.join(keys[:2])}{',...' if len(keys) > 2 else ''}")
+
+
+@batches_group.command("run")
+@click.argument("key")
+def batches_run(key: str) -> None:
+    """Score one batch in-process (recorded in the Dagster instance): KEY is '<lo>-<hi>' or 'chg-<digest>'."""
+    from salespred_assets import batches, runner
+
+    batches.parse_range(key)  # a malformed key fails here, with the accepted forms
+    outcome = runner.materialize("score_new_opportunities", partition_key=key)
+    meta = outcome.metadata.get("new_opportunity_scores", {})
+    click.echo(f"batch {key}: run {outcome.run_id} {'succeeded' if outcome.ok else 'FAILED'}; "
+               f"{meta.get('dagster/row_count', 0)} scored, {meta.get('sql_rows_upserted', 0)} SQL rows upserted, "
+               f"{meta.get('cache_keys_written', 0)} cache keys")
+    for name in outcome.failed_steps + outcome.failed_checks:
+        click.echo(f"  failed: {name}")
+    sys.exit(0 if outcome.ok else 1)
+
+
 # ---- demo ----------------------------------------------------------------------------------
 @cli.command()
 @click.option("--once", is_flag=True, help="Exit after materialising (exit code 0 only if all succeeded).")
@@ -341,6 +384,27 @@ def serve(host: str, port: int) -> None:
     app = create_app()  # configuration errors (e.g. no secret key in production) stop here, before binding
     click.echo(f"seller app at http://{host}:{port}  (API docs at /docs)")
     uvicorn.run(app, host=host, port=port, proxy_headers=True, log_level="info")
+
+
+@cli.command()
+@click.option("--scale", type=click.Choice(["full", "smoke"]), default="full", show_default=True,
+              help="full: a million opportunities (about half an hour); smoke: tiny, proves the suite runs.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="Where BENCHMARKS.md and BENCHMARKS.json go.")
+@click.option("--only", help="Comma-separated stages (default: all).")
+def bench(scale: str, out_dir: str, only: str | None) -> None:
+    """Run the benchmark suite and write BENCHMARKS.md and its JSON twin."""
+    from salespred_assets import bench as suite
+
+    results = suite.run(scale, Path(out_dir), only.split(",") if only else None,
+                        progress=lambda line: click.echo(line, err=True))
+    missed = [f"{r.title}: {g.text}" for r in results for g in r.goals if not g.met]
+    failed = [r.title for r in results if r.skipped and r.skipped.startswith("failed")]
+    click.echo(f"wrote {Path(out_dir) / 'BENCHMARKS.md'}: {sum(len(r.goals) for r in results) - len(missed)} goals met, "
+               f"{len(missed)} missed, {len(failed)} stages failed")
+    for line in missed:
+        click.echo(f"  missed: {line}")
+    sys.exit(1 if failed else 0)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from salespred_assets import settings
 def prepare_dagster_home() -> str:
     """DAGSTER_HOME under SALESPRED_HOME (unless set), with the local instance config in place."""
     home = os.environ.get("DAGSTER_HOME") or str(settings.dagster_home())
+    os.makedirs(home, exist_ok=True)
     os.environ["DAGSTER_HOME"] = home
     target = os.path.join(home, "dagster.yaml")
     if not os.path.exists(target):

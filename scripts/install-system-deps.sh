@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs: Chromium (browser tests), the MariaDB ODBC driver and
-# unixODBC (the pyodbc path that SQL Server also uses). Installs only what is missing.
+# unixODBC (the pyodbc path that SQL Server also uses), and wrk (the benchmark's HTTP load).
+# Installs only what is missing.
 set -euo pipefail
 
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 grep -qs '^\[MariaDB Unicode\]' /etc/odbcinst.ini || need+=(odbc-mariadb)
 [ -e /usr/lib/x86_64-linux-gnu/libodbc.so.2 ] || ldconfig -p 2>/dev/null | grep -q 'libodbc.so.2' || need+=(unixodbc)
 

@@ -88,7 +88,13 @@ def _months(values: pd.Series) -> np.ndarray:
 
 
 def build_features(frame: pd.DataFrame, schema: DatasetSchema, context: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Model inputs for every row of ``frame``; client aggregates come from ``context`` (default: frame).
+    """Model inputs for every row of ``frame``, as a frame (see :func:`feature_columns`)."""
+    columns = feature_columns(frame, schema, context)
+    return pd.DataFrame(columns, index=frame.index)
+
+
+def feature_columns(frame: pd.DataFrame, schema: DatasetSchema, context: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """Model inputs for every row of ``frame`` (name -> array); client aggregates come from ``context`` (default: frame).
 
     ``context`` must contain the rows of ``frame`` (matched by the schema's id) when it is given, as
     the app does when it scores one new opportunity against the client's known ones. Everything is
@@ -112,7 +118,7 @@ def build_features(frame: pd.DataFrame, schema: DatasetSchema, context: pd.DataF
     if schema.client:
         cols.update(client_aggregates(frame, schema, context))
         cols[CLIENT] = frame[schema.client].to_numpy(dtype=object)
-    return pd.DataFrame({c: cols[c] for c in spec.columns}, index=frame.index)
+    return {c: cols[c] for c in spec.columns}
 
 
 def _per_row(codes: np.ndarray, per_group: np.ndarray) -> np.ndarray:

@@ -274,22 +274,25 @@ class WinModel:
 
     def predict(self, features: pd.DataFrame, *, explain: bool = True) -> pd.DataFrame:
         """probability, label, score (1-99), grade, and the top factors for and against each row."""
-        columns = self._columns(features)
+        return pd.DataFrame(self.predict_columns(self._columns(features), explain=explain), index=features.index)
+
+    def predict_columns(self, columns: dict[str, np.ndarray], *, explain: bool = True) -> dict[str, Any]:
+        """:meth:`predict` on feature columns (name -> array), returning prediction columns as arrays."""
         X = self.transform(columns)
         if explain:
             raw, contrib = self.explainer.explain(X)
         else:
             raw, contrib = self.forest.predict_proba(X)[:, 1], None
         prob = self.calibrate(raw)
-        out = pd.DataFrame({
+        out: dict[str, Any] = {
             "probability": prob,
             "predicted_won": prob >= self.threshold,
             "score": score_1_99(prob),
             "grade": grade(prob),
-        }, index=features.index)
+        }
         if contrib is not None:
             out["factors_for"], out["factors_against"] = self._factors(columns, contrib)
-        out["model_version"] = self.version
+        out["model_version"] = np.full(len(prob), self.version, dtype=object)
         return out
 
     def _factors(self, columns: dict[str, np.ndarray], contrib: np.ndarray) -> tuple[list[str], list[str]]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from salespred_assets.core.features import build_features, closed_target
+from salespred_assets.core.features import closed_target, feature_columns
 from salespred_assets.core.model import WinModel
 from salespred_assets.core.schema import DatasetSchema
 
@@ -29,14 +30,19 @@ def score(model: WinModel, frame: pd.DataFrame, schema: DatasetSchema, *, contex
     """
     scored_at = scored_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     if features is None:
-        features = build_features(frame, schema, context=context)
-    preds = model.predict(features, explain=explain)
-    out = frame[[c for c in schema.fields if c in frame.columns]].copy()
-    out.insert(0, ID, frame[schema.id].astype("str"))
-    out["outcome"] = outcome(frame, schema)
-    out = out.join(preds)
-    out["scored_at"] = pd.Timestamp(scored_at)
-    return out.reset_index(drop=True)
+        columns = feature_columns(frame, schema, context=context)
+    else:
+        columns = {c: features[c].to_numpy() for c in model.feature_names}
+    # Built as one dict of arrays and one frame: for a single row, each pandas step would cost more than the forest.
+    data: dict[str, Any] = {ID: frame[schema.id].to_numpy(dtype=object).astype(str)}
+    for field in schema.fields:
+        if field in frame.columns:
+            data[field] = frame[field].to_numpy()
+    stage = data.get(schema.stage, frame[schema.stage].to_numpy())
+    data["outcome"] = np.where(np.isin(stage, schema.won), "won", np.where(np.isin(stage, schema.lost), "lost", "open"))
+    data.update(model.predict_columns(columns, explain=explain))
+    data["scored_at"] = pd.Timestamp(scored_at)
+    return pd.DataFrame(data)
 
 
 def closed_share(frame: pd.DataFrame, schema: DatasetSchema) -> float:

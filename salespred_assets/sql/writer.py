@@ -88,11 +88,9 @@ def _clean_records(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
 
 def _copy_postgres(conn: Connection, table: sa.Table, frame: pd.DataFrame, columns: Sequence[str]) -> None:
     buf = io.StringIO()
-    data = frame[list(columns)].copy()
-    for col in columns:
-        if pd.api.types.is_datetime64_any_dtype(data[col]):
-            data[col] = data[col].map(lambda v: v.isoformat() if pd.notna(v) else None)
-    data.to_csv(buf, index=False, header=False, na_rep="\\N", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    # pandas writes datetimes as ISO text with their offset, which PostgreSQL reads for dates and timestamps.
+    frame[list(columns)].to_csv(buf, index=False, header=False, na_rep="\\N", quoting=csv.QUOTE_MINIMAL,
+                                lineterminator="\n")
     cols = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in columns)
     name = conn.dialect.identifier_preparer.format_table(table)
     raw = conn.connection.driver_connection

@@ -1,0 +1,64 @@
+"""`salespred bench`: each stage measured against its physical limit, ratios taken in the same run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from salespred_assets import services, settings
+from salespred_assets.bench.harness import StageResult, write_report
+from salespred_assets.bench.stages import SCALES, STAGES, Servers
+
+
+def servers_from_environment(home: Path) -> Servers:
+    """Benchmark servers: SALESPRED_BENCH_* first, then the test servers' variables, then the embedded ones."""
+    def pick(*names: str) -> str | None:
+        for name in names:
+            value = settings.get(name)
+            if value:
+                return value
+        return None
+
+    return Servers(
+        mongo_uri=pick("SALESPRED_BENCH_MONGO_URI") or services.resolve("mongo"),
+        redis_url=pick("SALESPRED_BENCH_REDIS_URL", "SALESPRED_TEST_REDIS_URL") or services.resolve("redis"),
+        postgres_url=pick("SALESPRED_BENCH_POSTGRES_URL", "SALESPRED_TEST_POSTGRES_URL"),
+        mariadb_url=pick("SALESPRED_BENCH_MARIADB_URL", "SALESPRED_TEST_MARIADB_URL"),
+        home=home,
+    )
+
+
+def run(scale_name: str = "full", out_dir: Path = Path("."), only: list[str] | None = None,
+        progress=print) -> list[StageResult]:  # noqa: ANN001
+    scale = SCALES[scale_name]
+    started = dt.datetime.now(dt.timezone.utc)
+    names = only or list(STAGES)
+    unknown = sorted(set(names) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; known: {list(STAGES)}")
+    results: list[StageResult] = []
+    state: dict = {}
+    with tempfile.TemporaryDirectory(prefix="salespred-bench-") as tmp:
+        servers = servers_from_environment(Path(tmp))
+        try:
+            for name in STAGES:
+                if name not in names:
+                    continue
+                progress(f"bench: {name} ...")
+                t0 = time.perf_counter()
+                try:
+                    result = STAGES[name](servers, scale, state)
+                except Exception as exc:  # noqa: BLE001 - a failed stage is reported, the others still run
+                    result = StageResult(name, name, skipped=f"failed: {type(exc).__name__}: {str(exc)[:300]}")
+                    progress(traceback.format_exc())
+                result.seconds = time.perf_counter() - t0
+                results.append(result)
+                progress(f"bench: {name} done in {result.seconds:.0f} s")
+        finally:
+            for cleanup in state.get("cleanups", []):
+                cleanup()
+        write_report(results, scale.name, out_dir, servers.describe(), started)
+    return results

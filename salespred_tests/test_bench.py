@@ -1,0 +1,38 @@
+"""The benchmark suite runs end to end at a tiny scale (figures belong to `make bench`, not to tests)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from salespred_assets import bench
+from salespred_assets.bench.harness import Goal, percentile
+
+pytestmark = pytest.mark.integration
+
+
+def test_goals_and_percentiles_are_computed_right():
+    assert Goal("x", 0.9, 0.8, "at_least").met and not Goal("x", 0.7, 0.8, "at_least").met
+    assert Goal("x", 4, 5, "at_most").met and Goal("x", 10, 5, "at_most").gap == "missed: 2.0× the target"
+    assert percentile([1, 2, 3, 4, 5], 50) == 3 and percentile([1.0, 2.0], 100) == 2.0
+
+
+def test_the_suite_runs_at_smoke_scale(tmp_path, mongo_server, redis_url, monkeypatch):
+    monkeypatch.setenv("SALESPRED_BENCH_MONGO_URI", mongo_server.uri)
+    monkeypatch.setenv("SALESPRED_BENCH_REDIS_URL", redis_url)
+    results = bench.run("smoke", tmp_path, progress=lambda _: None)
+    failed = {r.name: r.skipped for r in results if r.skipped and r.skipped.startswith("failed")}
+    assert failed == {}
+    report = json.loads((tmp_path / "BENCHMARKS.json").read_text())
+    assert report["scale"] == "smoke" and report["machine"]["cores"]
+    names = {s["name"] for s in report["stages"]}
+    assert names == {"seed", "extract", "sql", "redis", "training", "single_row", "full_refresh", "incremental", "app"}
+    by_name = {s["name"]: s for s in report["stages"]}
+    for name in ("seed", "extract", "sql", "redis", "full_refresh", "incremental"):
+        assert by_name[name]["skipped"] is None and by_name[name]["figures"], name
+    if shutil.which("wrk"):
+        assert by_name["app"]["skipped"] is None
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Goals" in markdown and "ratio ours / raw" in markdown
