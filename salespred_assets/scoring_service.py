@@ -62,13 +62,18 @@ def score_documents(mongo: MongoResource, docs: Sequence[dict[str, Any]] | pd.Da
     return score(model, frame, schema, context=context), quarantine
 
 
-def cache_predictions(redis: RedisResource, predictions: pd.DataFrame, schema: DatasetSchema | None = None) -> int:
-    """Write predictions into the live cache generation; returns how many keys were written."""
+def cache_predictions(redis: RedisResource, predictions: pd.DataFrame, schema: DatasetSchema | None = None,
+                      values: list[str] | None = None) -> int:
+    """Write predictions into the live cache generation; returns how many keys were written.
+
+    ``values`` may carry the predictions already serialised (by :func:`serialize`) to save doing it twice.
+    """
     if predictions.empty:
         return 0
-    ids, values = serialize(predictions, ID, seller_column=schema.seller if schema else None)
-    redis.cache().upsert(ids, values, str(predictions["model_version"].iloc[0]))
-    return len(ids)
+    if values is None:
+        _, values = serialize(predictions, ID, seller_column=schema.seller if schema else None)
+    redis.cache().upsert(predictions[ID].astype(str).tolist(), values, str(predictions["model_version"].iloc[0]))
+    return len(values)
 
 
 def prediction_for(mongo: MongoResource, redis: RedisResource | None, number: str,
@@ -110,10 +115,10 @@ def predict_document(mongo: MongoResource, redis: RedisResource | None, doc: dic
     if preds.empty:
         reason = quarantine["reason"].iloc[0] if len(quarantine) else "invalid document"
         raise ValueError(f"opportunity {doc.get(schema.id)} cannot be scored: {reason}")
+    _, values = serialize(preds, ID, seller_column=schema.seller)
     if redis is not None:
         try:
-            cache_predictions(redis, preds, schema)
+            cache_predictions(redis, preds, schema, values=values)
         except redis_lib.RedisError as exc:
             log.warning("could not write the prediction back to Redis: %s", exc)
-    _, values = serialize(preds, ID, seller_column=schema.seller)
     return json.loads(values[0])

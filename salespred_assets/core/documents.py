@@ -57,23 +57,21 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, _NUMBER_TYPES) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
 
 
-def _numbers(s: pd.Series, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _numbers(arr: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values, mask of present values that are not finite numbers)."""
-    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
-        nums = s.to_numpy(dtype="float64", na_value=np.nan)
+    if arr.dtype.kind in "fiu":
+        nums = arr.astype("float64")
         return nums, ~missing & ~np.isfinite(nums)
-    arr = s.to_numpy(dtype=object)
     if pd.api.types.infer_dtype(arr, skipna=True) in _NUMERIC_KINDS:  # no text, no booleans
-        nums = np.array([np.nan if m else v for v, m in zip(arr, missing)], dtype="float64") if missing.any() \
-            else arr.astype("float64")
+        nums = np.where(missing, np.nan, arr).astype("float64") if missing.any() else arr.astype("float64")
         return nums, ~missing & ~np.isfinite(nums)
     ok = np.fromiter((_finite_number(v) for v in arr), dtype=bool, count=len(arr))
     return np.where(ok, arr, np.nan).astype("float64"), ~ok & ~missing
 
 
-def _texts(s: pd.Series, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _texts(arr: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(object values, mask of present values that are not non-empty text)."""
-    arr = s.to_numpy(dtype=object)
+    arr = arr.astype(object, copy=False)
     if pd.api.types.infer_dtype(arr, skipna=True) in ("string", "empty"):
         blank = np.zeros(len(arr), dtype=bool)
         present = np.flatnonzero(~missing)
@@ -86,28 +84,48 @@ def _texts(s: pd.Series, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return arr, ~ok & ~missing
 
 
-def _dates(s: pd.Series, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _date(value: Any) -> dt.date | None:
+    """A YYYY-MM-DD string, or a datetime (e.g. a BSON date), as a date; anything else None."""
+    if type(value) is str:
+        if len(value) != 10 or value[4] != "-" or value[7] != "-":
+            return None
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            return None
+    if isinstance(value, (dt.datetime, pd.Timestamp)):
+        value = pd.Timestamp(value)
+        return (value.tz_convert(None) if value.tzinfo else value).date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, np.datetime64) and not np.isnat(value):
+        return pd.Timestamp(value).date()
+    return None
+
+
+_NAT = np.datetime64("NaT", "D")
+
+
+def _dates(arr: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(datetime64[ns] values, mask of present values that are not YYYY-MM-DD dates or datetimes)."""
-    arr = s.to_numpy(dtype=object)
-    kind = pd.api.types.infer_dtype(arr, skipna=True)
-    if kind in ("string", "empty"):
-        text = pd.Series(np.where(missing, None, arr), dtype=object)
-        parsed = pd.to_datetime(text, format=DATE_FORMAT, errors="coerce").to_numpy(dtype="datetime64[ns]")
-    else:
-        parsed = np.full(len(arr), np.datetime64("NaT"), dtype="datetime64[ns]")
-        for i, value in enumerate(arr):
-            if missing[i]:
-                continue
-            if type(value) is str:
-                ts = pd.to_datetime(value, format=DATE_FORMAT, errors="coerce")
-            elif isinstance(value, (dt.datetime, dt.date, np.datetime64)):  # e.g. BSON dates
-                ts = pd.Timestamp(value)
-                ts = ts.tz_convert(None) if ts.tzinfo else ts
-            else:
-                continue
-            parsed[i] = np.datetime64(ts.normalize(), "ns") if not pd.isna(ts) else np.datetime64("NaT")
-    parsed = parsed.astype("datetime64[D]").astype("datetime64[ns]")
-    return parsed, ~missing & np.isnat(parsed)
+    if arr.dtype.kind == "M":
+        parsed = arr.astype("datetime64[D]")
+        return parsed.astype("datetime64[ns]"), ~missing & np.isnat(parsed)
+    parsed = np.full(len(arr), _NAT, dtype="datetime64[D]")
+    present = np.flatnonzero(~missing)
+    values = arr[present]
+    if present.size and pd.api.types.infer_dtype(values, skipna=False) == "string":
+        # Fast path: NumPy parses ISO dates in C; the round trip back to text keeps it strict (YYYY-MM-DD only).
+        texts = values.tolist()
+        try:
+            fast = np.array(texts, dtype="datetime64[D]")
+        except ValueError:
+            fast = None
+        if fast is not None and (np.datetime_as_string(fast, unit="D") == np.array(texts, dtype=str)).all():
+            parsed[present] = fast
+            return parsed.astype("datetime64[ns]"), np.zeros(len(arr), dtype=bool)
+    parsed[present] = np.array([_date(v) or _NAT for v in values], dtype="datetime64[D]") if present.size else parsed[present]
+    return parsed.astype("datetime64[ns]"), ~missing & np.isnat(parsed)
 
 
 def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -> Validated:
@@ -128,11 +146,11 @@ def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -
 
     typed: dict[str, np.ndarray] = {}
     for col in schema.fields:
-        s = raw[col] if col in raw.columns else pd.Series([None] * n, dtype=object, index=raw.index)
-        missing = s.isna().to_numpy()
+        arr = raw[col].to_numpy() if col in raw.columns else np.full(n, None, dtype=object)
+        missing = pd.isna(arr)
         flag(missing, f"{col}: missing")
         if col in schema.number_fields:
-            nums, bad = _numbers(s, missing)
+            nums, bad = _numbers(arr, missing)
             flag(bad, f"{col}: not a finite number")
             ok = ~missing & ~bad
             if col in schema.non_negative:
@@ -141,10 +159,10 @@ def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -
                 flag(ok & ((nums < 0) | (nums > 1)), f"{col}: outside [0, 1]")
             typed[col] = nums
         elif col in schema.dates:
-            typed[col], bad = _dates(s, missing)
+            typed[col], bad = _dates(arr, missing)
             flag(bad, f"{col}: not a YYYY-MM-DD date")
         else:
-            arr, bad = _texts(s, missing)
+            arr, bad = _texts(arr, missing)
             flag(bad, f"{col}: not a non-empty text")
             if col == schema.stage:
                 flag(~missing & ~bad & ~np.isin(arr, list(schema.stages)), f"{col}: unknown stage")
@@ -164,6 +182,8 @@ def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -
         columns[col] = pd.array(values[valid], dtype="str") if col in schema.text_fields else values[valid]
     frame = pd.DataFrame(columns)
 
+    if valid.all():
+        return Validated(frame=frame, quarantine=pd.DataFrame(columns=[SOURCE_ID, "id", "reason", "document"]))
     bad_rows = raw[~valid]
     ids = bad_rows[schema.id].to_numpy(dtype=object) if schema.id in raw.columns else np.full(len(bad_rows), None)
     quarantine = pd.DataFrame({
