@@ -220,12 +220,12 @@ def plan(mongo: MongoResource, cursor: Cursor, *, now: dt.datetime | None = None
         before = token
         events, after, problem = read_changes(db, token, max_changes)
         if problem == "unsupported":
-            changes, token = "unsupported", None
+            changes, token = "unsupported", None  # scan-secrets: allow (a stream state, not a secret)
         elif problem:
             resync = f"the change stream could not resume ({problem}); a full rescore catches up"
             token, changes = start_token(db)
         else:
-            changes, token = "followed", after or token
+            changes, token = "followed", after or token  # scan-secrets: allow (a stream state)
             changed = _changed_ids(events, set(ids), hi)
             if changed:
                 key = changes_key(changed, before)

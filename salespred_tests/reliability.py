@@ -214,7 +214,7 @@ def render(entries: list[dict[str, Any]]) -> str:
         servers = ", ".join(f"{k} {v}" for k, v in sorted(env.get("servers", {}).items()))
         if servers:
             lines.append(f"  - servers: {servers}")
-    lines += ["", DATA_START, json.dumps({"entries": entries}, indent=1, sort_keys=True, ensure_ascii=False), DATA_END,
+    lines += ["", DATA_START, json.dumps({"entries": entries}, indent=1, ensure_ascii=False), DATA_END,
               ""]
     return "\n".join(lines)
 
@@ -224,17 +224,18 @@ def _env_key(env: dict[str, Any]) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    columns: list[str] = []
-    for row in rows:
-        for key in row["figures"]:
-            if key not in columns:
-                columns.append(key)
-    header = ["what", "outcome", *columns, "measured"]
+    """One column per figure when every entry has the same figures; else the figures in one column."""
+    rows = sorted(rows, key=lambda r: r["name"])
+    columns = list(rows[0]["figures"])
+    if all(list(r["figures"]) == columns for r in rows):
+        header = ["what", "outcome", *columns, "measured"]
+        body = [[r["name"], r["outcome"], *[_cell(r["figures"][c]) for c in columns], r["measured_at"]] for r in rows]
+    else:
+        header = ["what", "outcome", "figures", "measured"]
+        body = [[r["name"], r["outcome"], "; ".join(f"{k}: {_cell(v)}" for k, v in r["figures"].items()),
+                 r["measured_at"]] for r in rows]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in sorted(rows, key=lambda r: r["name"]):
-        cells = [row["name"], row["outcome"], *[_cell(row["figures"].get(c, "")) for c in columns],
-                 row["measured_at"]]
-        out.append("| " + " | ".join(cells) + " |")
+    out += ["| " + " | ".join(cells) + " |" for cells in body]
     return out
 
 
