@@ -236,7 +236,12 @@ def test_openapi_documents_the_api(client):
     assert body["additionalProperties"] is False and "cliente" in body["required"]
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert not any(p.startswith("/opportunities") or p == "/login" for p in spec["paths"])  # pages stay out
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    # Swagger UI is served by the app itself, so /docs works on a machine with no internet.
+    scripts = re.findall(r'<script src="([^"]+)"', docs.text)
+    assert scripts and all(src.startswith("/swagger/") for src in scripts)
+    assert all(client.get(src).status_code == 200 for src in scripts)
 
 
 # ---- faults --------------------------------------------------------------------------------------------

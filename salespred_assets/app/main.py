@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pymongo.errors
+import swagger_ui_bundle
 import redis as redis_lib
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,9 +74,18 @@ def create_app(mongo: MongoResource | None = None, redis: RedisResource | None =
                         str(exc).splitlines()[0][:200])
         yield
 
-    app = FastAPI(title="salespred seller app", version="1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="salespred seller app", version="1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.ctx = ctx
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    # Swagger UI from the swagger-ui-bundle wheel, not a CDN: /docs works offline.
+    app.mount("/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="salespred seller app API",
+                                   swagger_js_url="/swagger/swagger-ui-bundle.js", swagger_css_url="/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/swagger/favicon-32x32.png")
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(dashboard.router)  # /dashboard for managers (reporting views)
@@ -187,7 +198,7 @@ class HttpGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        docs = scope["path"].startswith(("/docs", "/redoc"))  # Swagger UI loads its script from a CDN
+        docs = scope["path"].startswith(("/docs", "/swagger"))  # Swagger UI starts itself with an inline script
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
