@@ -28,6 +28,11 @@ def build_resources(environment: str | None = None) -> dict[str, object]:
     sql = SqlResource(url=_env_or_embedded(settings.ENV_SQL, production))
     redis = RedisResource(url=_env_or_embedded(settings.ENV_REDIS, production))
     storage = dg.EnvVar("SALESPRED_STORAGE_DIR") if settings.get("SALESPRED_STORAGE_DIR") else str(settings.home() / "storage")
+    return wire(mongo, sql, redis, storage)
+
+
+def wire(mongo: MongoResource, sql: SqlResource, redis: RedisResource, storage: dg.EnvVar | str) -> dict[str, object]:
+    """The resource keys the assets use, around one resource per database."""
     return {
         "mongo": mongo,
         "sql": sql,

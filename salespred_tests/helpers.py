@@ -10,11 +10,9 @@ import dagster as dg
 from salespred_assets.core.features import build_features, closed_target, feature_spec
 from salespred_assets.core.model import SearchConfig, WinModel, train
 from salespred_assets.mongo import model_store
-from salespred_assets.mongo.io_manager import MongoModelIOManager
 from salespred_assets.mongo.resource import MongoResource
-from salespred_assets.redis_cache.io_manager import RedisCacheIOManager
 from salespred_assets.redis_cache.resource import RedisResource
-from salespred_assets.sql.io_manager import SqlIOManager
+from salespred_assets.resources import wire
 from salespred_assets.sql.resource import SqlResource
 
 AS_OF = dt.date(2026, 11, 1)
@@ -35,17 +33,10 @@ def train_current_model(mongo: MongoResource, *, trees: int = 30, leaf: int = 3,
 
 
 def build_test_resources(mongo: MongoResource, redis: RedisResource, sql_url: str, storage_dir: str | None = None) -> dict[str, Any]:
-    sql = SqlResource(url=sql_url)
-    resources: dict[str, Any] = {
-        "mongo": mongo,
-        "sql": sql,
-        "redis": redis,
-        "model_io_manager": MongoModelIOManager(mongo=mongo),
-        "sql_io_manager": SqlIOManager(sql=sql),
-        "redis_io_manager": RedisCacheIOManager(redis=redis),
-    }
-    if storage_dir:
-        resources["io_manager"] = dg.FilesystemIOManager(base_dir=storage_dir)
+    """The production wiring (resources.wire) around the test servers; no storage dir: Dagster's default."""
+    resources = wire(mongo, SqlResource(url=sql_url), redis, storage_dir or "")
+    if not storage_dir:
+        resources.pop("io_manager")
     return resources
 
 
