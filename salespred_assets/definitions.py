@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from salespred_assets.defs import automation
+from salespred_assets.defs.common import IO_RETRY
 from salespred_assets.defs.ingestion import assets as ingestion, checks as ingestion_checks
 from salespred_assets.defs.modeling import assets as modeling, checks as modeling_checks
 from salespred_assets.defs.monitoring import assets as monitoring, checks as monitoring_checks
@@ -19,6 +20,7 @@ CHECK_MODULES = [ingestion_checks, modeling, modeling_checks, scoring_checks, re
 
 full_refresh_job = dg.define_asset_job(
     "full_refresh", selection=automation.EVERYTHING,  # every asset but the new-opportunity batches
+    op_retry_policy=IO_RETRY,  # checks read the databases too
     description="Read every opportunity, retrain, promote if the gate passes, rescore, and refresh SQL and Redis.",
 )
 

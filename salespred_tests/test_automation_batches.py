@@ -14,18 +14,23 @@ import itertools
 import json
 import os
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 from bson import ObjectId
+from click.testing import CliRunner
 
 from salespred_assets import batches, loading, runner
+from salespred_assets.cli import cli
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.defs.automation import new_opportunities
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
 from salespred_assets.sql import tables, writer
+from salespred_assets.sql.resource import make_engine
+from salespred_tests import reporting_fixtures as rf
 from salespred_tests.helpers import AS_OF, build_test_resources, train_current_model
 
 pytestmark = pytest.mark.integration
@@ -38,8 +43,8 @@ def _tick(instance: dg.DagsterInstance, mongo, cursor: str | None) -> dg.SensorR
     return result
 
 
-def _fact(sqlite_url: str):  # noqa: ANN202
-    engine = sa.create_engine(sqlite_url)
+def _fact(sql_url: str):  # noqa: ANN202
+    engine = sa.create_engine(sql_url)
     try:
         return writer.read_table(engine, tables.FACT_OPPORTUNITY).set_index(S.id), \
             writer.count_rows(engine, tables.FACT_PREDICTION_HISTORY)
@@ -53,15 +58,17 @@ def _old_object_id(seconds_ago: float) -> ObjectId:
     return ObjectId(stamp + os.urandom(8))
 
 
-def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sqlite_url, tmp_path, monkeypatch):
+def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sql_url, tmp_path, monkeypatch):
+    """On every dialect: SQLite, and PostgreSQL and MariaDB when their servers are configured."""
+    rf.reset(make_engine(sql_url))  # server databases are shared by the session
     monkeypatch.setattr(batches, "SETTLE_SECONDS", 0)  # ObjectIds count from the next whole second
     loading.seed_synthetic(mongo, 500, seed=11, as_of=AS_OF)
     train_current_model(mongo)
-    resources = build_test_resources(mongo, redis_resource, sqlite_url, str(tmp_path / "storage"))
+    resources = build_test_resources(mongo, redis_resource, sql_url, str(tmp_path / "storage"))
     instance = dg.DagsterInstance.ephemeral()
     # The full rescore the platform starts from (the job `salespred model promote` also runs).
     assert runner.materialize("rescore", resources=resources, instance=instance).ok
-    before, history_before = _fact(sqlite_url)
+    before, history_before = _fact(sql_url)
     generation = redis_resource.cache().current_generation()
     newest = max(d["_id"] for d in mongo.db[OPPORTUNITIES].find({}, {"_id": 1}))
 
@@ -109,7 +116,7 @@ def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sql
         # Only the batch was read: 30 new documents, or the 4 changed ones, never the collection.
         assert meta["documents_read"] == int(request.tags["salespred/batch_rows"])
 
-    after, history_after = _fact(sqlite_url)
+    after, history_after = _fact(sql_url)
     assert len(after) == len(before) + 31 and after.index.is_unique
     assert history_after == history_before + 34
     untouched = before.index.difference(won)
@@ -128,10 +135,10 @@ def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sql
     # A batch run again (a retried run) is idempotent: same rows, history recorded once per scoring.
     rerun = runner.materialize("score_new_opportunities", resources=resources, instance=instance,
                                partition_key=by_kind["new"].partition_key)
-    assert rerun.ok and _fact(sqlite_url)[0].shape == after.shape
+    assert rerun.ok and _fact(sql_url)[0].shape == after.shape
 
 
-def test_a_full_rescore_tiles_every_document_into_range_batches(mongo):
+def test_a_full_rescore_tiles_every_document_into_range_batches(mongo, monkeypatch):
     loading.seed_synthetic(mongo, 450, seed=5, as_of=AS_OF)
     keys = batches.tile(mongo, rows=200)
     assert len(keys) == 3 and keys[0].startswith(batches.ZERO_ID)
@@ -142,6 +149,15 @@ def test_a_full_rescore_tiles_every_document_into_range_batches(mongo):
     # Consecutive ranges share their bounds: no gap, no overlap.
     for a, b in itertools.pairwise(keys):
         assert a.split("-")[1] == b.split("-")[0]
+
+    # `salespred batches plan` registers the same batches as partitions of the instance the UI shows.
+    parts = urlsplit(mongo.resolved_uri())
+    monkeypatch.setenv("SALESPRED_MONGO_URI", urlunsplit(parts._replace(path=f"/{mongo.db.name}")))
+    out = CliRunner().invoke(cli, ["batches", "plan", "--rows", "200"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert all(f"  {key}\n" in out.output for key in keys) and "dagster job backfill" in out.output
+    with dg.DagsterInstance.get() as instance:
+        assert all(instance.has_dynamic_partition(batches.PARTITIONS, key) for key in keys)
 
 
 def test_the_settle_time_and_the_watermark_rules():
