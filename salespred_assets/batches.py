@@ -259,6 +259,13 @@ def _write_manifest(db: Database, key: str, ids: list[Any]) -> None:
                                              "created_at": dt.datetime.now(dt.timezone.utc)}, upsert=True)
 
 
+def drop_manifests(db: Database, keys: Sequence[str]) -> int:
+    """Forget the manifests of change batches that are no longer partitions."""
+    changed = [k for k in keys if k.startswith(CHANGES_PREFIX)]
+    return sum(db[MANIFESTS].delete_many({"_id": {"$in": list(chunk)}}).deleted_count
+               for chunk in _chunks(changed, LOOKUP_CHUNK))
+
+
 # ---- reading and scoring a batch (the run) ----------------------------------------------------
 def batch_ids(db: Database, key: str) -> list[Any]:
     """The ``_id``s of a change batch, from its manifest."""

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from salespred_assets import batches, loading, runner
 from salespred_assets.cli import cli
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
+from salespred_assets.defs import automation
 from salespred_assets.defs.automation import new_opportunities
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
@@ -88,13 +89,20 @@ def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sql
     mongo.db[OPPORTUNITIES].insert_one(late)
     time.sleep(1.1)  # past the second the new ObjectIds were made in
 
+    # Two batches of long ago; the sensor keeps 3 partitions, so the oldest one goes with its manifest.
+    monkeypatch.setattr(automation, "KEEP_PARTITIONS", 3)
+    instance.add_dynamic_partitions(batches.PARTITIONS, ["chg-ancient", "chg-old"])
+    mongo.db[batches.MANIFESTS].insert_many([{"_id": "chg-ancient", "ids": []}, {"_id": "chg-old", "ids": []}])
+
     second = _tick(instance, mongo, first.cursor)
     by_kind = {r.tags["salespred/batch_kind"]: r for r in second.run_requests}
     assert set(by_kind) == {"new", "changed"}
     for request in second.run_requests:
         assert request.run_key == request.partition_key and request.job_name == "score_new_opportunities"
-    [partitions] = second.dynamic_partitions_requests
-    assert sorted(partitions.partition_keys) == sorted(r.partition_key for r in second.run_requests)
+    added, deleted = second.dynamic_partitions_requests
+    assert sorted(added.partition_keys) == sorted(r.partition_key for r in second.run_requests)
+    assert isinstance(deleted, dg.DeleteDynamicPartitionsRequest) and deleted.partition_keys == ["chg-ancient"]
+    assert mongo.db[batches.MANIFESTS].count_documents({"_id": {"$in": ["chg-ancient", "chg-old"]}}) == 1
     assert by_kind["new"].tags["salespred/batch_rows"] == "30"
     lo, hi = batches.parse_range(by_kind["new"].partition_key)
     assert lo == newest and batches.Cursor.loads(second.cursor).last_id == str(hi)

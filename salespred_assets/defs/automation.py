@@ -85,6 +85,9 @@ drift_monitor = _schedule("drift_monitor", monitor_drift_job, settings.ENV_DRIFT
                           f"Measure drift on a schedule (cron from {settings.ENV_DRIFT_CRON}, default every 6 hours).")
 
 
+# Batch partitions kept; older ones are removed as new ones arrive (about a week of busy half-minutes).
+KEEP_PARTITIONS = 20_000
+
 _indexed: set[tuple[str, str]] = set()
 
 
@@ -127,9 +130,18 @@ def new_opportunities(context: dg.SensorEvaluationContext, mongo: MongoResource)
         requests.append(dg.RunRequest(run_key=f"resync-{stamp}", job_name=rescore_job.name,
                                       tags={"salespred/trigger": "change-stream-resync"}))
     keys = [b.key for b in plan.batches]
+    partitions: list = [dg.AddDynamicPartitionsRequest(batches.PARTITIONS, keys)] if keys else []
+    if keys:
+        # Retention: the oldest batches leave the partition list (their runs and materialisations stay in
+        # the event log), so the list the UI and the daemon read stays bounded.
+        existing = context.instance.get_dynamic_partitions(batches.PARTITIONS)
+        expired = existing[:max(0, len(existing) + len(keys) - KEEP_PARTITIONS)]
+        if expired:
+            batches.drop_manifests(mongo.db, expired)
+            partitions.append(dg.DeleteDynamicPartitionsRequest(batches.PARTITIONS, expired))
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(batches.PARTITIONS, keys)] if keys else None,
+        dynamic_partitions_requests=partitions or None,
         cursor=plan.cursor.dumps(),
         skip_reason=None if requests else "no new or changed opportunities",
     )
