@@ -27,6 +27,7 @@ from salespred_assets.cli import cli
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.defs import automation
 from salespred_assets.defs.automation import new_opportunities
+from salespred_assets.errors import SalespredError
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
 from salespred_assets.sql import tables, writer
@@ -178,3 +179,17 @@ def test_the_settle_time_and_the_watermark_rules():
     with pytest.raises(Exception, match="neither"):
         batches.parse_range("not-a-key")
     assert batches.changes_key([b, a], None) == batches.changes_key([a, b], None)
+
+
+def test_schedules_follow_their_environment_variables(monkeypatch):
+    monkeypatch.setenv("SALESPRED_RETRAIN_CRON", "30 3 * * 1")
+    monkeypatch.setenv("SALESPRED_TIMEZONE", "Europe/Madrid")
+    weekly = automation.schedule_from_env("weekly", automation.retrain_job, "SALESPRED_RETRAIN_CRON", "0 2 * * *", "t")
+    assert weekly.cron_schedule == "30 3 * * 1" and weekly.execution_timezone == "Europe/Madrid"
+    assert weekly.default_status == dg.DefaultScheduleStatus.RUNNING
+    monkeypatch.setenv("SALESPRED_AUTOMATION", "off")
+    assert automation.schedule_from_env("off", automation.retrain_job, "SALESPRED_RETRAIN_CRON", "0 2 * * *",
+                                "test").default_status == dg.DefaultScheduleStatus.STOPPED
+    monkeypatch.setenv("SALESPRED_RETRAIN_CRON", "every night")
+    with pytest.raises(SalespredError, match="SALESPRED_RETRAIN_CRON='every night'.*five fields"):
+        automation.schedule_from_env("bad", automation.retrain_job, "SALESPRED_RETRAIN_CRON", "0 2 * * *", "test")

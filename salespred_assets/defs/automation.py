@@ -67,7 +67,7 @@ def _status(kind: type) -> object:
     return kind.RUNNING if settings.automation_enabled() else kind.STOPPED
 
 
-def _schedule(name: str, job: object, env: str, default: str, description: str) -> dg.ScheduleDefinition:
+def schedule_from_env(name: str, job: object, env: str, default: str, description: str) -> dg.ScheduleDefinition:
     cron = settings.get(env) or default
     timezone = settings.get(settings.ENV_TIMEZONE) or "UTC"
     try:
@@ -79,9 +79,9 @@ def _schedule(name: str, job: object, env: str, default: str, description: str) 
                              f"and the time zone is an IANA name such as 'Europe/Madrid')") from exc
 
 
-nightly_retrain = _schedule("nightly_retrain", retrain_job, settings.ENV_RETRAIN_CRON, "0 2 * * *",
+nightly_retrain = schedule_from_env("nightly_retrain", retrain_job, settings.ENV_RETRAIN_CRON, "0 2 * * *",
                             f"Retrain on a schedule (cron from {settings.ENV_RETRAIN_CRON}, default nightly at 02:00).")
-drift_monitor = _schedule("drift_monitor", monitor_drift_job, settings.ENV_DRIFT_CRON, "0 */6 * * *",
+drift_monitor = schedule_from_env("drift_monitor", monitor_drift_job, settings.ENV_DRIFT_CRON, "0 */6 * * *",
                           f"Measure drift on a schedule (cron from {settings.ENV_DRIFT_CRON}, default every 6 hours).")
 
 
@@ -104,7 +104,7 @@ def first_watermark(instance: dg.DagsterInstance) -> str | None:
     event = instance.get_latest_materialization_event(raw_opportunities.key)
     mat = event.asset_materialization if event else None
     value = mat.metadata.get("max_object_id") if mat else None
-    return str(value.value) or None if value is not None else None
+    return (str(value.value) or None) if value is not None else None
 
 
 @dg.sensor(name="new_opportunities", jobs=[score_new_opportunities_job, rescore_job],
