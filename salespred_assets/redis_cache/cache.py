@@ -32,6 +32,7 @@ BUCKETS = 64
 PAIRS_PER_COMMAND = 1_000
 COMMANDS_PER_ROUND_TRIP = 20
 OLD_GENERATION_GRACE_S = 600
+ABANDONED_LOOKBACK = 100  # generations an interrupted publish may have left behind, looked at by the next one
 
 # One round trip: read the pointer, then the entry in that generation's bucket.
 _LOOKUP = """
@@ -137,6 +138,11 @@ class PredictionCache:
         expiring = 0
         if old is not None and int(old) != gen:
             expiring = self.expire_generation(int(old), OLD_GENERATION_GRACE_S)
+        # Generations numbered between the previous live one and this one were never swapped in: their run
+        # was killed or failed mid-write. Let them expire like an old generation instead of after ttl_s.
+        first = int(old) + 1 if old is not None and int(old) < gen else gen - ABANDONED_LOOKBACK
+        for abandoned in range(max(first, gen - ABANDONED_LOOKBACK, 1), gen):
+            self.expire_generation(abandoned, OLD_GENERATION_GRACE_S)
         return {"generation": gen, "written": len(ids), "previous_generation": int(old) if old else None,
                 "previous_keys_expiring": expiring}
 
