@@ -27,8 +27,11 @@ def test_an_unreachable_database_gives_one_clear_line(var, url, service, tmp_pat
     env = dict(os.environ, SALESPRED_HOME=str(tmp_path), **{var: url})
     if var != "SALESPRED_MONGO_URI":
         env["SALESPRED_MONGO_URI"] = mongo_server.uri.replace("/?", f"/cli_{tmp_path.name[-12:]}?")
-    # `seed` needs MongoDB; `demo --once` reaches Redis and SQL too.
-    out = _run(["seed", "--synthetic", "10"] if var == "SALESPRED_MONGO_URI" else ["demo", "--once", "--synthetic", "600"], env)
+    # `seed` needs MongoDB; `demo --once` reaches Redis and SQL too (and may start the embedded ones).
+    try:
+        out = _run(["seed", "--synthetic", "10"] if var == "SALESPRED_MONGO_URI" else ["demo", "--once", "--synthetic", "600"], env)
+    finally:
+        _run(["services", "down"], env)
     assert out.returncode != 0
     assert "Traceback" not in out.stderr + out.stdout
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
