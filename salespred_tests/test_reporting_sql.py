@@ -67,6 +67,12 @@ def _write_all(engine: sa.Engine, preds: pd.DataFrame, registry: pd.DataFrame, h
     writer.write(engine, t[tables.FACT_OPPORTUNITY], preds)
     writer.write(engine, t[tables.DIM_SELLER], _careless_sellers())
     writer.write(engine, t[tables.DIM_MODEL_VERSION], registry)
+    versions = list(registry["model_version"])
+    writer.write(engine, t[tables.FACT_MODEL_SWITCH], pd.DataFrame({
+        "switch_number": range(1, len(versions) + 1),
+        "switched_at": [rf.SCORED_AT - dt.timedelta(days=9 - n) for n in range(len(versions))],
+        "model_version": versions, "previous_version": [None, *versions[:-1]],
+        "action": ["gate"] * len(versions), "reason": ["passed the promotion gate"] * len(versions)}))
     for frame in history:
         writer.write(engine, t[tables.FACT_PREDICTION_HISTORY], frame[rf.HISTORY_COLUMNS], mode="append")
 

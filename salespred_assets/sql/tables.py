@@ -159,5 +159,5 @@ def table_for(name: str, metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_
 
 def all_tables(metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> dict[str, sa.Table]:
     """Every reporting table, declared in ``metadata``."""
-    names = (FACT_OPPORTUNITY, DIM_SELLER, DIM_MODEL_VERSION, FACT_PREDICTION_HISTORY)
+    names = (FACT_OPPORTUNITY, DIM_SELLER, DIM_MODEL_VERSION, FACT_PREDICTION_HISTORY, FACT_MODEL_SWITCH)
     return {name: table_for(name, metadata, schema) for name in names}

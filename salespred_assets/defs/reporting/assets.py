@@ -61,7 +61,10 @@ def reporting_views(sql: SqlResource, mongo: MongoResource) -> dg.MaterializeRes
     """One SQL view per dashboard tile (closed amounts, open pipeline, by close month, by region,
     seller x stage, model quality), created or replaced atomically on every dialect."""
     engine = sql.engine
-    created = views.refresh(engine, mongo.schema())
+    try:
+        created = views.refresh(engine, mongo.schema())
+    except views.ViewError as exc:  # a missing table will not appear by retrying: fail at once, saying which
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     rows = {name: writer.count_rows(engine, name) for name in created}
     return dg.MaterializeResult(metadata={
         "dialect": engine.dialect.name,
