@@ -489,7 +489,11 @@ def _pipeline_sql(servers: Servers, name: str, state: dict[str, Any]) -> str:
 
 def stage_incremental(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageResult:
     r = StageResult("incremental", f"Incremental scoring of {scale.new_docs:,} new opportunities")
-    from salespred_assets import batches, loading
+    import datetime as dt
+
+    from bson import ObjectId
+
+    from salespred_assets import batches
 
     if "sql_small" not in state:
         r.skipped = "needs the full-refresh stage (a trained model, SQL and cache)"
@@ -499,12 +503,18 @@ def stage_incremental(servers: Servers, scale: Scale, state: dict[str, Any]) -> 
         mongo = servers.mongo(f"bench_{name}")
         engine = sa.create_engine(state[f"sql_{name}"])
         redis = RedisResource(url=servers.redis_url)
+        start = mongo.count_opportunities()
         times = []
         for i in range(scale.repeats):
-            last = mongo.db[OPPORTUNITIES].find_one({}, {"_id": 1}, sort=[("_id", -1)])["_id"]
-            loading.seed_synthetic(mongo, scale.new_docs, seed=100 + i)
-            hi = mongo.db[OPPORTUNITIES].find_one({}, {"_id": 1}, sort=[("_id", -1)])["_id"]
-            key = batches.range_key(str(last), str(hi))
+            # A fresh second, so that the batch's _id range holds exactly the new documents (its lower
+            # bound is that second's smallest ObjectId; SecantusDB cannot scan _id backwards cheaply).
+            time.sleep(1.1)
+            lo = ObjectId.from_datetime(dt.datetime.now(dt.timezone.utc))
+            new = [{"_id": ObjectId(), **d} for chunk in synthetic.generate(scale.new_docs, seed=100 + i, start=start)
+                   for d in chunk]
+            start += len(new)
+            mongo.insert_opportunities(new)
+            key = batches.range_key(str(lo), str(new[-1]["_id"]))
             seconds, result = timed(lambda: batches.score_batch(mongo, engine, redis, key))
             assert result.scored + result.quarantined == scale.new_docs, result
             times.append(seconds)
