@@ -106,6 +106,13 @@ def step_events(instance: dg.DagsterInstance, step: str) -> list[Any]:
     return out
 
 
+def _root_cause(error: Any) -> str:
+    """The innermost error of a Dagster error chain (the retry wrapper's cause)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 # ---- Redis stopped during the cache step -----------------------------------------------------------------
 def test_redis_down_during_the_cache_step_retries_then_recovers(mongo, private_redis, sqlite_url, tmp_path,
                                                                  reliability):
@@ -129,7 +136,7 @@ def test_redis_down_during_the_cache_step_retries_then_recovers(mongo, private_r
     retries = [e for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
     failure = next(e for e in events if e.dagster_event.event_type == dg.DagsterEventType.STEP_FAILURE)
     message = failure.dagster_event.step_failure_data.error.to_string()
-    first_error = retries[0].dagster_event.event_specific_data.error.message.strip() if retries else ""
+    first_error = _root_cause(retries[0].dagster_event.event_specific_data.error) if retries else ""
     failed = sorted({e.step_key for e in down.all_events if e.is_step_failure})
     engine = make_engine(sqlite_url)
     sql_rows = writer.count_rows(engine, tables.FACT_OPPORTUNITY)
@@ -234,6 +241,7 @@ def test_sql_connection_killed_mid_write_keeps_the_previous_table(dialect, reque
     killer = sa.create_engine(url)
     try:
         writer.write(engine, table, v1)
+        reliability.server(dialect, ".".join(map(str, engine.dialect.server_version_info or ())))
         before = _snapshot(killer)
         seen: dict[str, Any] = {}
         hook = _kill_after_delete(engine, killer, seen)

@@ -284,6 +284,10 @@ def _client(f: Fuzzed):
 
 
 def test_capture_api_refuses_bad_payloads(fuzzed, reliability):
+    info = fuzzed.db.client.admin.command("buildInfo")
+    reliability.server("MongoDB", f"SecantusDB {info['secantusVersion']}" if "secantusVersion" in info
+                       else info["version"])
+    reliability.server("Redis", fuzzed.redis.client.info("server")["redis_version"])
     with _client(fuzzed) as client:
         token = client.post("/api/auth/token", json={"username": SELLER, "password": fuzzed.passwords[SELLER]})
         headers = {"Authorization": f"Bearer {token.json()['access_token']}"}

@@ -44,7 +44,7 @@ NO_NUMBER_REASON = "numero_opportunidad: missing"
 DUPLICATE_REASON = "numero_opportunidad: duplicate"
 
 
-def plant(mongo) -> tuple[dict[str, str], str, float, set[str]]:  # noqa: ANN001
+def plant(mongo) -> tuple[dict[str, str], str, float, set[str]]:
     """Bad documents beside the good ones: {key: reason}, the duplicated number, its first ACV, good numbers."""
     coll = mongo.db[OPPORTUNITIES]
     template = coll.find_one({}, {"_id": 0})
