@@ -163,6 +163,43 @@ def write_report(results: list[StageResult], scale: str, out_dir: Path, services
     return md_path, json_path
 
 
+def _figure(results: list[StageResult], stage: str, prefix: str) -> Figure | None:
+    for r in results:
+        if r.name == stage and not r.skipped:
+            for f in r.figures:
+                if f.name.startswith(prefix):
+                    return f
+    return None
+
+
+def scale_limits(results: list[StageResult]) -> list[str]:
+    """What the measured rates mean for sizing: derived from this run's figures only."""
+    refresh = _figure(results, "full_refresh", "throughput")
+    memory = _figure(results, "full_refresh", "peak memory of the run process")
+    batch = _figure(results, "incremental", "at ")
+    lines = ["", "## Scale limits (derived from the figures below)", ""]
+    if refresh:
+        per_million = 1_000_000 / refresh.median / 60
+        lines.append(f"- A full refresh (one run, one machine like this one) takes about {per_million:.0f} min "
+                     f"per million opportunities at the measured {refresh.median:,.0f} opportunities/s; at the "
+                     f"15-minute budget that is about {15 / per_million:.1f} million opportunities per run.")
+    if memory and refresh:
+        lines.append(f"- Its peak memory was {memory.median:.1f} GB for the measured collection; memory grows with "
+                     "the collection (frames of every opportunity), so beyond a few million opportunities the "
+                     "rescore should fan out over batch partitions (`salespred batches plan`), each run holding "
+                     "only its batch.")
+    size = _figure(results, "incremental", "new opportunities per batch")
+    if batch and size:
+        rows = [f for r in results if r.name == "incremental" for f in r.figures if f.name.startswith("at ")]
+        worst = max(f.median for f in rows)
+        lines.append(f"- A batch of {size.median:,.0f} new opportunities costs at most {worst:.1f} s here, about the same "
+                     "at either collection size (the ratio below), so batch runs one after another absorb about "
+                     f"{size.median * 60 / worst:,.0f} new or changed opportunities a minute on one machine.")
+    if len(lines) == 3:
+        lines.append("- (no full-refresh or incremental figures in this run)")
+    return lines
+
+
 def markdown(data: dict[str, Any], results: list[StageResult]) -> str:
     m = data["machine"]
     lines = [
@@ -189,6 +226,7 @@ def markdown(data: dict[str, Any], results: list[StageResult]) -> str:
         for g in r.goals:
             lines.append(f"| {r.title} | {g.text} | {_fmt(g.measured)} {g.unit} | "
                          f"{'≥' if g.direction == 'at_least' else '≤'} {_fmt(g.target)} {g.unit} | {g.gap} |")
+    lines += scale_limits(results)
     for r in results:
         lines += ["", f"## {r.title}", ""]
         if r.skipped:

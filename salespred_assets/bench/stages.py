@@ -499,6 +499,7 @@ def stage_incremental(servers: Servers, scale: Scale, state: dict[str, Any]) -> 
         r.skipped = "needs the full-refresh stage (a trained model, SQL and cache)"
         return r
     per_size = {}
+    r.figure("new opportunities per batch", "", [scale.new_docs])
     for name, docs in (("small", scale.small_docs), ("big", scale.big_docs)):
         mongo = servers.mongo(f"bench_{name}")
         engine = sa.create_engine(state[f"sql_{name}"])
