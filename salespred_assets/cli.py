@@ -363,11 +363,14 @@ def _serve_forever(dagster_port: int, app_port: int) -> None:
 
 @cli.command()
 @click.option("--job", "job_name", default="full_refresh", show_default=True)
-def materialize(job_name: str) -> None:
-    """Run a job in-process (recorded in the instance the Dagster UI shows)."""
+@click.option("--processes/--in-process", default=False, show_default=True,
+              help="Each step in its own process (Dagster's multiprocess executor, as deployed runs do; memory is "
+                   "held per step), or all steps in this process (quickest for small data).")
+def materialize(job_name: str, processes: bool) -> None:
+    """Run a job (recorded in the instance the Dagster UI shows)."""
     from salespred_assets import runner
 
-    outcome = runner.materialize(job_name)
+    outcome = runner.materialize(job_name, processes=processes)
     _summary(outcome, 0.0, DAGSTER_PORT, APP_PORT)
     sys.exit(0 if outcome.ok else 1)
 

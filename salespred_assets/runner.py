@@ -38,19 +38,37 @@ class RunOutcome:
         return self.success and not self.failed_checks and not self.failed_steps
 
 
+def job_by_name(name: str) -> Any:
+    """The job ``name`` of the code location: what each step's process rebuilds in a multiprocess run."""
+    from salespred_assets.definitions import defs
+
+    return defs.resolve_job_def(name)
+
+
 def materialize(job_name: str = "full_refresh", run_config: dict | None = None, ephemeral: bool = False,
                 resources: dict[str, Any] | None = None, partition_key: str | None = None,
-                instance: Any = None) -> RunOutcome:
-    """Run a job in-process. ``resources`` replaces the environment's; ``partition_key`` runs one partition
-    (a batch of ``score_new_opportunities``: the key is registered as a partition first)."""
+                instance: Any = None, processes: bool = False) -> RunOutcome:
+    """Run a job. ``resources`` replaces the environment's; ``partition_key`` runs one partition (a batch of
+    ``score_new_opportunities``: the key is registered as a partition first).
+
+    In-process by default (quickest for the demo's data). ``processes=True`` runs it as a deployment does:
+    Dagster's multiprocess executor, each step in a process of its own, so memory is held per step and
+    returned to the system after it; this needs the persistent instance and the environment's resources.
+    """
     import dagster as dg
 
     from salespred_assets.definitions import build_definitions, defs
 
+    if processes and (ephemeral or resources is not None or partition_key is not None):
+        raise ValueError("a multiprocess run needs the persistent instance, the environment's resources, no partition")
     if not ephemeral and instance is None:
         prepare_dagster_home()
     if instance is None:
         instance = dg.DagsterInstance.ephemeral() if ephemeral else dg.DagsterInstance.get()
+    if processes:
+        job = dg.build_reconstructable_job(__name__, "job_by_name", reconstructable_args=(job_name,))
+        result = dg.execute_job(job, instance=instance, run_config=run_config or {}, raise_on_error=False)
+        return _outcome(result)
     definitions = defs if resources is None else build_definitions(resources=resources)
     job = definitions.resolve_job_def(job_name)
     if partition_key is not None:
@@ -60,6 +78,10 @@ def materialize(job_name: str = "full_refresh", run_config: dict | None = None, 
             instance.add_dynamic_partitions(partitions.name, [partition_key])
     result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config or {},
                                     partition_key=partition_key)
+    return _outcome(result)
+
+
+def _outcome(result: Any) -> RunOutcome:
     outcome = RunOutcome(success=result.success, run_id=result.run_id)
     for event in result.all_events:
         if event.is_step_failure:

@@ -24,6 +24,7 @@ from salespred_tests import reporting_fixtures as rf
 from salespred_tests.app_fixtures import (
     LIMITS,
     SECRET,
+    SELLERS,
     RunningServer,
     add_sellers,
     new_client,
@@ -59,8 +60,9 @@ def dashboard_app(mongo_server, redis_url, tmp_path_factory):
     mongo.client.drop_database(mongo.database)
 
 
-def _expected_figures(engine: sa.Engine) -> dict[str, float]:
-    """What the page must show, read from the views with plain pandas (not the dashboard's code)."""
+def _expected_figures(engine: sa.Engine, team: set[str]) -> dict[str, float]:
+    """What the page must show, read from the views with plain pandas (not the dashboard's code); the
+    seller x stage matrix holds only the manager's ``team``."""
     want: dict[str, float] = {}
     for r in views.read(engine, views.CLOSED_BY_RESULT).itertuples():
         want[f"closed.{r.result}.tcv"] = r.tcv
@@ -75,6 +77,7 @@ def _expected_figures(engine: sa.Engine) -> dict[str, float]:
     for r in views.read(engine, views.EXPECTED_BY_REGION).itertuples():
         want[f"by_region.{r.region}.expected_tcv"] = r.expected_tcv
     matrix = views.read(engine, views.SELLER_STAGE_MATRIX)
+    matrix = matrix[matrix["seller"].isin(team)]
     for r in matrix.itertuples():
         want[f"matrix.{r.seller}.{r.stage}.opportunities"] = r.opportunities
         want[f"matrix.{r.seller}.{r.stage}.tcv"] = r.tcv
@@ -98,7 +101,10 @@ def test_a_seller_who_is_not_a_manager_gets_403(dashboard_app):
 
 def test_a_manager_sees_the_views_figures_in_chromium(browser, dashboard_app):  # noqa: F811
     app, passwords, engine = dashboard_app
-    want = _expected_figures(engine)
+    team = {"NV-0"} | {number for number, *_, boss in SELLERS if boss == "NV-0"}  # Ana and her reports
+    want = _expected_figures(engine, team)
+    others = {r.seller for r in views.read(engine, views.SELLER_STAGE_MATRIX).itertuples()} - team
+    assert others, "the fixture should give sellers outside Ana's team some open opportunities"
     ARTIFACTS.mkdir(exist_ok=True)
     with RunningServer(app) as server:
         context = browser.new_context(viewport=DESKTOP)
@@ -118,6 +124,7 @@ def test_a_manager_sees_the_views_figures_in_chromium(browser, dashboard_app):  
             "[data-figure]", "els => els.map(e => [e.dataset.figure, Number(e.dataset.value)])"))
         missing = sorted(set(want) - set(shown))
         assert not missing, f"figures the page does not show: {missing[:10]}"
+        assert not [k for k in shown if k.split(".")[1:2] and k.split(".")[1] in others], "another team's figures"
         for key, value in want.items():
             assert shown[key] == pytest.approx(float(value), rel=1e-9, abs=1e-9), key
         # The headline as a person reads it, and styles loaded despite the CSP (the tiles form a grid).

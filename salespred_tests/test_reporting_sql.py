@@ -134,6 +134,23 @@ def test_views_match_pandas(engine, scored_frames):
     assert figs["matrix"]["opportunities"] == int((second["outcome"] == "open").sum())
 
 
+def test_a_managers_matrix_holds_only_the_team(sqlite_url, scored_frames):
+    engine = make_engine(sqlite_url)
+    rf.reset(engine)
+    second = scored_frames["second"]
+    _write_all(engine, second, _registry([scored_frames["first"], second]), [second])
+    views.refresh(engine, S)
+    everyone = dashboard.figures(engine)
+    team = sorted({r["seller"] for r in everyone["matrix"]["rows"]})[:2]
+    mine = dashboard.figures(engine, sellers=team)
+    assert [r["seller"] for r in mine["matrix"]["rows"]] == sorted(team, key=lambda s: next(
+        r["seller_name"] for r in everyone["matrix"]["rows"] if r["seller"] == s))
+    open_team = second[(second["outcome"] == "open") & second["numero_vendedor"].isin(team)]
+    assert mine["matrix"]["opportunities"] == len(open_team) < everyone["matrix"]["opportunities"]
+    assert mine["matrix"]["tcv"] == pytest.approx(open_team["tcv"].sum())
+    assert mine["pipeline"] == everyone["pipeline"]  # the other tiles stay company-wide
+
+
 def test_writes_are_idempotent_and_the_history_appends_once(engine, scored_frames):
     first, second = scored_frames["first"], scored_frames["second"]
     t = tables.all_tables(sa.MetaData(), S)

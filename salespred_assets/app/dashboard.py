@@ -45,7 +45,8 @@ async def sales_dashboard(request: Request) -> Response:
     if viewer.role != "manager":
         return pages.render(request, "error.html", 403, **pages.page_context(request, viewer), message=text["forbidden"])
     try:
-        html = await run_in_threadpool(dashboard.render_dashboard, _sql(request).engine, lang,
+        # The seller x stage matrix shows the manager's team; the other tiles are company-wide.
+        html = await run_in_threadpool(dashboard.render_dashboard, _sql(request).engine, lang, sellers=viewer.team,
                                        stylesheet="/dashboard.css", back=("/opportunities", text["back"]))
     except ViewError:
         return pages.render(request, "error.html", 503, **pages.page_context(request, viewer), message=text["no_views"])

@@ -175,7 +175,7 @@ def _figure(results: list[StageResult], stage: str, prefix: str) -> Figure | Non
 def scale_limits(results: list[StageResult]) -> list[str]:
     """What the measured rates mean for sizing: derived from this run's figures only."""
     refresh = _figure(results, "full_refresh", "throughput")
-    memory = _figure(results, "full_refresh", "peak memory of the run process")
+    memory = _figure(results, "full_refresh", "peak memory of the run's largest process")
     batch = _figure(results, "incremental", "at ")
     lines = ["", "## Scale limits (derived from the figures below)", ""]
     if refresh:
@@ -184,9 +184,9 @@ def scale_limits(results: list[StageResult]) -> list[str]:
                      f"per million opportunities at the measured {refresh.median:,.0f} opportunities/s; at the "
                      f"15-minute budget that is about {15 / per_million:.1f} million opportunities per run.")
     if memory and refresh:
-        lines.append(f"- Its peak memory was {memory.median:.1f} GB for the measured collection; memory grows with "
-                     "the collection (frames of every opportunity), so beyond a few million opportunities the "
-                     "rescore should fan out over batch partitions (`salespred batches plan`), each run holding "
+        lines.append(f"- Its largest step process peaked at {memory.median:.1f} GB for the measured collection; that "
+                     "grows with the collection (frames of every opportunity), so beyond a few million opportunities "
+                     "the rescore should fan out over batch partitions (`salespred batches plan`), each run holding "
                      "only its batch.")
     size = _figure(results, "incremental", "new opportunities per batch")
     if batch and size:

@@ -65,7 +65,7 @@ class SearchConfig:
     n_jobs: int = 2
     # Above this many closed opportunities, learn from a stratified random sample of this size: a
     # forest's accuracy has long levelled off by then, while its cost and size keep growing.
-    max_rows: int = 50_000
+    max_rows: int = 30_000
     param_space: dict[str, list[Any]] = field(default_factory=lambda: {
         "max_depth": [None, 14, 20, 28],
         "min_samples_leaf": [1, 2, 3, 4, 6, 8],

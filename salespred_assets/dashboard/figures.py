@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from typing import Any
 
 import pandas as pd
@@ -115,15 +116,27 @@ TILES = {
 }
 
 
-def figures(engine: Engine) -> dict[str, Any]:
-    """Every tile's figures, read from the views in one connection (``None`` for a view that does not exist)."""
+def figures(engine: Engine, sellers: Collection[str] | None = None) -> dict[str, Any]:
+    """Every tile's figures, read from the views in one connection (``None`` for a view that does not exist).
+
+    ``sellers`` narrows the seller x stage matrix to those sellers (a manager's team in the app); the
+    other tiles are company-wide figures, as in the original Power BI report.
+    """
     with engine.connect() as conn:
         present = set(sa.inspect(conn).get_view_names())
         if not present & set(views.NAMES):
             raise views.ViewError("no reporting view exists yet: materialise the reporting_views asset "
                                    "(or run `salespred demo --once`)")
-        return {tile: (shape(views.read(conn, name)) if name in present else None)
-                for tile, (name, shape) in TILES.items()}
+        out = {}
+        for tile, (name, shape) in TILES.items():
+            if name not in present:
+                out[tile] = None
+                continue
+            frame = views.read(conn, name)
+            if tile == "matrix" and sellers is not None:
+                frame = frame[frame["seller"].astype(str).isin([str(s) for s in sellers])]
+            out[tile] = shape(frame)
+        return out
 
 
 def summary(figs: dict[str, Any]) -> dict[str, float | int | str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from html import escape
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -208,9 +209,10 @@ def render_html(figs: dict[str, Any], lang: str = "en", *, stylesheet: str | Non
             f'<script type="application/json" id="figures">{data}</script></body></html>')
 
 
-def render_dashboard(engine: Engine, lang: str = "en", **options: Any) -> str:
+def render_dashboard(engine: Engine, lang: str = "en", sellers: Collection[str] | None = None, **options: Any) -> str:
     """Read the reporting views through ``engine`` and return the dashboard page (one call per request).
 
-    ``options`` go to ``render_html`` (``stylesheet``, ``back``).
+    ``sellers`` narrows the seller x stage matrix (a manager's team); ``options`` go to ``render_html``
+    (``stylesheet``, ``back``).
     """
-    return render_html(read_figures(engine), lang, **options)
+    return render_html(read_figures(engine, sellers), lang, **options)

@@ -86,11 +86,25 @@ def _clean_records(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
     return list(zip(*out_cols)) if out_cols else []
 
 
+def _iso_text(values: pd.Series) -> np.ndarray:
+    """Datetimes as ISO 8601 text for COPY (UTC offset for tz-aware ones); missing values stay missing."""
+    tz = getattr(values.dtype, "tz", None)
+    raw = (values.dt.tz_convert("UTC").dt.tz_localize(None) if tz is not None else values).to_numpy("datetime64[us]")
+    text = np.datetime_as_string(raw, unit="us").astype(object)
+    if tz is not None:
+        text = text + "+00:00"
+    text[np.isnat(raw)] = None
+    return text
+
+
 def _copy_postgres(conn: Connection, table: sa.Table, frame: pd.DataFrame, columns: Sequence[str]) -> None:
     buf = io.StringIO()
-    # pandas writes datetimes as ISO text with their offset, which PostgreSQL reads for dates and timestamps.
-    frame[list(columns)].to_csv(buf, index=False, header=False, na_rep="\\N", quoting=csv.QUOTE_MINIMAL,
-                                lineterminator="\n")
+    data = frame[list(columns)]
+    dates = [c for c in columns if pd.api.types.is_datetime64_any_dtype(data[c])]
+    if dates:
+        # ISO text formatted by NumPy in C: pandas formats timestamps (above all tz-aware ones) one by one.
+        data = data.assign(**{c: _iso_text(data[c]) for c in dates})
+    data.to_csv(buf, index=False, header=False, na_rep="\\N", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     cols = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in columns)
     name = conn.dialect.identifier_preparer.format_table(table)
     raw = conn.connection.driver_connection
