@@ -90,7 +90,7 @@ def test_whole_graph_on_the_reference_data(mongo, redis_resource, sqlite_url, tm
     metadata = run.asset_materializations_for_node("win_model")[0].metadata
     assert metadata["accuracy"].value == entry["info"]["metrics"]["accuracy"]
     for plot in ("roc_curve", "calibration_curve", "feature_importance"):
-        assert metadata[plot].value.startswith(f"![") and "data:image/png;base64," in metadata[plot].value
+        assert metadata[plot].value.startswith("![") and "data:image/png;base64," in metadata[plot].value
     assert "HistGradientBoosting yardstick" in metadata["metrics"].value
     card = model_store.card(mongo.db, entry["_id"])
     assert card.startswith(f"# Model card: win model {entry['_id']}") and "Held-out evaluation" in card
