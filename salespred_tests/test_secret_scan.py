@@ -63,6 +63,7 @@ def test_token_formats_are_found_anywhere(rule):
     ("salespred_assets/config.py", 'SECRET_KEY = "' + 'q8Z2m1xLr0vT"\n'),
     ("salespred_assets/db.py", 'connect(password="' + 'hunter22")\n'),
     ("deploy/run.sh", "export DB_PASSWORD=" + "s3cr3tValue\n"),
+    ("deploy/app.yaml", "pin_password: " + "73914582\n"),
 ])
 def test_literal_passwords_are_found(path, text):
     assert any(r.startswith("literal value") for r in rules(path, text)), text
@@ -89,6 +90,8 @@ def test_urls_with_inline_passwords_are_found():
     ("docs/deployment.md", "password: changeme-before-use\n"),
     ("salespred_tests/test_app.py", 'login(password="' + 'not-it")\n'),
     ("config.yaml", "password: " + "Tr0ub4dor3  # scan-secrets: allow\n"),
+    ("RELIABILITY.md", '    "API routes refusing the revoked token": 4,\n'),
+    ("RELIABILITY.md", "| fields holding a password: 0 | token TTL s: 1.5 |\n"),
 ])
 def test_references_and_fixtures_are_not_secrets(path, text):
     assert rules(path, text) == []

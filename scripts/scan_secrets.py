@@ -88,6 +88,8 @@ def is_reference(value: str, key: str = "") -> bool:
         return True
     if ENV_NAME.match(v):  # the name of an environment variable
         return True
+    if re.fullmatch(r"\d{1,4}(?:\.\d+)?", v):
+        return True  # a count or a setting in a report ("tokens refused: 4"), not a credential
     key_words = set(re.split(r"[^a-z0-9]+", key.lower())) | {key.lower()}
     if low in key_words or any(w and w in low for w in ("password", "passwd", "secret", "token")):
         return True  # a label or a reference named after the setting ("Password", "db_password")
