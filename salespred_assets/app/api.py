@@ -26,7 +26,6 @@ from salespred_assets.app.models import (
     TokenOut,
 )
 from salespred_assets.core.schema import CODE_SETS
-from salespred_assets.redis_cache.cache import AsyncLookup
 
 router = APIRouter(prefix="/api")
 bearer = HTTPBearer(auto_error=False, description="A token from POST /api/auth/token")
@@ -56,26 +55,39 @@ async def parse(request: Request, model: type[M]) -> M:
         raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from exc
 
 
-async def api_viewer(request: Request,
-                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Viewer:
-    # Async: a token check is one Redis round trip on the event loop, with no worker-thread hop.
-    ctx = ctx_of(request)
-    challenge = {"WWW-Authenticate": "Bearer"}
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None:
-        raise HTTPException(401, "missing bearer token: get one from POST /api/auth/token", headers=challenge)
-    try:
-        number = await ctx.tokens.aresolve(credentials.credentials, ctx.aredis())
-    except redis_lib.RedisError as exc:
-        raise Unavailable("Redis", f"the token store cannot be read ({exc}); try again shortly") from exc
+        raise HTTPException(401, "missing bearer token: get one from POST /api/auth/token", headers=_CHALLENGE)
+    return credentials.credentials
+
+
+async def _viewer_named(request: Request, number: str | None, token: str) -> Viewer:
+    """The seller a resolved token names, with their team (from memory when fresh; else read off the loop)."""
+    ctx = ctx_of(request)
     viewer = None
     if number:
         viewer = (auth.load_viewer(ctx.mongo, number) if auth.sellers_fresh(ctx.mongo)
                   else await run_in_threadpool(auth.load_viewer, ctx.mongo, number))
     if viewer is None:
         raise HTTPException(401, "invalid, expired or revoked token: log in again at POST /api/auth/token",
-                            headers=challenge)
-    request.state.token = credentials.credentials
+                            headers=_CHALLENGE)
+    request.state.token = token
     return viewer
+
+
+async def api_viewer(request: Request, credentials: BearerDep) -> Viewer:
+    # Async: a token check is one Redis round trip on the event loop, with no worker-thread hop.
+    ctx = ctx_of(request)
+    token = _token(credentials)
+    try:
+        number = await ctx.tokens.aresolve(token, ctx.aredis())
+    except redis_lib.RedisError as exc:
+        raise Unavailable("Redis", f"the token store cannot be read ({exc}); try again shortly") from exc
+    return await _viewer_named(request, number, token)
 
 
 ViewerDep = Annotated[Viewer, Depends(api_viewer)]
@@ -164,18 +176,24 @@ def get_opportunity(request: Request, number: str, viewer: ViewerDep) -> dict[st
 
 @router.get("/opportunities/{number}/prediction", response_model=PredictionOut, tags=["opportunities"],
             responses={**UNAUTHORIZED, **MISSING, **DOWN})
-async def get_prediction(request: Request, number: str, viewer: ViewerDep) -> Any:
+async def get_prediction(request: Request, number: str, credentials: BearerDep) -> Any:
     """Likely won or lost: from the Redis cache when present, else scored now by the current model."""
     ctx = ctx_of(request)
-    # The hot path: a cached entry that names one of the caller's sellers, read on the event loop and
-    # returned as stored (it was validated when it was written), without re-encoding it.
-    if opportunities.NUMBER.match(number):
+    token = _token(credentials)
+    # The hot path: one Redis round trip reads the token and the cached entry together; an entry that
+    # names one of the caller's sellers is returned as stored (validated when written), not re-encoded.
+    raw, viewer = None, None
+    if opportunities.NUMBER.match(number) and ctx.tokens.well_formed(token):
         try:
-            raw = await AsyncLookup(ctx.aredis(), ctx.redis.namespace).get_raw(number)
+            stored, raw = await ctx.alookup().get_raw_with(ctx.tokens.key(token), number)
         except redis_lib.RedisError:
-            raw = None  # the full path below falls back to the model
-        if raw is not None and json.loads(raw).get("seller") in viewer.team:
-            body = b'{"numero_opportunidad":' + json.dumps(number).encode() + b',"source":"cache","prediction":' + raw + b"}"
-            return Response(body, media_type="application/json")
+            pass  # the usual check below answers 503 when the token store cannot be read
+        else:
+            viewer = await _viewer_named(request, ctx.tokens.subject(stored), token)
+    if viewer is None:
+        viewer = await api_viewer(request, credentials)
+    if raw is not None and json.loads(raw).get("seller") in viewer.team:
+        body = b'{"numero_opportunidad":' + json.dumps(number).encode() + b',"source":"cache","prediction":' + raw + b"}"
+        return Response(body, media_type="application/json")
     value, source = await run_in_threadpool(opportunities.prediction, ctx, viewer, number)
     return {"numero_opportunidad": number, "source": source, "prediction": value}

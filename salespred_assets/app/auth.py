@@ -35,8 +35,8 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from salespred_assets import settings
 from salespred_assets.core.passwords import verify_password
 from salespred_assets.errors import SalespredError
-from salespred_assets.mongo.resource import SELLERS, MongoResource
 from salespred_assets.memo import Expiring
+from salespred_assets.mongo.resource import SELLERS, MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
 
 log = logging.getLogger("salespred.app.auth")
@@ -138,34 +138,45 @@ def team_of(number: str, title: str | None, sellers: list[dict[str, Any]]) -> tu
     return tuple(sorted(seen))
 
 
+class Roster:
+    """The sellers as read at one moment, and each viewer built from them (built once, then reused)."""
+
+    def __init__(self, sellers: list[dict[str, Any]]) -> None:
+        self.sellers = sellers
+        self._viewers: dict[str, Viewer | None] = {}
+
+    def viewer(self, number: str) -> Viewer | None:
+        if number not in self._viewers:  # a race builds the same value twice, harmlessly
+            me = next((s for s in self.sellers if str(s.get("numero_vendedor")) == number), None)
+            title = str(me.get("title") or "") if me else ""
+            self._viewers[number] = None if me is None else Viewer(
+                number=number, username=str(me.get("username") or ""), first_name=str(me.get("first_name") or ""),
+                last_name=str(me.get("last_name") or ""), title=title, role=role_of(title),
+                team=team_of(number, title, self.sellers))
+        return self._viewers[number]
+
+
 # Sellers change rarely and every request needs them: read them at most every few seconds per process.
 _SELLERS_TTL_S = 5.0
-_sellers_memo: Expiring[list[dict[str, Any]]] = Expiring(ttl_s=_SELLERS_TTL_S)
+_rosters: Expiring[Roster] = Expiring(ttl_s=_SELLERS_TTL_S, refresh_ahead=True)
 
 
-def _sellers(mongo: MongoResource) -> list[dict[str, Any]]:
-    def read() -> list[dict[str, Any]]:
-        return list(mongo.db[SELLERS].find({}, {"_id": 0, "numero_vendedor": 1, "username": 1, "first_name": 1,
-                                                "last_name": 1, "title": 1, "reports_to": 1}))
+def _roster(mongo: MongoResource) -> Roster:
+    def read() -> Roster:
+        return Roster(list(mongo.db[SELLERS].find({}, {"_id": 0, "numero_vendedor": 1, "username": 1, "first_name": 1,
+                                                       "last_name": 1, "title": 1, "reports_to": 1})))
 
-    return _sellers_memo.get((mongo.resolved_uri(), mongo.db.name), read)
+    return _rosters.get((mongo.resolved_uri(), mongo.db.name), read)
 
 
 def sellers_fresh(mongo: MongoResource) -> bool:
     """Whether :func:`load_viewer` would answer from memory (no MongoDB read)."""
-    return _sellers_memo.fresh((mongo.resolved_uri(), mongo.db.name))
+    return _rosters.fresh((mongo.resolved_uri(), mongo.db.name))
 
 
 def load_viewer(mongo: MongoResource, number: str) -> Viewer | None:
     """The seller ``number`` with their team (at most 5 s old: a removed seller's session stops within that)."""
-    sellers = _sellers(mongo)
-    me = next((s for s in sellers if str(s.get("numero_vendedor")) == number), None)
-    if me is None:
-        return None
-    title = str(me.get("title") or "")
-    return Viewer(number=number, username=str(me.get("username") or ""), first_name=str(me.get("first_name") or ""),
-                  last_name=str(me.get("last_name") or ""), title=title, role=role_of(title),
-                  team=team_of(number, title, sellers))
+    return _roster(mongo).viewer(number)
 
 
 def authenticate(mongo: MongoResource, username: str, password: str) -> str | None:
@@ -271,30 +282,33 @@ class TokenStore:
         self.redis = redis
         self.ttl_s = ttl_s
 
-    def _key(self, token: str) -> str:
+    def key(self, token: str) -> str:
         return f"{self.redis.namespace}:app:token:{hashlib.sha256(token.encode()).hexdigest()}"
 
     def issue(self, number: str) -> str:
         token = secrets.token_urlsafe(32)
         value = json.dumps({"sub": number, "issued_at": int(time.time())})
-        self.redis.client.set(self._key(token), value, ex=self.ttl_s)
+        self.redis.client.set(self.key(token), value, ex=self.ttl_s)
         return token
 
+    @staticmethod
+    def well_formed(token: str) -> bool:
+        return bool(token) and len(token) <= 256
+
+    @staticmethod
+    def subject(stored: bytes | str | None) -> str | None:
+        """The seller number a stored token value names."""
+        return json.loads(stored)["sub"] if stored else None
+
     def resolve(self, token: str) -> str | None:
-        if not token or len(token) > 256:
-            return None
-        raw = self.redis.client.get(self._key(token))
-        return json.loads(raw)["sub"] if raw else None
+        return self.subject(self.redis.client.get(self.key(token))) if self.well_formed(token) else None
 
     async def aresolve(self, token: str, client: Any) -> str | None:
         """:meth:`resolve` through an asyncio Redis client (no worker thread on the request's path)."""
-        if not token or len(token) > 256:
-            return None
-        raw = await client.get(self._key(token))
-        return json.loads(raw)["sub"] if raw else None
+        return self.subject(await client.get(self.key(token))) if self.well_formed(token) else None
 
     def revoke(self, token: str) -> bool:
-        return bool(self.redis.client.delete(self._key(token)))
+        return bool(self.redis.client.delete(self.key(token)))
 
 
 # ---- signed cookie sessions (pages) -----------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 from salespred_assets.app.auth import LoginLimiter, Sessions, TokenStore
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.redis_cache.cache import AsyncLookup
 from salespred_assets.redis_cache.resource import RedisResource
 
 MAX_BODY_BYTES = 64 * 1024
@@ -24,13 +25,21 @@ class AppContext:
     secure_cookies: bool = False
     _async_redis: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
 
+    def _for_loop(self) -> tuple[Any, AsyncLookup]:
+        loop = asyncio.get_running_loop()
+        pair = self._async_redis.get(loop)
+        if pair is None:
+            client = self.redis.async_client()
+            pair = self._async_redis[loop] = (client, AsyncLookup(client, self.redis.namespace))
+        return pair
+
     def aredis(self) -> Any:
         """An asyncio Redis client for the running event loop (clients belong to one loop each)."""
-        loop = asyncio.get_running_loop()
-        client = self._async_redis.get(loop)
-        if client is None:
-            client = self._async_redis[loop] = self.redis.async_client()
-        return client
+        return self._for_loop()[0]
+
+    def alookup(self) -> AsyncLookup:
+        """The prediction cache's lookup on :meth:`aredis` (its scripts registered once)."""
+        return self._for_loop()[1]
 
 
 class Unavailable(Exception):

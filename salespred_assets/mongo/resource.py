@@ -27,9 +27,10 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from salespred_assets import services
-from salespred_assets.core.documents import SOURCE_ID, Validated, combine, records_frame, validate
+from salespred_assets.core.documents import SOURCE_ID, Validated, combine, validate
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import ServiceUnavailable
+from salespred_assets.mongo.extract import batch_frame
 from salespred_assets.memo import Expiring
 
 OPPORTUNITIES = "opportunities"
@@ -109,8 +110,6 @@ class MongoResource(dg.ConfigurableResource):
         one, so the server's work and ours overlap (the socket wait releases the GIL). No projection:
         SecantusDB serves whole documents faster than projected ones.
         """
-        import bson
-
         batches: queue.Queue = queue.Queue(maxsize=4)
         failure: list[BaseException] = []
 
@@ -127,7 +126,7 @@ class MongoResource(dg.ConfigurableResource):
         thread.start()
         parts = []
         while (chunk := batches.get()) is not None:
-            parts.append(validate(records_frame(bson.decode_all(chunk), schema), schema, dedupe=False))
+            parts.append(validate(batch_frame(chunk, schema), schema, dedupe=False))
         thread.join()
         if failure:
             raise failure[0]

@@ -42,6 +42,15 @@ return redis.call('HGET', ARGV[1] .. gen .. ':' .. ARGV[2], ARGV[3])
 """
 
 
+# The same, plus one more key read in that round trip (the seller app's bearer token): {other, entry}.
+_LOOKUP_WITH = """
+local other = redis.call('GET', KEYS[2])
+local gen = redis.call('GET', KEYS[1])
+if not gen then return {other, false} end
+return {other, redis.call('HGET', ARGV[1] .. gen .. ':' .. ARGV[2], ARGV[3])}
+"""
+
+
 def bucket_of(number: str) -> str:
     return f"{zlib.crc32(number.encode()) % BUCKETS:02d}"
 
@@ -76,9 +85,16 @@ class AsyncLookup:
     def __init__(self, client: Any, namespace: str = "salespred") -> None:
         self.ns = namespace
         self._lookup = client.register_script(_LOOKUP)
+        self._lookup_with = client.register_script(_LOOKUP_WITH)
 
     async def get_raw(self, number: str) -> bytes | None:
         return await self._lookup(keys=[f"{self.ns}:pred:current"], args=[f"{self.ns}:pred:", bucket_of(number), number])
+
+    async def get_raw_with(self, key: str, number: str) -> tuple[bytes | None, bytes | None]:
+        """(value of ``key``, cached entry of ``number``) in one round trip."""
+        other, entry = await self._lookup_with(keys=[f"{self.ns}:pred:current", key],
+                                               args=[f"{self.ns}:pred:", bucket_of(number), number])
+        return other or None, entry or None
 
     async def get(self, number: str) -> dict[str, Any] | None:
         raw = await self.get_raw(number)
