@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -549,7 +550,7 @@ def stage_incremental(servers: Servers, scale: Scale, state: dict[str, Any]) -> 
 
 
 @contextmanager
-def app_server(servers: Servers, database: str, home: Path) -> Iterator[str]:
+def app_server(servers: Servers, database: str, home: Path) -> Iterator[tuple[str, int]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -568,7 +569,7 @@ def app_server(servers: Servers, database: str, home: Path) -> Iterator[str]:
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)
-        yield base
+        yield base, proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
@@ -596,7 +597,7 @@ def stage_app(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageRes
     mongo = servers.mongo("bench_small")
     user, password = _bench_seller(mongo)
     number = mongo.db[OPPORTUNITIES].find_one({"numero_vendedor": "NV-0"}, sort=[("_id", 1)])["numero_opportunidad"]
-    with app_server(servers, "bench_small", servers.home / "app") as base:
+    with app_server(servers, "bench_small", servers.home / "app") as (base, pid):
         token = httpx.post(f"{base}/api/auth/token", json={"username": user, "password": password}).json()["access_token"]
         got = httpx.get(f"{base}/api/opportunities/{number}/prediction", headers={"Authorization": f"Bearer {token}"})
         assert got.status_code == 200 and got.json()["source"] == "cache", got.text
@@ -623,6 +624,12 @@ def stage_app(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageRes
             "at that concurrency. Meeting 2 ms at 32 clients takes more server processes on more cores (one "
             "uvicorn worker per core), not a faster lookup: the lookup/health ratio shows what the lookup adds.")
 
+        shares = _profile(pid, f"{base}/api/opportunities/{number}/prediction", token, scale.lookup_seconds)
+        if shares:
+            r.notes.append("Where the server's event loop spends its time under the cached-lookup load (py-spy, "
+                           "share of samples by the package of the running function): "
+                           + ", ".join(f"{name} {share:.0%}" for name, share in shares) + ".")
+
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
         latencies = []
         rng = random.Random(7)
@@ -646,6 +653,42 @@ def stage_app(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageRes
                    "frozen out of the garbage collector (before that, a full collection stalled every request "
                    "in flight and the p99 was about 190 ms).")
     return r
+
+
+_PACKAGES = (("salespred_assets/", "salespred"), ("uvicorn/", "uvicorn (HTTP)"),
+             ("starlette/", "Starlette/FastAPI (routing, middleware)"),
+             ("fastapi/", "Starlette/FastAPI (routing, middleware)"), ("redis/", "redis-py (client)"),
+             ("asyncio/", "event loop"), ("uvloop", "event loop"))
+
+
+def _profile(pid: int, url: str, token: str, seconds: int) -> list[tuple[str, float]]:
+    """Sample the server with py-spy while wrk loads ``url``; shares of the event loop's samples by package."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return []
+    out = Path(tempfile.gettempdir()) / f"salespred-bench-profile-{pid}.txt"
+    load = subprocess.Popen(["wrk", "-t2", "-c32", f"-d{seconds + 2}s", "-H", f"Authorization: Bearer {token}", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        done = subprocess.run([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "-f", "raw",
+                               "-o", str(out), "--nonblocking"], capture_output=True, timeout=seconds + 60,
+                              check=False)
+    finally:
+        load.wait(seconds + 30)
+    if done.returncode != 0 or not out.exists():
+        return []  # e.g. no ptrace permission: the figures above stand without it
+    counts: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if "asyncio" not in stack or not count.isdigit():
+            continue  # only the event loop's thread
+        leaf = stack.rsplit(";", 1)[-1]
+        name = next((label for marker, label in _PACKAGES if marker in leaf), "other")
+        counts[name] = counts.get(name, 0) + int(count)
+    out.unlink(missing_ok=True)
+    total = sum(counts.values()) or 1
+    return sorted(((k, v / total) for k, v in counts.items()), key=lambda kv: -kv[1])
 
 
 def _wrk(url: str, seconds: int, token: str | None) -> dict[str, float]:
