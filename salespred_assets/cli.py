@@ -396,7 +396,7 @@ def serve(host: str, port: int) -> None:
 
 @cli.command()
 @click.option("--scale", type=click.Choice(["full", "medium", "smoke"]), default="full", show_default=True,
-              help="full: a million opportunities (about an hour); medium: a tenth, for a quick look at the "
+              help="full: a million opportunities (about half an hour); medium: a tenth, for a quick look at the "
                    "ratios; smoke: tiny, proves the suite runs.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Where BENCHMARKS.md and BENCHMARKS.json go.")
