@@ -80,25 +80,17 @@ def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = N
 
 
 class AsyncLookup:
-    """The cache's lookup for an asyncio Redis client (the seller app's hot path): same script, same keys."""
+    """The cache's lookup for an asyncio Redis client (the seller app's hot path): same keys, one round trip."""
 
     def __init__(self, client: Any, namespace: str = "salespred") -> None:
         self.ns = namespace
-        self._lookup = client.register_script(_LOOKUP)
         self._lookup_with = client.register_script(_LOOKUP_WITH)
-
-    async def get_raw(self, number: str) -> bytes | None:
-        return await self._lookup(keys=[f"{self.ns}:pred:current"], args=[f"{self.ns}:pred:", bucket_of(number), number])
 
     async def get_raw_with(self, key: str, number: str) -> tuple[bytes | None, bytes | None]:
         """(value of ``key``, cached entry of ``number``) in one round trip."""
         other, entry = await self._lookup_with(keys=[f"{self.ns}:pred:current", key],
                                                args=[f"{self.ns}:pred:", bucket_of(number), number])
         return other or None, entry or None
-
-    async def get(self, number: str) -> dict[str, Any] | None:
-        raw = await self.get_raw(number)
-        return json.loads(raw) if raw else None
 
 
 class PredictionCache:
