@@ -58,20 +58,26 @@ class Expiring(Generic[T]):
 
         threading.Thread(target=run, name="memo-refresh", daemon=True).start()
 
-    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+    def _fresh_hit(self, key: Hashable, compute: Callable[[], T]) -> tuple[float, T] | None:
         hit = self._hit(key)
+        if hit is not None and self.refresh_ahead and time.monotonic() - hit[0] > self.ttl_s / 2:
+            self._refresh(key, compute)
+        return hit
+
+    def peek(self, key: Hashable, compute: Callable[[], T]) -> T | None:
+        """The value when it is fresh (refreshed ahead as :meth:`get` does); None instead of computing it."""
+        hit = self._fresh_hit(key, compute)
+        return hit[1] if hit is not None else None
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        hit = self._fresh_hit(key, compute)
         if hit is not None:
-            if self.refresh_ahead and time.monotonic() - hit[0] > self.ttl_s / 2:
-                self._refresh(key, compute)
             return hit[1]
         with self._lock:
             gate = self._computing.setdefault(key, threading.Lock())
         with gate:
             hit = self._hit(key)  # another caller may have just computed it
             return hit[1] if hit is not None else self._compute(key, compute)
-
-    def fresh(self, key: Hashable) -> bool:
-        return self._hit(key) is not None
 
     def clear(self) -> None:
         with self._lock:

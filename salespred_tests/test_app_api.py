@@ -300,3 +300,50 @@ def test_mongo_down_capture_gives_503_and_writes_nothing(tmp_path, redis_url):
             assert later.status_code == 503 and "no model" in later.json()["detail"]
     finally:
         server.stop()
+
+
+# ---- the fast lane ---------------------------------------------------------------------------------------
+def _comparable(response) -> tuple[int, dict, dict]:
+    """Status, JSON and headers; the length follows the JSON's formatting, so it is checked, not compared."""
+    assert int(response.headers["content-length"]) == len(response.content)
+    headers = {k: v for k, v in response.headers.items() if k not in ("date", "server", "content-length")}
+    return response.status_code, response.json(), headers
+
+
+def test_the_fast_lane_answers_cached_lookups_exactly_as_the_full_app(app, client, app_db):
+    headers = login_token(client, app_db, "luis")
+    number = _seller_doc(app_db, "NV-1")
+    client.get(f"/api/opportunities/{number}/prediction", headers=headers)  # cached now, if it was not
+    before = app.lane.answered
+    by_lane = client.get(f"/api/opportunities/{number}/prediction", headers=headers)
+    live_by_lane = client.get("/livez")
+    assert app.lane.answered == before + 2, "the lane did not answer a cached lookup of the caller's own"
+    lane, app.lane = app.lane, None
+    try:
+        full = client.get(f"/api/opportunities/{number}/prediction", headers=headers)
+        live_full = client.get("/livez")
+    finally:
+        app.lane = lane
+    assert _comparable(by_lane) == _comparable(full)
+    assert by_lane.json()["source"] == "cache" and by_lane.json()["prediction"]["seller"] == "NV-1"
+    assert _comparable(live_by_lane) == _comparable(live_full)
+
+
+def test_what_the_fast_lane_cannot_answer_goes_to_the_full_app(app, client, app_db):
+    luis, marta = login_token(client, app_db, "luis"), login_token(client, app_db, "marta")
+    of_jorge = _seller_doc(app_db, "NV-3")
+    assert client.get(f"/api/opportunities/{of_jorge}/prediction", headers=marta).json()["source"] in ("cache", "model")
+    before = app.lane.answered
+    # Cached, but someone else's: the full app's 404, the same as for a number that does not exist.
+    assert client.get(f"/api/opportunities/{of_jorge}/prediction", headers=luis).status_code == 404
+    # No token, a malformed scheme, an unknown token: the full app's 401.
+    path = f"/api/opportunities/{of_jorge}/prediction"
+    for bad in ({}, {"Authorization": "Basic bHVpczp4"}, {"Authorization": "Bearer not-a-token"}):
+        assert client.get(path, headers=bad).status_code == 401
+    # A cached entry after its token is revoked: 401 at once, never the cached answer.
+    assert client.get(path, headers=marta).status_code == 200
+    assert client.delete("/api/auth/token", headers=marta).status_code == 204
+    assert client.get(path, headers=marta).status_code == 401
+    # Not GET: the full app answers (HEAD is not a route here).
+    assert client.post(path, headers=luis).status_code == 405
+    assert app.lane.answered == before + 1  # only marta's lookup before the revocation

@@ -25,7 +25,7 @@ def _values(n: int, version: str, prob: float) -> tuple[list[str], list[str]]:
 def test_values_are_json_with_factors_as_lists(redis_resource):
     ids, values = _values(3, "v1", 0.7)
     assert serialize(pd.DataFrame({"opportunity_id": ["OP-1"], "probability": [0.5], "numero_vendedor": ["NV-3"]}),
-                     "opportunity_id", seller_column="numero_vendedor")[1] == ['{"probability":0.5,"seller":"NV-3"}']
+                     "opportunity_id", seller_column="numero_vendedor")[1] == ['{"seller":"NV-3","probability":0.5}']  # seller first: the app reads it without parsing
     cache = redis_resource.cache()
     cache.publish(ids, values, "v1")
     got = cache.get("OP-00001")

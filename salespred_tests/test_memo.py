@@ -57,11 +57,20 @@ def test_refresh_ahead_keeps_serving_while_a_background_read_replaces_the_value(
     assert seen == 1  # the refreshed value, read once in the background
 
 
+def test_peek_answers_only_from_memory():
+    memo: Expiring[int] = Expiring(ttl_s=60)
+    reads = []
+    assert memo.peek("k", lambda: reads.append(1) or 1) is None
+    assert reads == []
+    assert memo.get("k", lambda: 5) == 5
+    assert memo.peek("k", lambda: 6) == 5
+
+
 def test_without_refresh_ahead_an_expired_value_is_read_again_and_errors_reach_the_caller():
     memo: Expiring[int] = Expiring(ttl_s=0.05)
     assert memo.get("k", lambda: 1) == 1
     time.sleep(0.1)
-    assert not memo.fresh("k")
+    assert memo.peek("k", lambda: 9) is None  # expired: peek does not read it again
 
     def broken() -> int:
         raise RuntimeError("database down")

@@ -25,6 +25,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import redis as redis_lib
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from salespred_assets import settings
+from salespred_assets.core.jsonhead import first_string
 from salespred_assets.core.passwords import verify_password
 from salespred_assets.errors import SalespredError
 from salespred_assets.memo import Expiring
@@ -161,17 +163,21 @@ _SELLERS_TTL_S = 5.0
 _rosters: Expiring[Roster] = Expiring(ttl_s=_SELLERS_TTL_S, refresh_ahead=True)
 
 
-def _roster(mongo: MongoResource) -> Roster:
+def _reader(mongo: MongoResource) -> Callable[[], Roster]:
     def read() -> Roster:
         return Roster(list(mongo.db[SELLERS].find({}, {"_id": 0, "numero_vendedor": 1, "username": 1, "first_name": 1,
                                                        "last_name": 1, "title": 1, "reports_to": 1})))
 
-    return _rosters.get((mongo.resolved_uri(), mongo.db.name), read)
+    return read
 
 
-def sellers_fresh(mongo: MongoResource) -> bool:
-    """Whether :func:`load_viewer` would answer from memory (no MongoDB read)."""
-    return _rosters.fresh((mongo.resolved_uri(), mongo.db.name))
+def _roster(mongo: MongoResource) -> Roster:
+    return _rosters.get(mongo.identity(), _reader(mongo))
+
+
+def fresh_roster(mongo: MongoResource) -> Roster | None:
+    """The sellers when they are in memory and fresh (no MongoDB read); None when they must be read first."""
+    return _rosters.peek(mongo.identity(), _reader(mongo))
 
 
 def load_viewer(mongo: MongoResource, number: str) -> Viewer | None:
@@ -287,7 +293,7 @@ class TokenStore:
 
     def issue(self, number: str) -> str:
         token = secrets.token_urlsafe(32)
-        value = json.dumps({"sub": number, "issued_at": int(time.time())})
+        value = json.dumps({"sub": number, "issued_at": int(time.time())}, separators=(",", ":"))
         self.redis.client.set(self.key(token), value, ex=self.ttl_s)
         return token
 
@@ -298,7 +304,7 @@ class TokenStore:
     @staticmethod
     def subject(stored: bytes | str | None) -> str | None:
         """The seller number a stored token value names."""
-        return json.loads(stored)["sub"] if stored else None
+        return first_string(stored, "sub") if stored else None
 
     def resolve(self, token: str) -> str | None:
         return self.subject(self.redis.client.get(self.key(token))) if self.well_formed(token) else None

@@ -30,7 +30,7 @@ class AppContext:
         pair = self._async_redis.get(loop)
         if pair is None:
             client = self.redis.async_client()
-            pair = self._async_redis[loop] = (client, AsyncLookup(client, self.redis.namespace))
+            pair = self._async_redis[loop] = (client, AsyncLookup(self.redis.pipelined(), self.redis.namespace))
         return pair
 
     def aredis(self) -> Any:
@@ -38,7 +38,7 @@ class AppContext:
         return self._for_loop()[0]
 
     def alookup(self) -> AsyncLookup:
-        """The prediction cache's lookup on :meth:`aredis` (its scripts registered once)."""
+        """The prediction cache's lookup for the running event loop, on a connection all its requests share."""
         return self._for_loop()[1]
 
 

@@ -137,6 +137,7 @@ class Prediction(BaseModel):
     factors_against: list[Factor] = []
     model_version: str
     scored_at: str | None = None
+    seller: str | None = Field(None, description="The seller who owns the opportunity (`numero_vendedor`)")
 
 
 class PredictionOut(BaseModel):

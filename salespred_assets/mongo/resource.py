@@ -51,6 +51,11 @@ def _client(uri: str, timeout_ms: int) -> pymongo.MongoClient:
                                appname="salespred", tz_aware=True)
 
 
+@functools.lru_cache(maxsize=8)
+def _identity(uri: str, timeout_ms: int, database: str) -> tuple[str, str]:
+    return uri, _client(uri, timeout_ms).get_default_database(default=database).name
+
+
 class MongoResource(dg.ConfigurableResource):
     """Connection to MongoDB (Atlas or SecantusDB); an empty URI means the embedded server."""
 
@@ -69,6 +74,10 @@ class MongoResource(dg.ConfigurableResource):
     def db(self) -> Database:
         # A database named in the URI (mongodb://host/name) wins over the `database` field.
         return self.client.get_default_database(default=self.database)
+
+    def identity(self) -> tuple[str, str]:
+        """(URI, database name): names this database in per-process caches, without building objects."""
+        return _identity(self.resolved_uri(), self.timeout_ms, self.database)
 
     def ping(self) -> None:
         """Raise :class:`ServiceUnavailable` with the (masked) URI unless the server answers."""

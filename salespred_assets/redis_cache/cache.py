@@ -28,6 +28,8 @@ from typing import Any
 import pandas as pd
 import redis
 
+from salespred_assets.redis_cache.pipelined import PipelinedRedis
+
 BUCKETS = 64
 PAIRS_PER_COMMAND = 1_000
 COMMANDS_PER_ROUND_TRIP = 20
@@ -62,13 +64,13 @@ VALUE_COLUMNS = ["probability", "predicted_won", "score", "grade", "factors_for"
 def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = None) -> tuple[list[str], list[str]]:
     """(ids, JSON values) for a predictions frame; the factor columns, already JSON, are spliced in.
 
-    With ``seller_column`` the value carries the owning seller as ``seller``, so that the app can
-    check who may see a cached prediction without asking MongoDB.
+    With ``seller_column`` the value carries the owning seller as ``seller``, first, so that the app
+    can check who may see a cached prediction without asking MongoDB or parsing the whole entry.
     """
     plain = [c for c in VALUE_COLUMNS if c in frame.columns and not c.startswith("factors_")]
     data = frame[plain].copy()
     if seller_column and seller_column in frame.columns:
-        data["seller"] = frame[seller_column].astype(str)
+        data.insert(0, "seller", frame[seller_column].astype(str))  # first: the app reads it without parsing
     if "scored_at" in data:
         data["scored_at"] = pd.to_datetime(data["scored_at"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     data["probability"] = data["probability"].round(6)
@@ -80,16 +82,16 @@ def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = N
 
 
 class AsyncLookup:
-    """The cache's lookup for an asyncio Redis client (the seller app's hot path): same keys, one round trip."""
+    """The cache's lookup on a shared pipelined connection (the seller app's hot path): same keys, one round trip."""
 
-    def __init__(self, client: Any, namespace: str = "salespred") -> None:
+    def __init__(self, connection: PipelinedRedis, namespace: str = "salespred") -> None:
         self.ns = namespace
-        self._lookup_with = client.register_script(_LOOKUP_WITH)
+        self.connection = connection
 
     async def get_raw_with(self, key: str, number: str) -> tuple[bytes | None, bytes | None]:
         """(value of ``key``, cached entry of ``number``) in one round trip."""
-        other, entry = await self._lookup_with(keys=[f"{self.ns}:pred:current", key],
-                                               args=[f"{self.ns}:pred:", bucket_of(number), number])
+        other, entry = await self.connection.evalsha(_LOOKUP_WITH, keys=[f"{self.ns}:pred:current", key],
+                                                     args=[f"{self.ns}:pred:", bucket_of(number), number])
         return other or None, entry or None
 
 

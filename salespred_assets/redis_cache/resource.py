@@ -12,6 +12,7 @@ from pydantic import Field
 from salespred_assets import services
 from salespred_assets.errors import ServiceUnavailable
 from salespred_assets.redis_cache.cache import PredictionCache
+from salespred_assets.redis_cache.pipelined import PipelinedRedis
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,6 +43,10 @@ class RedisResource(dg.ConfigurableResource):
         """A client for asyncio code (the seller app's hot path); create one per event loop."""
         return redis.asyncio.Redis.from_url(self.resolved_url(), socket_timeout=self.timeout_s,
                                             socket_connect_timeout=self.timeout_s)
+
+    def pipelined(self) -> PipelinedRedis:
+        """One connection that all the asyncio code on an event loop shares, pipelined; create one per loop."""
+        return PipelinedRedis(self.resolved_url(), self.timeout_s)
 
     def ping(self) -> None:
         url = self.resolved_url()
