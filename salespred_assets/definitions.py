@@ -25,6 +25,13 @@ full_refresh_job = dg.define_asset_job(
 )
 
 
+# Runs (as deployed, and `salespred materialize --processes`) execute each step in a process of its own. The
+# processes fork from a server that has imported the code location once, so a step starts at once instead of
+# importing Dagster, pandas and scikit-learn again: about six seconds of CPU for each of some forty steps.
+STEP_EXECUTOR = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": ["salespred_assets.definitions"]}}}, name="step_processes")
+
+
 def build_definitions(environment: str | None = None, resources: dict[str, object] | None = None) -> dg.Definitions:
     """The code location; ``resources`` replaces the environment's (tests, benchmarks)."""
     return dg.Definitions(
@@ -36,6 +43,7 @@ def build_definitions(environment: str | None = None, resources: dict[str, objec
         schedules=automation.SCHEDULES,
         sensors=automation.SENSORS,
         resources=resources if resources is not None else build_resources(environment),
+        executor=STEP_EXECUTOR,
     )
 
 
