@@ -378,7 +378,8 @@ def materialize(job_name: str, processes: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=APP_PORT, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Server processes sharing the port. [default: one per CPU core]")
+              help="Server processes sharing the port. [default: one per usable core, within a container's "
+                   "CPU quota]")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
               help="A log line per request. Off: at thousands of cached lookups a second, writing them costs "
                    "more than answering; a proxy in front usually logs requests anyway.")
@@ -391,7 +392,7 @@ def serve(host: str, port: int, workers: int | None, access_log: bool) -> None:
     # Configuration errors (e.g. no secret key in production) stop here, before binding; this also starts
     # the embedded services, if used, once, before the workers look for them.
     create_app()
-    workers = workers or os.cpu_count() or 1
+    workers = workers or settings.usable_cores()
     click.echo(f"seller app at http://{host}:{port}  (API docs at /docs; {workers} worker process(es))")
     uvicorn.run("salespred_assets.app.main:serve_app", factory=True, host=host, port=port, workers=workers,
                 proxy_headers=True, log_level="info", access_log=access_log)
@@ -399,7 +400,7 @@ def serve(host: str, port: int, workers: int | None, access_log: bool) -> None:
 
 @cli.command()
 @click.option("--scale", type=click.Choice(["full", "medium", "smoke"]), default="full", show_default=True,
-              help="full: a million opportunities (about half an hour); medium: a tenth, for a quick look at the "
+              help="full: a million opportunities (half an hour to an hour); medium: a tenth, for a quick look at the "
                    "ratios; smoke: tiny, proves the suite runs.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Where BENCHMARKS.md and BENCHMARKS.json go.")

@@ -121,3 +121,17 @@ def positive_number(name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name} must be a positive number, not {raw!r}")
     return value
+
+
+def usable_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU quota (cgroup v2).
+    ``os.cpu_count()`` counts the host's cores, which in a container limited to one CPU would start a
+    worker process for every core of the host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return max(cores, 1)
+    if quota != "max" and int(period) > 0:
+        cores = min(cores, -(-int(quota) // int(period)))  # a quota of 1.5 CPUs still uses two processes
+    return max(cores, 1)

@@ -25,3 +25,21 @@ def test_passwords_never_show(url, masked):
     assert mask_url(url) == masked
     for secret in ("s3cr3t", "p%40ss", "hunter2", ":pw@", "Str0ng!", "topsecret"):
         assert secret not in mask_url(url)
+
+
+def test_usable_cores_follow_affinity_and_a_containers_cpu_quota(tmp_path):
+    import os
+
+    from salespred_assets.settings import usable_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cores(tmp_path / "absent") == affinity  # no cgroup v2 file: the affinity
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(cpu_max) == affinity  # no quota
+    cpu_max.write_text("50000 100000\n")
+    assert usable_cores(cpu_max) == 1  # half a CPU: one process
+    cpu_max.write_text("150000 100000\n")
+    assert usable_cores(cpu_max) == min(affinity, 2)  # 1.5 CPUs: two, if the affinity allows
+    cpu_max.write_text("garbage\n")
+    assert usable_cores(cpu_max) == affinity
