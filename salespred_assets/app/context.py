@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
 
 from salespred_assets.app.auth import LoginLimiter, Sessions, TokenStore
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.cache import AsyncLookup
+from salespred_assets.redis_cache.pipelined import PipelinedRedis
 from salespred_assets.redis_cache.resource import RedisResource
 
 MAX_BODY_BYTES = 64 * 1024
@@ -25,21 +25,20 @@ class AppContext:
     secure_cookies: bool = False
     _async_redis: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False)
 
-    def _for_loop(self) -> tuple[Any, AsyncLookup]:
+    def _for_loop(self) -> AsyncLookup:
         loop = asyncio.get_running_loop()
-        pair = self._async_redis.get(loop)
-        if pair is None:
-            client = self.redis.async_client()
-            pair = self._async_redis[loop] = (client, AsyncLookup(self.redis.pipelined(), self.redis.namespace))
-        return pair
+        lookup = self._async_redis.get(loop)
+        if lookup is None:
+            lookup = self._async_redis[loop] = AsyncLookup(self.redis.pipelined(), self.redis.namespace)
+        return lookup
 
-    def aredis(self) -> Any:
-        """An asyncio Redis client for the running event loop (clients belong to one loop each)."""
-        return self._for_loop()[0]
+    def aredis(self) -> PipelinedRedis:
+        """The asyncio Redis connection of the running event loop, which all its requests share (pipelined)."""
+        return self._for_loop().connection
 
     def alookup(self) -> AsyncLookup:
-        """The prediction cache's lookup for the running event loop, on a connection all its requests share."""
-        return self._for_loop()[1]
+        """The prediction cache's lookup on :meth:`aredis`."""
+        return self._for_loop()
 
 
 class Unavailable(Exception):

@@ -39,8 +39,7 @@ from salespred_assets.redis_cache.cache import (
     serialize,
 )
 from salespred_assets.redis_cache.resource import RedisResource
-from salespred_assets import settings
-from salespred_assets.settings import mask_url
+from salespred_assets.settings import mask_url, usable_cores
 from salespred_assets.sql import tables, writer
 
 REFERENCE_CSV = Path(os.environ.get("SALESPRED_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data")) / "opportunities_seed.csv"
@@ -657,7 +656,7 @@ def stage_app(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageRes
     mongo = servers.mongo("bench_small")
     user, password = _bench_seller(mongo)
     number = mongo.db[OPPORTUNITIES].find_one({"numero_vendedor": "NV-0"}, sort=[("_id", 1)])["numero_opportunidad"]
-    workers = settings.usable_cores()
+    workers = usable_cores()
     url = f"/api/opportunities/{number}/prediction"
     with app_server(servers, "bench_small", servers.home / "app", workers=1) as (base, _):
         token = _token(base, user, password, url)

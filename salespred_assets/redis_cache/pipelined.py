@@ -23,7 +23,6 @@ import hiredis
 import redis
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
-
 RECONNECT_AFTER_S = 1.0
 
 
@@ -80,6 +79,9 @@ class PipelinedRedis:
     # ---- commands ----------------------------------------------------------------------------------
     async def execute(self, *args: bytes | str) -> Any:
         return await self._send(_pack(args))
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.execute("GET", key)
 
     async def evalsha(self, script: str, keys: list[str], args: list[str]) -> Any:
         """Run a Lua script by its SHA1, loading it once when the server does not know it."""

@@ -6,7 +6,6 @@ import functools
 
 import dagster as dg
 import redis
-import redis.asyncio
 from pydantic import Field
 
 from salespred_assets import services
@@ -38,11 +37,6 @@ class RedisResource(dg.ConfigurableResource):
 
     def cache(self) -> PredictionCache:
         return PredictionCache(self.client, namespace=self.namespace, ttl_s=self.ttl_s)
-
-    def async_client(self) -> redis.asyncio.Redis:
-        """A client for asyncio code (the seller app's hot path); create one per event loop."""
-        return redis.asyncio.Redis.from_url(self.resolved_url(), socket_timeout=self.timeout_s,
-                                            socket_connect_timeout=self.timeout_s)
 
     def pipelined(self) -> PipelinedRedis:
         """One connection that all the asyncio code on an event loop shares, pipelined; create one per loop."""
