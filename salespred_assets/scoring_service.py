@@ -12,6 +12,7 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import redis as redis_lib
 
@@ -28,38 +29,42 @@ log = logging.getLogger("salespred.scoring")
 CLIENT_CHUNK = 100
 
 
-def client_context(mongo: MongoResource, schema: DatasetSchema, frame: pd.DataFrame) -> pd.DataFrame | None:
-    """Every known opportunity of the clients in ``frame``, plus ``frame`` itself (deduplicated by id)."""
+def client_history(mongo: MongoResource, schema: DatasetSchema, docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The other stored documents of the clients that ``docs`` name (what client facts are counted over)."""
     if not schema.client:
-        return None
-    clients = sorted(set(frame[schema.client].astype(str)))
+        return []
+    clients = sorted({c for d in docs if isinstance(c := d.get(schema.client), str)})
+    mine = {d.get(schema.id) for d in docs}
     projection = {f: 1 for f in schema.fields}
-    docs: list[dict[str, Any]] = []
+    known: list[dict[str, Any]] = []
     # Chunks of 100: a batch of new opportunities names hundreds of clients, and SecantusDB's $in costs
     # grow with the square of the list (mongod's do not; chunks cost it one round trip per 100).
     for start in range(0, len(clients), CLIENT_CHUNK):
-        chunk = clients[start:start + CLIENT_CHUNK]
-        docs.extend(mongo.db[OPPORTUNITIES].find({schema.client: {"$in": chunk}}, projection))
-    known = validate(records_frame(docs, schema), schema).frame.drop(columns=["_id"], errors="ignore")
-    context = pd.concat([known[~known[schema.id].isin(frame[schema.id])], frame.drop(columns=["_id"], errors="ignore")],
-                        ignore_index=True)
-    return context
+        found = mongo.db[OPPORTUNITIES].find({schema.client: {"$in": clients[start:start + CLIENT_CHUNK]}}, projection)
+        known.extend(d for d in found if d.get(schema.id) not in mine)
+    return known
 
 
-def score_documents(mongo: MongoResource, docs: Sequence[dict[str, Any]] | pd.DataFrame,
-                    model: WinModel | None = None, schema: DatasetSchema | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions, quarantine) for documents; client facts come from everything MongoDB knows."""
+def score_documents(mongo: MongoResource, docs: Sequence[dict[str, Any]], model: WinModel | None = None,
+                    schema: DatasetSchema | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(predictions, quarantine) for documents; client facts come from everything MongoDB knows.
+
+    The documents and their clients' stored history are validated in one pass, ``docs`` first: the
+    valid ones among them are the first rows of the result, and the whole of it is the scoring context.
+    """
     schema = schema or mongo.schema()
-    if isinstance(docs, pd.DataFrame):
-        frame, quarantine = docs, pd.DataFrame(columns=["_id", "id", "reason", "document"])
-    else:
-        checked = validate(records_frame(list(docs), schema), schema)
-        frame, quarantine = checked.frame, checked.quarantine
-    if frame.empty:
+    docs = list(docs)
+    checked = validate(records_frame([*docs, *client_history(mongo, schema, docs)], schema), schema)
+    assert checked.rows is not None and checked.quarantined_rows is not None
+    quarantine = checked.quarantine
+    if len(quarantine):
+        quarantine = quarantine[checked.quarantined_rows < len(docs)].reset_index(drop=True)
+    valid = int(np.count_nonzero(checked.rows < len(docs)))
+    if not valid:
         return pd.DataFrame(), quarantine
     model = model or model_store.load_current(mongo.db)
-    context = client_context(mongo, schema, frame)
-    return score(model, frame, schema, context=context), quarantine
+    frame = checked.frame.iloc[:valid]
+    return score(model, frame, schema, context=checked.frame if schema.client else None), quarantine
 
 
 def cache_predictions(redis: RedisResource, predictions: pd.DataFrame, schema: DatasetSchema | None = None,

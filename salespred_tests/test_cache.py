@@ -79,3 +79,43 @@ def test_upsert_writes_into_the_live_generation_and_touches_nothing_else(redis_r
     mine = list(redis_resource.client.scan_iter(match=f"{redis_resource.namespace}:*"))
     assert len(mine) <= 64 + 3  # hash buckets + current pointer + generation counter + meta hash
     redis_resource.client.delete("someone-else:key")
+
+
+def test_values_equal_the_frame_writers_json_for_any_text():
+    import json
+
+    import numpy as np
+
+    frame = pd.DataFrame({
+        "opportunity_id": ["OP-1", "OP-2", "OP-3"], "numero_vendedor": ["NV-1", 'N"V/\\2', "Vendeuse é"],
+        "probability": [0.1234567, 1e-05, np.nan], "predicted_won": [False, True, False], "score": [12, 1, 50],
+        "grade": ["D", "ü", None], "factors_for": ["[]", '[{"a": 1}]', "[]"], "factors_against": ["[]"] * 3,
+        "model_version": ["v/1"] * 3, "scored_at": pd.to_datetime(["2026-11-27T10:00:00Z"] * 3),
+    })
+    ids, values = serialize(frame, "opportunity_id", seller_column="numero_vendedor")
+    plain = frame.drop(columns=["opportunity_id", "numero_vendedor", "factors_for", "factors_against"])
+    plain.insert(0, "seller", frame["numero_vendedor"])
+    plain["probability"] = plain["probability"].round(6)
+    plain["scored_at"] = plain["scored_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    expected = [json.loads(line) for line in plain.to_json(orient="records", lines=True).splitlines()]
+    for got, want, ff in zip(values, expected, frame["factors_for"]):
+        assert json.loads(got) == {**want, "factors_for": json.loads(ff), "factors_against": []}
+        assert got.startswith('{"seller":')
+    assert ids == ["OP-1", "OP-2", "OP-3"]
+
+
+def test_upsert_chunks_and_starts_a_generation_when_none_is_live(redis_resource, monkeypatch):
+    from salespred_assets.redis_cache import cache as cache_module
+
+    cache = redis_resource.cache()
+    ids, values = _values(5, "v1", 0.4)
+    first = cache.upsert(ids, values, "v1")  # nothing live yet: a first generation
+    assert first["generation"] == cache.current_generation() and cache.stats()["keys"] == 5
+    monkeypatch.setattr(cache_module, "UPSERT_ENTRIES", 2)  # 3 script calls for 5 entries
+    more_ids = [f"OP-M{i}" for i in range(5)]
+    assert cache.upsert(more_ids, values, "v1") == {"generation": first["generation"], "written": 5}
+    stats = cache.stats()
+    assert stats["keys"] == 10 and stats["upserts"] == "5"
+    bucket = cache.bucket_key(first["generation"], cache_module.bucket_of("OP-M4"))
+    for key in (bucket, cache.meta_key(first["generation"])):  # each write renews the expiry
+        assert 0 < redis_resource.client.ttl(key) <= redis_resource.ttl_s

@@ -85,3 +85,24 @@ def test_synthetic_data_is_reproducible_whatever_the_batching():
     assert tail == a[20_000:]  # generating in pieces gives the same documents
     assert a != other
     assert np.mean([x["acv"] == y["acv"] for x, y in zip(a, other)]) < 0.1
+
+
+def test_validated_rows_name_their_place_in_the_input():
+    good = _good(6)
+    bad = dict(good[1], acv="12")
+    docs = [good[0], bad, good[2], dict(good[0]), good[3]]  # the 4th repeats the 1st number
+    v = validate(records_frame(docs, S), S)
+    assert v.rows.tolist() == [0, 2, 4] and v.quarantined_rows.tolist() == [1, 3]
+    assert v.frame["numero_opportunidad"].tolist() == [docs[i]["numero_opportunidad"] for i in v.rows]
+    assert v.quarantine["id"].tolist() == [docs[i]["numero_opportunidad"] for i in v.quarantined_rows]
+
+
+def test_records_keep_each_value_whole_and_absent_keys_missing():
+    doc = dict(_good(1)[0], _id="abc")
+    doc["tipos"] = ["TY-00", "TY-01"]  # a list in a field is one (bad) value, not a row or a column
+    del doc["regiones"]
+    raw = records_frame([doc, dict(_good(2)[1], _id=None)], S)
+    assert raw.shape == (2, len(S.fields) + 1) and raw["_id"].tolist() == ["abc", None]
+    assert raw["tipos"].iloc[0] == ["TY-00", "TY-01"] and raw["regiones"].iloc[0] is None
+    reasons = validate(raw, S).quarantine["reason"].iloc[0]
+    assert reasons == "tipos: not a non-empty text; regiones: missing"

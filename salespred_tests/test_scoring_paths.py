@@ -77,3 +77,29 @@ def test_small_and_large_inputs_find_the_same_leaves_and_probabilities(data):
     np.testing.assert_allclose(p_small, model.forest.predict_proba(X[:50])[:, 1], atol=1e-12)
     assert model.calibrate(p_small) == pytest.approx(model.calibrator.predict_proba(
         np.log(np.clip(p_small, 1e-4, 1 - 1e-4) / (1 - np.clip(p_small, 1e-4, 1 - 1e-4)))[:, None])[:, 1])
+
+
+def test_positions_in_a_context_refuse_repeated_and_absent_ids():
+    from salespred_assets.core.features import positions_in
+
+    ids = np.array(["OP-3", "OP-1", "OP-2"], dtype=object)
+    assert positions_in(ids, np.array(["OP-2", "OP-3"], dtype=object)).tolist() == [2, 0]
+    with pytest.raises(ValueError, match="must contain every row"):
+        positions_in(ids, np.array(["OP-9"], dtype=object))
+    with pytest.raises(ValueError, match="more than once"):
+        positions_in(np.array(["OP-1", "OP-1"], dtype=object), np.array(["OP-1"], dtype=object))
+
+
+def test_one_scored_row_equals_its_row_of_the_batch(data):
+    import datetime as dt
+
+    from salespred_assets.core.scoring import score
+
+    frame, _, model = data
+    at = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+    batch = score(model, frame, S, scored_at=at)
+    for i in (3, 4321):
+        context = frame[frame["cliente"] == frame["cliente"].iloc[i]]
+        one = score(model, frame.iloc[[i]], S, context=context, scored_at=at)
+        pd.testing.assert_frame_equal(one, batch.iloc[[i]].reset_index(drop=True))
+    assert str(batch["scored_at"].dtype) == "datetime64[us, UTC]" and batch["grade"].dtype == "str"

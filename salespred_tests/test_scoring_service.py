@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from salespred_assets import loading, scoring_service
 from salespred_assets.core.documents import records_frame, validate
+from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_tests.helpers import AS_OF, train_current_model
@@ -65,3 +67,27 @@ def test_unknown_and_invalid_documents(mongo, redis_resource, trained):
     preds, quarantine = scoring_service.score_documents(mongo, docs)
     assert preds.empty and "missing" in quarantine["reason"].iloc[0]
     assert validate(records_frame(docs, mongo.schema()), mongo.schema()).frame.empty
+
+
+def test_a_batch_reports_only_its_own_bad_documents(mongo, trained):
+    _, frame = trained
+    client = frame["cliente"].iloc[5]
+    # A malformed document of the same client is already stored: it is history, not this batch's problem.
+    mongo.db[OPPORTUNITIES].insert_one({"numero_opportunidad": "OP-OLD-BAD", "cliente": client, "etapas": "S1"})
+    good = {f: frame[f].iloc[5] for f in ("cliente", "unidad_negocio", "etapas", "tipos", "acv", "tcv",
+                                          "margen_ganancia", "regiones", "territorios", "industrias",
+                                          "edad_oferta", "lead_source", "numero_vendedor")}
+    good.update(numero_opportunidad="OP-NEW-1", fecha_creacion_oportunidad="2026-10-01",
+                fecha_cierre_oportunidad="2026-12-01")
+    bad = dict(good, numero_opportunidad="OP-NEW-2", acv="lots")
+    preds, quarantine = scoring_service.score_documents(mongo, [good, bad])
+    assert preds["opportunity_id"].tolist() == ["OP-NEW-1"]
+    assert quarantine["id"].tolist() == ["OP-NEW-2"] and quarantine["reason"].iloc[0] == "acv: not a finite number"
+    # Client facts count the client's valid stored history: the same as scoring against it directly.
+    from salespred_assets.core.scoring import score
+
+    new = validate(records_frame([good], mongo.schema()), mongo.schema()).frame
+    context = pd.concat([frame[frame["cliente"] == client], new], ignore_index=True)
+    direct = score(model_store.load_current(mongo.db), new, mongo.schema(), context=context)
+    assert preds["probability"].iloc[0] == pytest.approx(direct["probability"].iloc[0], abs=1e-12)
+    assert preds["factors_for"].iloc[0] == direct["factors_for"].iloc[0]

@@ -25,6 +25,9 @@ DATE_FORMAT = "%Y-%m-%d"
 class Validated:
     frame: pd.DataFrame          # typed, one row per valid opportunity
     quarantine: pd.DataFrame     # columns: _id, id value, reason, document (as received)
+    # Positions in the validated input of the frame's rows and of the quarantine's (None after combine()).
+    rows: np.ndarray | None = None
+    quarantined_rows: np.ndarray | None = None
 
     @property
     def reason_counts(self) -> dict[str, int]:
@@ -40,9 +43,13 @@ def records_frame(records: Iterable[Mapping[str, Any]], schema: DatasetSchema) -
     rows = records if isinstance(records, list) else list(records)
     if not rows:
         return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
-    frame = pd.DataFrame.from_records(rows, columns=columns, coerce_float=False)
-    frame[SOURCE_ID] = [None if v is None or v != v else str(v) for v in frame[SOURCE_ID].to_numpy(dtype=object)]
-    return frame
+    # Column by column, as objects: no type is guessed here (validate decides), and a list or a document
+    # in a field stays one value.
+    ids = (row.get(SOURCE_ID) for row in rows)
+    data = {SOURCE_ID: np.fromiter((None if v is None or v != v else str(v) for v in ids), dtype=object, count=len(rows))}
+    for c in schema.fields:
+        data[c] = np.fromiter((row.get(c) for row in rows), dtype=object, count=len(rows))
+    return pd.DataFrame(data, dtype=object, copy=False)
 
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
@@ -128,6 +135,21 @@ def _dates(arr: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return parsed.astype("datetime64[ns]"), ~missing & np.isnat(parsed)
 
 
+STR = pd.StringDtype(na_value=np.nan)  # pandas' default ``str`` dtype, resolved once
+QUARANTINE_COLUMNS = [SOURCE_ID, "id", "reason", "document"]
+
+
+def _repeated(ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Mask of valid rows whose id an earlier valid row already has."""
+    rows = np.flatnonzero(valid)
+    codes = pd.factorize(ids[rows])[0]
+    repeated = np.ones(len(rows), dtype=bool)
+    repeated[np.unique(codes, return_index=True)[1]] = False
+    out = np.zeros(len(ids), dtype=bool)
+    out[rows[repeated]] = True
+    return out
+
+
 def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -> Validated:
     """Type ``raw`` (columns straight from documents) and quarantine what does not fit.
 
@@ -169,21 +191,20 @@ def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -
             typed[col] = arr
 
     valid = reasons == ""
-    if dedupe and schema.id in typed and n:
-        ids = pd.Series(typed[schema.id])
-        dup = ids.where(valid).duplicated(keep="first").to_numpy() & valid
-        flag(dup, f"{schema.id}: duplicate")
+    if dedupe and schema.id in typed and valid.sum() > 1:
+        flag(_repeated(typed[schema.id], valid), f"{schema.id}: duplicate")
         valid = reasons == ""
 
     columns = {}
     if SOURCE_ID in raw.columns:
-        columns[SOURCE_ID] = raw[SOURCE_ID].to_numpy(dtype=object)[valid].astype(str)
+        columns[SOURCE_ID] = pd.array(raw[SOURCE_ID].to_numpy(dtype=object)[valid].astype(str), dtype=STR)
     for col, values in typed.items():
-        columns[col] = pd.array(values[valid], dtype="str") if col in schema.text_fields else values[valid]
-    frame = pd.DataFrame(columns)
+        columns[col] = pd.array(values[valid], dtype=STR) if col in schema.text_fields else values[valid]
+    frame = pd.DataFrame(columns, copy=False)
 
+    rows = np.flatnonzero(valid)
     if valid.all():
-        return Validated(frame=frame, quarantine=pd.DataFrame(columns=[SOURCE_ID, "id", "reason", "document"]))
+        return Validated(frame, pd.DataFrame(columns=QUARANTINE_COLUMNS), rows, np.zeros(0, dtype=np.int64))
     bad_rows = raw[~valid]
     ids = bad_rows[schema.id].to_numpy(dtype=object) if schema.id in raw.columns else np.full(len(bad_rows), None)
     quarantine = pd.DataFrame({
@@ -196,7 +217,7 @@ def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -
         {k: (None if _is_missing(v) else v) for k, v in row.items() if k != SOURCE_ID}
         for row in bad_rows.to_dict("records")
     ] if len(bad_rows) else []
-    return Validated(frame=frame, quarantine=quarantine)
+    return Validated(frame, quarantine, rows, np.flatnonzero(~valid))
 
 
 def combine(parts: list[Validated], schema: DatasetSchema) -> Validated:

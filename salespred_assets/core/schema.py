@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,15 @@ class DatasetSchema:
     fractions: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    @property
+    @cached_property  # read in every loop over fields; the schema is frozen
     def dates(self) -> tuple[str, ...]:
         return tuple(f for f in (self.created, self.close) if f)
 
-    @property
+    @cached_property
     def stages(self) -> tuple[str, ...]:
         return self.won + self.lost + self.open
 
-    @property
+    @cached_property
     def fields(self) -> list[str]:
         """Every input field, in a stable order, without duplicates."""
         ordered = [self.id, self.client, self.stage, self.seller, *self.categorical, *self.numeric,
@@ -86,11 +87,11 @@ class DatasetSchema:
                 seen.append(name)
         return seen
 
-    @property
+    @cached_property
     def text_fields(self) -> list[str]:
         return [f for f in self.fields if f not in self.numeric and f != self.amount and f not in self.dates]
 
-    @property
+    @cached_property
     def number_fields(self) -> list[str]:
         return [f for f in self.fields if f in self.numeric or f == self.amount]
 

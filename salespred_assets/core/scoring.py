@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from salespred_assets.core.documents import STR
 from salespred_assets.core.features import closed_target, feature_columns
 from salespred_assets.core.model import WinModel
 from salespred_assets.core.schema import DatasetSchema
@@ -29,20 +30,40 @@ def score(model: WinModel, frame: pd.DataFrame, schema: DatasetSchema, *, contex
     ``features`` may be passed when already built for ``frame`` (the batch asset does so).
     """
     scored_at = scored_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    series = columns_of(frame)  # taken out once: indexing a frame again for each use costs more than one row's forest
     if features is None:
-        columns = feature_columns(frame, schema, context=context)
+        columns = feature_columns(series, schema, context=context)
     else:
         columns = {c: features[c].to_numpy() for c in model.feature_names}
-    # Built as one dict of arrays and one frame: for a single row, each pandas step would cost more than the forest.
-    data: dict[str, Any] = {ID: frame[schema.id].to_numpy(dtype=object).astype(str)}
+    # One frame built from typed arrays, with no type inference and no copies (pandas copies on write):
+    # for a single row, each pandas step would cost more than the forest.
+    data: dict[str, Any] = {ID: _text(series[schema.id])}
     for field in schema.fields:
-        if field in frame.columns:
-            data[field] = frame[field].to_numpy()
-    stage = data.get(schema.stage, frame[schema.stage].to_numpy())
-    data["outcome"] = np.where(np.isin(stage, schema.won), "won", np.where(np.isin(stage, schema.lost), "lost", "open"))
-    data.update(model.predict_columns(columns, explain=explain))
-    data["scored_at"] = pd.Timestamp(scored_at)
-    return pd.DataFrame(data)
+        if field in series:
+            data[field] = series[field].array
+    stage = series[schema.stage].to_numpy(dtype=object)
+    data["outcome"] = _text(np.where(np.isin(stage, schema.won), "won", np.where(np.isin(stage, schema.lost), "lost", "open")))
+    for name, values in model.predict_columns(columns, explain=explain).items():
+        data[name] = _text(values) if name in TEXT_OUTPUTS else values
+    at = pd.Timestamp(scored_at).tz_convert("UTC").tz_localize(None).to_datetime64()
+    data["scored_at"] = pd.array(np.full(len(frame), at, dtype="datetime64[us]"), dtype=SCORED_AT)
+    return pd.DataFrame(data, copy=False)
+
+
+TEXT_OUTPUTS = frozenset({"grade", "factors_for", "factors_against", "model_version"})
+SCORED_AT = pd.DatetimeTZDtype("us", "UTC")
+
+
+def columns_of(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """A frame's columns, each taken out once."""
+    return {name: frame[name] for name in frame.columns}
+
+
+def _text(values: pd.Series | np.ndarray | list[str]) -> pd.api.extensions.ExtensionArray:
+    """Text as pandas' ``str`` dtype, converted once."""
+    if isinstance(values, pd.Series):
+        return values.array if values.dtype == STR else pd.array(values.astype(str), dtype=STR)
+    return pd.array(np.asarray(values, dtype=object).astype(str), dtype=STR)
 
 
 def closed_share(frame: pd.DataFrame, schema: DatasetSchema) -> float:

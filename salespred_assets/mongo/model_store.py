@@ -68,15 +68,17 @@ def _now() -> dt.datetime:
 
 
 def load(db: Database, version: str) -> WinModel:
+    # A version names one trained model, so the one in memory answers without reading the registry.
+    key = (db.client.address, db.name, version)
+    model = _cache.get(key)
+    if model is not None:
+        return model
     doc = db[REGISTRY].find_one({"_id": version})
     if doc is None:
         raise NoModel(f"model version {version!r} is not in the registry; `salespred model list` shows the versions")
-    key = (db.client.address, db.name, str(doc["artifact_id"]))
-    model = _cache.get(key)
-    if model is None:
-        model = _load_artifact(db, doc)
-        _cache.clear()  # keep one model in memory per process: the current one
-        _cache[key] = model
+    model = _load_artifact(db, doc)
+    _cache.clear()  # keep one model in memory per process: the current one
+    _cache[key] = model
     return model
 
 

@@ -19,12 +19,14 @@ buckets' expiry every write renews.
 from __future__ import annotations
 
 import json
+import math
 import time
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import redis
 
@@ -53,6 +55,28 @@ return {other, redis.call('HGET', ARGV[1] .. gen .. ':' .. ARGV[2], ARGV[3])}
 """
 
 
+# Write entries into the live generation in one round trip, atomically with reading which one is live (a
+# publish swapping generations meanwhile cannot strand them in the old one); nil when none is live.
+# ARGV: key prefix, expiry (s), then bucket, number, value for each entry.
+_UPSERT = """
+local gen = redis.call('GET', KEYS[1])
+if not gen then return false end
+local prefix = ARGV[1] .. gen .. ':'
+local touched = {}
+for i = 3, #ARGV, 3 do
+  local key = prefix .. ARGV[i]
+  redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
+  touched[key] = true
+end
+for key in pairs(touched) do redis.call('EXPIRE', key, ARGV[2]) end
+local meta = ARGV[1] .. 'meta:' .. gen
+redis.call('HINCRBY', meta, 'upserts', (#ARGV - 2) / 3)
+redis.call('EXPIRE', meta, ARGV[2])
+return gen
+"""
+UPSERT_ENTRIES = 2_000  # per script call: each call holds Redis for about a millisecond
+
+
 def bucket_of(number: str) -> str:
     return f"{zlib.crc32(number.encode()) % BUCKETS:02d}"
 
@@ -66,19 +90,40 @@ def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = N
 
     With ``seller_column`` the value carries the owning seller as ``seller``, first, so that the app
     can check who may see a cached prediction without asking MongoDB or parsing the whole entry.
+    Each column is encoded once for all rows (text through its distinct values), then every row is one
+    string format: as cheap for one row as a frame's own JSON writer is for a million.
     """
-    plain = [c for c in VALUE_COLUMNS if c in frame.columns and not c.startswith("factors_")]
-    data = frame[plain].copy()
-    if seller_column and seller_column in frame.columns:
-        data.insert(0, "seller", frame[seller_column].astype(str))  # first: the app reads it without parsing
-    if "scored_at" in data:
-        data["scored_at"] = pd.to_datetime(data["scored_at"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    data["probability"] = data["probability"].round(6)
-    lines = data.to_json(orient="records", lines=True, force_ascii=False).splitlines()
-    if "factors_for" in frame.columns:
-        lines = [f'{line[:-1]},"factors_for":{ff},"factors_against":{fa}}}'
-                 for line, ff, fa in zip(lines, frame["factors_for"], frame["factors_against"])]
-    return frame[id_column].astype(str).tolist(), lines
+    names = ["seller"] if seller_column and seller_column in frame.columns else []
+    columns = [_json_column(frame[seller_column])] if names else []
+    for name in sorted(VALUE_COLUMNS, key=lambda c: c.startswith("factors_")):  # the long factor lists last
+        if name in frame.columns:
+            names.append(name)
+            column = frame[name]
+            if name == "probability":
+                column = column.round(6)
+            columns.append(column.astype(str).tolist() if name.startswith("factors_") else _json_column(column))
+    template = "{" + ",".join(f'"{name}":%s' for name in names) + "}"
+    return frame[id_column].astype(str).tolist(), [template % row for row in zip(*columns)]
+
+
+def _json_column(column: pd.Series) -> list[str]:
+    """Each value of a column as JSON text (datetimes as UTC ISO 8601 seconds, missing values as null)."""
+    if pd.api.types.is_bool_dtype(column):
+        return np.where(column.to_numpy(dtype=bool), "true", "false").tolist()
+    if pd.api.types.is_integer_dtype(column) and not column.hasnans:
+        return list(map(str, column.tolist()))
+    if pd.api.types.is_float_dtype(column):
+        values = column.to_numpy(dtype="float64")
+        return [repr(v) if math.isfinite(v) else "null" for v in values.tolist()]
+    if pd.api.types.is_datetime64_any_dtype(column):
+        column = pd.to_datetime(column, utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    codes, distinct = pd.factorize(column)  # few distinct values (grades, versions, sellers): encode each once
+    encoded = np.array([json.dumps(_plain(v), ensure_ascii=False) for v in distinct] + ["null"], dtype=object)
+    return encoded[codes].tolist()
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class AsyncLookup:
@@ -101,6 +146,7 @@ class PredictionCache:
         self.ns = namespace
         self.ttl_s = ttl_s
         self._lookup = client.register_script(_LOOKUP)
+        self._upsert = client.register_script(_UPSERT)
 
     # keys
     @property
@@ -158,13 +204,15 @@ class PredictionCache:
 
     def upsert(self, ids: list[str], values: list[str], model_version: str) -> dict[str, Any]:
         """Write into the live generation (new or changed opportunities); starts one if none is live."""
-        gen = self.current_generation()
-        if gen is None:
-            return self.publish(ids, values, model_version)
-        self._write(gen, ids, values)
-        self.r.hincrby(self.meta_key(gen), "upserts", len(ids))
-        self.r.expire(self.meta_key(gen), self.ttl_s)
-        return {"generation": gen, "written": len(ids)}
+        gen = None
+        for start in range(0, len(ids), UPSERT_ENTRIES):
+            args: list[str | int] = [f"{self.ns}:pred:", self.ttl_s]
+            for number, value in zip(ids[start:start + UPSERT_ENTRIES], values[start:start + UPSERT_ENTRIES]):
+                args += (bucket_of(number), number, value)
+            gen = self._upsert(keys=[self.current_key], args=args)
+            if gen is None:
+                return self.publish(ids, values, model_version)
+        return {"generation": int(gen) if gen is not None else self.current_generation(), "written": len(ids)}
 
     def expire_generation(self, gen: int, seconds: int) -> int:
         """Let a generation expire after ``seconds``; returns how many entries it held."""
