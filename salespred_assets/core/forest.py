@@ -35,10 +35,13 @@ class PathExplainer:
         leaf_offset = np.r_[0, np.cumsum([tab.shape[0] for tab in tables])[:-1]]
         # The whole forest as flat arrays: global node ids, and one table of leaf contributions.
         self.roots = node_offset.astype(np.int64)
-        self.left = np.concatenate([np.where(t.children_left >= 0, t.children_left + o, -1)
-                                    for t, o in zip(self.trees, node_offset)]).astype(np.int64)
-        self.right = np.concatenate([np.where(t.children_right >= 0, t.children_right + o, -1)
-                                     for t, o in zip(self.trees, node_offset)]).astype(np.int64)
+        # Children of node i at 2i (right) and 2i + 1 (left, taken when the value is <= the threshold);
+        # a leaf is its own child, so a walk can take one more step from any node without a test.
+        own = np.arange(int(counts.sum()), dtype=np.int64)
+        left = np.concatenate([t.children_left + o for t, o in zip(self.trees, node_offset)]).astype(np.int64)
+        right = np.concatenate([t.children_right + o for t, o in zip(self.trees, node_offset)]).astype(np.int64)
+        leaf = np.concatenate([t.children_left < 0 for t in self.trees])
+        self.children = np.stack([np.where(leaf, own, right), np.where(leaf, own, left)], axis=1).ravel()
         self.feature = np.concatenate([np.maximum(t.feature, 0) for t in self.trees]).astype(np.int64)
         self.threshold = np.concatenate([t.threshold for t in self.trees]).astype(np.float64)
         self.p1 = np.concatenate(p1s)
@@ -85,16 +88,13 @@ class PathExplainer:
     def _walk(self, X32: np.ndarray) -> np.ndarray:
         # scikit-learn compares the float32 input with the float64 threshold: do the same.
         X = X32.astype(np.float64)
-        n = X.shape[0]
-        node = np.broadcast_to(self.roots, (n, self.roots.size)).copy()
-        row = np.broadcast_to(np.arange(n)[:, None], node.shape)
-        for _ in range(self.max_depth):
-            left = self.left[node]
-            inner = left >= 0
-            if not inner.any():
+        node = np.broadcast_to(self.roots, (X.shape[0], self.roots.size)).copy()
+        flat, row = X.ravel(), np.arange(X.shape[0])[:, None] * X.shape[1]
+        for depth in range(self.max_depth):
+            step = self.children[2 * node + (flat[row + self.feature[node]] <= self.threshold[node])]
+            if depth % 4 == 3 and np.array_equal(step, node):  # every row has reached a leaf in every tree
                 break
-            go_left = X[row, self.feature[node]] <= self.threshold[node]
-            node = np.where(inner, np.where(go_left, left, self.right[node]), node)
+            node = step
         return node
 
     def explain(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -41,12 +41,12 @@ def score(model: WinModel, frame: pd.DataFrame, schema: DatasetSchema, *, contex
     for field in schema.fields:
         if field in series:
             data[field] = series[field].array
-    stage = series[schema.stage].to_numpy(dtype=object)
-    data["outcome"] = _text(np.where(np.isin(stage, schema.won), "won", np.where(np.isin(stage, schema.lost), "lost", "open")))
+    won, lost = set(schema.won), set(schema.lost)
+    data["outcome"] = _text(["won" if s in won else "lost" if s in lost else "open" for s in series[schema.stage].tolist()])
     for name, values in model.predict_columns(columns, explain=explain).items():
         data[name] = _text(values) if name in TEXT_OUTPUTS else values
-    at = pd.Timestamp(scored_at).tz_convert("UTC").tz_localize(None).to_datetime64()
-    data["scored_at"] = pd.array(np.full(len(frame), at, dtype="datetime64[us]"), dtype=SCORED_AT)
+    at = np.datetime64(scored_at.astimezone(dt.timezone.utc).replace(tzinfo=None), "us")
+    data["scored_at"] = pd.array(np.full(len(frame), at), dtype=SCORED_AT)
     return pd.DataFrame(data, copy=False)
 
 
@@ -63,7 +63,7 @@ def _text(values: pd.Series | np.ndarray | list[str]) -> pd.api.extensions.Exten
     """Text as pandas' ``str`` dtype, converted once."""
     if isinstance(values, pd.Series):
         return values.array if values.dtype == STR else pd.array(values.astype(str), dtype=STR)
-    return pd.array(np.asarray(values, dtype=object).astype(str), dtype=STR)
+    return pd.array(values if isinstance(values, list) else np.asarray(values, dtype=object).astype(str), dtype=STR)
 
 
 def closed_share(frame: pd.DataFrame, schema: DatasetSchema) -> float:
