@@ -34,14 +34,14 @@ def client_history(mongo: MongoResource, schema: DatasetSchema, docs: Sequence[d
     if not schema.client:
         return []
     clients = sorted({c for d in docs if isinstance(c := d.get(schema.client), str)})
-    mine = {d.get(schema.id) for d in docs}
+    mine = {i for d in docs if isinstance(i := d.get(schema.id), str)}  # a malformed id may not even be hashable
     projection = {f: 1 for f in schema.fields}
     known: list[dict[str, Any]] = []
     # Chunks of 100: a batch of new opportunities names hundreds of clients, and SecantusDB's $in costs
     # grow with the square of the list (mongod's do not; chunks cost it one round trip per 100).
     for start in range(0, len(clients), CLIENT_CHUNK):
         found = mongo.db[OPPORTUNITIES].find({schema.client: {"$in": clients[start:start + CLIENT_CHUNK]}}, projection)
-        known.extend(d for d in found if d.get(schema.id) not in mine)
+        known.extend(d for d in found if not (isinstance(i := d.get(schema.id), str) and i in mine))
     return known
 
 

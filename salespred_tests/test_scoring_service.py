@@ -80,9 +80,12 @@ def test_a_batch_reports_only_its_own_bad_documents(mongo, trained):
     good.update(numero_opportunidad="OP-NEW-1", fecha_creacion_oportunidad="2026-10-01",
                 fecha_cierre_oportunidad="2026-12-01")
     bad = dict(good, numero_opportunidad="OP-NEW-2", acv="lots")
-    preds, quarantine = scoring_service.score_documents(mongo, [good, bad])
+    odd = dict(good, numero_opportunidad=["OP-NEW-3"])  # not even hashable: set aside, never a crash
+    mongo.db[OPPORTUNITIES].insert_one(dict(odd, numero_opportunidad={"n": 3}))
+    preds, quarantine = scoring_service.score_documents(mongo, [good, bad, odd])
     assert preds["opportunity_id"].tolist() == ["OP-NEW-1"]
-    assert quarantine["id"].tolist() == ["OP-NEW-2"] and quarantine["reason"].iloc[0] == "acv: not a finite number"
+    assert quarantine["id"].tolist() == ["OP-NEW-2", "['OP-NEW-3']"]
+    assert quarantine["reason"].tolist() == ["acv: not a finite number", "numero_opportunidad: not a non-empty text"]
     # Client facts count the client's valid stored history: the same as scoring against it directly.
     from salespred_assets.core.scoring import score
 
