@@ -151,11 +151,12 @@ def client_aggregates(frame: pd.DataFrame | Mapping[str, pd.Series], schema: Dat
     """Label-free facts about each row's client, counted over ``context`` (which holds ``frame``'s rows)."""
     ctx = frame if context is None else context
     assert schema.client is not None
-    codes, uniques = pd.factorize(ctx[schema.client].to_numpy(dtype=object))
+    # Text columns are factorised and sorted as stored (Arrow, in C), never turned into Python strings.
+    codes, uniques = ctx[schema.client].array.factorize()
     k = len(uniques)
     out: dict[str, np.ndarray] = {"client_opportunities": _per_row(codes, np.bincount(codes, minlength=k))}
     if schema.categorical:
-        units = pd.factorize(ctx[schema.categorical[0]].to_numpy(dtype=object))[0]
+        units = ctx[schema.categorical[0]].array.factorize()[0]
         pairs = np.unique(codes.astype(np.int64) * (int(units.max(initial=0)) + 1) + units)
         out["client_units"] = _per_row(codes, np.bincount(pairs // (int(units.max(initial=0)) + 1), minlength=k))
     if schema.amount:
@@ -169,8 +170,9 @@ def client_aggregates(frame: pd.DataFrame | Mapping[str, pd.Series], schema: Dat
         med = _per_row(codes, median)
         out["client_median_amount"] = med
         out["amount_vs_client"] = np.divide(amount, med, out=np.ones_like(amount), where=med > 0)
-    ids = ctx[schema.id].to_numpy(dtype=object)
-    id_codes = pd.factorize(ids, sort=True)[0]  # rank ties on the id's own order
+    ids = ctx[schema.id]
+    id_codes = np.empty(len(ids), dtype=np.int64)  # rank ties on the id's own order
+    id_codes[ids.array.argsort(kind="stable")] = np.arange(len(ids))
     if schema.created:
         created = _days(ctx[schema.created])
         first = np.full(k, np.inf)
@@ -190,7 +192,7 @@ def client_aggregates(frame: pd.DataFrame | Mapping[str, pd.Series], schema: Dat
         out["client_same_close"] = _pair_counts(codes, _days(ctx[schema.close]))
     if context is None:
         return out
-    positions = positions_in(ids, frame[schema.id].to_numpy(dtype=object))
+    positions = positions_in(ids.to_numpy(dtype=object), frame[schema.id].to_numpy(dtype=object))
     return {name: values[positions] for name, values in out.items()}
 
 
