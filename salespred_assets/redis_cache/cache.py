@@ -83,6 +83,7 @@ def bucket_of(number: str) -> str:
 
 VALUE_COLUMNS = ["probability", "predicted_won", "score", "grade", "factors_for", "factors_against",
                  "model_version", "scored_at"]
+_ENTRY_ORDER = sorted(VALUE_COLUMNS, key=lambda c: c.startswith("factors_"))  # the long factor lists last
 
 
 def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = None) -> tuple[list[str], list[str]]:
@@ -95,7 +96,7 @@ def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = N
     """
     names = ["seller"] if seller_column and seller_column in frame.columns else []
     columns = [_json_column(frame[seller_column])] if names else []
-    for name in sorted(VALUE_COLUMNS, key=lambda c: c.startswith("factors_")):  # the long factor lists last
+    for name in _ENTRY_ORDER:
         if name in frame.columns:
             names.append(name)
             column = frame[name]
@@ -204,7 +205,8 @@ class PredictionCache:
 
     def upsert(self, ids: list[str], values: list[str], model_version: str) -> dict[str, Any]:
         """Write into the live generation (new or changed opportunities); starts one if none is live."""
-        gen = None
+        if not ids:
+            return {"generation": self.current_generation(), "written": 0}
         for start in range(0, len(ids), UPSERT_ENTRIES):
             args: list[str | int] = [f"{self.ns}:pred:", self.ttl_s]
             for number, value in zip(ids[start:start + UPSERT_ENTRIES], values[start:start + UPSERT_ENTRIES]):
@@ -212,7 +214,7 @@ class PredictionCache:
             gen = self._upsert(keys=[self.current_key], args=args)
             if gen is None:
                 return self.publish(ids, values, model_version)
-        return {"generation": int(gen) if gen is not None else self.current_generation(), "written": len(ids)}
+        return {"generation": int(gen), "written": len(ids)}
 
     def expire_generation(self, gen: int, seconds: int) -> int:
         """Let a generation expire after ``seconds``; returns how many entries it held."""
