@@ -4,6 +4,8 @@ Collections (in database ``salespred``):
 
 - ``opportunities``             one document per opportunity, in the capture app's shape
 - ``opportunities_quarantine``  documents the pipeline set aside, with the reason
+- ``opportunity_history``       every change to an opportunity's stage, amounts and close date, with its
+                                time and source (:mod:`salespred_assets.mongo.history`)
 - ``sellers``                   sellers, passwords only as argon2 hashes
 - ``counters``                  atomic counters (the next opportunity number)
 - ``models.files/.chunks``      GridFS: model artifacts and cards, loadable by any process
@@ -13,6 +15,7 @@ Collections (in database ``salespred``):
 from __future__ import annotations
 
 import functools
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -24,23 +27,26 @@ import pymongo
 from bson import ObjectId
 from pydantic import Field
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from salespred_assets import services
 from salespred_assets.core.documents import SOURCE_ID, Validated, combine, validate
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import ServiceUnavailable
-from salespred_assets.mongo.extract import batch_frame
 from salespred_assets.memo import Expiring
+from salespred_assets.mongo.extract import batch_frame
 
 OPPORTUNITIES = "opportunities"
 QUARANTINE = "opportunities_quarantine"
+OPPORTUNITY_HISTORY = "opportunity_history"
 SELLERS = "sellers"
 COUNTERS = "counters"
 SETTINGS = "settings"
 OPPORTUNITY_COUNTER = "numero_opportunidad"
 ID_RANGE_INDEX = "id_range"
+HISTORY_INDEX = "opportunity_at"
 BATCH = 5_000
+log = logging.getLogger("salespred.mongo")
 _schemas: Expiring[DatasetSchema] = Expiring(ttl_s=5.0)
 
 
@@ -92,6 +98,8 @@ class MongoResource(dg.ConfigurableResource):
         db[OPPORTUNITIES].create_index(DEFAULT_SCHEMA.id, name="numero_opportunidad_1")
         db[OPPORTUNITIES].create_index(DEFAULT_SCHEMA.client, name="cliente_1")
         db[OPPORTUNITIES].create_index(DEFAULT_SCHEMA.seller, name="numero_vendedor_1")
+        db[OPPORTUNITY_HISTORY].create_index([("opportunity", 1), ("at", 1)], name=HISTORY_INDEX)
+        self._keep_before_images()
         db[SELLERS].create_index("username", unique=True, name="username_unique")
         db[SELLERS].create_index("numero_vendedor", unique=True, name="numero_vendedor_unique")
         if "secantusVersion" in self.client.admin.command("buildInfo"):
@@ -99,6 +107,19 @@ class MongoResource(dg.ConfigurableResource):
             # batches) would scan the collection. A secondary index led by _id serves ranges. mongod's own
             # _id index already does, so it is created on SecantusDB only.
             db[OPPORTUNITIES].create_index([("_id", 1), (DEFAULT_SCHEMA.stage, 1)], name=ID_RANGE_INDEX)
+
+    def _keep_before_images(self) -> None:
+        """Ask the server to keep each change's before-image, so the change stream can say what a value was.
+
+        Best effort: it needs MongoDB 6.0+ (or SecantusDB) and the collMod privilege; without it the
+        history still records what changed and to what, with "from" unknown (None). Costs one stored
+        document per update or delete of an opportunity (a mass delete takes about twice as long).
+        """
+        try:
+            self.db.command("collMod", OPPORTUNITIES, changeStreamPreAndPostImages={"enabled": True})
+        except OperationFailure as exc:
+            log.warning("MongoDB keeps no before-images of opportunities (%s); changes made outside the app are "
+                        "recorded in the history without their previous values", str(exc).splitlines()[0][:200])
 
     # ---- opportunities -------------------------------------------------------------------
     def iter_raw(self, query: dict | None = None, batch_size: int = BATCH,
@@ -126,7 +147,7 @@ class MongoResource(dg.ConfigurableResource):
             try:
                 for chunk in self.db[OPPORTUNITIES].find_raw_batches(query or {}, batch_size=batch_size):
                     batches.put(chunk)
-            except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            except BaseException as exc:
                 failure.append(exc)
             finally:
                 batches.put(None)
@@ -219,4 +240,4 @@ def _bson_safe(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MongoResource", "OPPORTUNITIES", "QUARANTINE", "SELLERS", "SOURCE_ID"]
+__all__ = ["OPPORTUNITIES", "OPPORTUNITY_HISTORY", "QUARANTINE", "SELLERS", "SOURCE_ID", "MongoResource"]
