@@ -27,6 +27,15 @@ while the sensor was stopped), the sensor asks for one full rescore and starts a
 Keys are deterministic: evaluating a tick again from the same cursor gives the same keys, and the sensor
 uses the key as the ``run_key``, so Dagster never launches the same batch twice.
 
+**The history of changes** (:mod:`salespred_assets.mongo.history`): the same change events record, in
+``opportunity_history``, what each update or replacement changed in the tracked fields (stage, amounts,
+close date) with source ``stream``: the new values from the event's ``updateDescription``, the previous
+ones from its before-image (``fullDocumentBeforeChange``, when the server keeps them: see
+:meth:`MongoResource.ensure_indexes`; otherwise None). An update that sets ``_historial`` was made by the
+seller app, which records its own entry under that id: the stream writes that id only if it is missing.
+Entries are keyed by the event's resume token and only inserted when absent, so evaluating a tick again
+records nothing twice; they are written before the cursor moves, so a tick that fails records again.
+
 **Scoring a batch** (:func:`score_batch`, the ``new_opportunity_scores`` asset's run) reads only that
 batch's documents (an ``_id`` range or ``_id`` lookups), scores them through :mod:`scoring_service`
 (client facts from MongoDB), upserts their ``fact_opportunity`` rows (one transaction), appends their
@@ -52,9 +61,9 @@ from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
 from salespred_assets import scoring_service
-from salespred_assets.core.schema import DatasetSchema
+from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
-from salespred_assets.mongo import model_store
+from salespred_assets.mongo import history, model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE, MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.sql import tables, writer
@@ -138,6 +147,7 @@ class Plan:
     cursor: Cursor
     notes: list[str] = field(default_factory=list)
     resync: str | None = None           # why a full rescore is needed (change history lost)
+    history: int = 0                    # history entries the change events made (see the module doc)
 
 
 # ---- planning (the sensor) ----------------------------------------------------------------------
@@ -156,10 +166,15 @@ def new_ids(db: Database, last_id: str | None, bound: ObjectId, limit: int = MAX
     return [d["_id"] for d in cursor if isinstance(d["_id"], ObjectId)]
 
 
-def _watch(db: Database, token: dict | None):  # noqa: ANN202 - pymongo's ChangeStream
-    pipeline = [{"$match": {"operationType": {"$in": WATCHED}}},
-                {"$project": {"operationType": 1, "documentKey": 1}}]
-    return db[OPPORTUNITIES].watch(pipeline, resume_after=token, max_await_time_ms=50, batch_size=5_000)
+def _watch(db: Database, token: dict | None, schema: DatasetSchema | None = None):  # noqa: ANN202 - a ChangeStream
+    # Events keep only what the batches and the history need: a tracked field's old and new value, the
+    # opportunity number (from the before-image, or looked up when there is none), and the commit time.
+    schema = schema or DEFAULT_SCHEMA
+    pipeline: list[dict[str, Any]] = [
+        {"$match": {"operationType": {"$in": WATCHED}}},
+        {"$project": history.stream_projection(schema.id, history.tracked_fields(schema))}]
+    return db[OPPORTUNITIES].watch(pipeline, resume_after=token, max_await_time_ms=50, batch_size=5_000,
+                                   full_document="updateLookup", full_document_before_change="whenAvailable")
 
 
 def start_token(db: Database) -> tuple[dict | None, str]:
@@ -174,17 +189,17 @@ def start_token(db: Database) -> tuple[dict | None, str]:
         raise
 
 
-def read_changes(db: Database, token: dict | None,
-                 limit: int = MAX_CHANGES) -> tuple[list[tuple[str, Any]], dict | None, str | None]:
-    """(events as (operationType, _id), the token after the last one read, a problem or None)."""
-    events: list[tuple[str, Any]] = []
+def read_changes(db: Database, token: dict | None, limit: int = MAX_CHANGES,
+                 schema: DatasetSchema | None = None) -> tuple[list[dict[str, Any]], dict | None, str | None]:
+    """(change events, projected as :func:`_watch` says; the token after the last one read; a problem or None)."""
+    events: list[dict[str, Any]] = []
     try:
-        with _watch(db, token) as stream:
+        with _watch(db, token, schema) as stream:
             while len(events) < limit:
                 event = stream.try_next()
                 if event is None:
                     break
-                events.append((event["operationType"], event["documentKey"]["_id"]))
+                events.append(event)
             return events, stream.resume_token, None
     except OperationFailure as exc:
         if exc.code in _NO_CHANGE_STREAMS or "replica set" in str(exc).lower():
@@ -203,7 +218,9 @@ def plan(mongo: MongoResource, cursor: Cursor, *, now: dt.datetime | None = None
     and goes into the change batch.
     """
     db = mongo.db
+    schema = mongo.schema()
     notes: list[str] = []
+    recorded = 0
     token, changes = cursor.token, cursor.changes
     if token is None:
         # The stream must be positioned before the scan, or an insert between the two could be missed.
@@ -218,7 +235,7 @@ def plan(mongo: MongoResource, cursor: Cursor, *, now: dt.datetime | None = None
     changed: list[Any] = []
     if changes != "unsupported":
         before = token
-        events, after, problem = read_changes(db, token, max_changes)
+        events, after, problem = read_changes(db, token, max_changes, schema)
         if problem == "unsupported":
             changes, token = "unsupported", None  # scan-secrets: allow (a stream state, not a secret)
         elif problem:
@@ -226,7 +243,9 @@ def plan(mongo: MongoResource, cursor: Cursor, *, now: dt.datetime | None = None
             token, changes = start_token(db)
         else:
             changes, token = "followed", after or token  # scan-secrets: allow (a stream state)
-            changed = _changed_ids(events, set(ids), hi)
+            # Before the cursor moves past these events: a failure here fails the tick, which then reads them again.
+            recorded = history.record_stream(db, events, schema.id, history.tracked_fields(schema))
+            changed = _changed_ids(((e["operationType"], e["documentKey"]["_id"]) for e in events), set(ids), hi)
             if changed:
                 key = changes_key(changed, before)
                 _write_manifest(db, key, changed)
@@ -234,7 +253,7 @@ def plan(mongo: MongoResource, cursor: Cursor, *, now: dt.datetime | None = None
     if changes == "unsupported":
         notes.append("MongoDB offers no change streams here (a standalone server): new documents are scored, "
                      "changed ones wait for the nightly rescore; run MongoDB as a replica set to follow changes")
-    return Plan(batches, Cursor(last_id=hi, token=token, changes=changes), notes, resync)
+    return Plan(batches, Cursor(last_id=hi, token=token, changes=changes), notes, resync, recorded)
 
 
 def _changed_ids(events: Iterable[tuple[str, Any]], scanned: set[ObjectId], hi: str | None) -> list[Any]:
