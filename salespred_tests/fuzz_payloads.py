@@ -37,7 +37,8 @@ MAX_CONTENT = 60_000  # under the app's 64 KiB body limit, so that each case rea
 OPERATORS = ["$gt", "$gte", "$ne", "$nin", "$in", "$regex", "$where", "$expr", "$function", "$set", "$unset",
              "$or", "$and", "$exists", "$elemMatch", "$lookup", "$accumulator", "$jsonSchema", "$text"]
 SERVER_FIELDS = ["numero_vendedor", "numero_opportunidad", "etapas", "fecha_creacion_oportunidad", "edad_oferta",
-                 "_id", "password_hash", "role", "team", "__proto__", "csrf_token"]
+                 "fecha_cierre_planificada", "_historial", "_id", "password_hash", "role", "team", "__proto__",
+                 "csrf_token"]
 
 
 class Raw(str):

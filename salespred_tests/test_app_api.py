@@ -99,14 +99,17 @@ def test_capture_stores_the_pipeline_shape_and_predicts_at_once(client, app_db):
 
     stored = app_db.mongo.db[OPPORTUNITIES].find_one({"numero_opportunidad": number}, {"_id": 0})
     reference = next(generate(1, seed=1))[0]  # the synthetic generator writes the original shape
-    assert list(stored) == list(reference)
-    assert {k: type(v) for k, v in stored.items()} == {k: type(v) for k, v in reference.items()}
+    # ... plus the close date as typed, beside the one that will change (the generator writes no such field).
+    assert [k for k in stored if k != "fecha_cierre_planificada"] == list(reference)
+    assert list(stored).index("fecha_cierre_planificada") == list(stored).index("fecha_cierre_oportunidad") + 1
+    assert {k: type(v) for k, v in stored.items() if k in reference} == {k: type(v) for k, v in reference.items()}
     today = dt.date.today()
     close = dt.date.fromisoformat(valid_payload()["fecha_cierre_oportunidad"])
     assert stored == {**body["opportunity"]}
     assert (stored["etapas"], stored["numero_vendedor"], stored["cliente"]) == ("S1", "NV-1", "CL-00042")
     assert stored["fecha_creacion_oportunidad"] == today.isoformat()
-    assert stored["edad_oferta"] == float((close - today).days)
+    assert stored["fecha_cierre_oportunidad"] == stored["fecha_cierre_planificada"] == close.isoformat()
+    assert stored["edad_oferta"] == 0.0  # its age so far, not the planned duration
     assert validate(records_frame([stored], app_db.mongo.schema()), app_db.mongo.schema()).quarantine.empty
 
     prediction = body["prediction"]

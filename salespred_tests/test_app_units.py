@@ -82,11 +82,15 @@ def _payload(**changes):
 
 
 def test_the_document_has_the_pipelines_shape():
-    data = OpportunityIn.model_validate(_payload())
+    close = dt.date.today() + dt.timedelta(days=90)
+    data = OpportunityIn.model_validate(_payload(fecha_cierre_oportunidad=close.isoformat()))
     created = dt.date.today()
     doc = build_document(data, format_number(7), "NV-2", created)
-    assert list(doc) == list(next(generate(1, seed=0))[0])
-    assert set(doc) == set(DEFAULT_SCHEMA.fields)
+    # The generator's shape, plus the close date as typed (kept unchanged when the close date moves).
+    assert [k for k in doc if k != "fecha_cierre_planificada"] == list(next(generate(1, seed=0))[0])
+    assert set(doc) == {*DEFAULT_SCHEMA.fields, "fecha_cierre_planificada"}
+    assert doc["fecha_cierre_planificada"] == doc["fecha_cierre_oportunidad"] == close.isoformat()
+    # Age 0 at capture: the age so far, never the planned duration (which the model read as a final one).
     assert doc["cliente"] == "CL-00007" and doc["edad_oferta"] == 0.0 and doc["etapas"] == "S1"
     assert format_number(7) == "OP-00007" and format_number(1234567) == "OP-1234567"
 

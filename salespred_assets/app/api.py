@@ -147,7 +147,8 @@ async def create_opportunity(request: Request, response: Response, viewer: Viewe
     """Capture an opportunity and predict it at once.
 
     The server sets the number (from an atomic counter), the creation date (today), the stage (S1),
-    the seller (you) and the offer age (days from today to the close date). The prediction comes from
+    the seller (you), the offer age (0 days: its age so far) and `fecha_cierre_planificada`, the close
+    date as typed, which never changes afterwards. The prediction comes from
     the current model and is written to the Redis cache; if it cannot be made, the opportunity is still
     stored and `prediction_error` says why.
     """

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo.errors import AutoReconnect, DuplicateKeyError, ServerSelectionTimeoutError
+from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
 
 from salespred_assets import scoring_service
 from salespred_assets.app.auth import Viewer
@@ -27,6 +27,7 @@ from salespred_assets.app.context import (
 )
 from salespred_assets.app.models import OpportunityIn, today
 from salespred_assets.core.schema import DEFAULT_SCHEMA, OPEN_STAGES
+from salespred_assets.mongo import history
 from salespred_assets.mongo.model_store import NoModel
 from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_COUNTER
 
@@ -59,7 +60,8 @@ def build_document(data: OpportunityIn, number: str, seller: str, created: dt.da
         "industrias": data.industrias,
         "fecha_creacion_oportunidad": created.isoformat(),
         "fecha_cierre_oportunidad": close.isoformat(),
-        "edad_oferta": float((close - created).days),
+        "fecha_cierre_planificada": close.isoformat(),  # the date the seller typed: never changed afterwards
+        "edad_oferta": 0.0,  # the age so far (a closed opportunity's is its final duration)
         "lead_source": data.lead_source,
         "numero_vendedor": seller,
     }
@@ -93,6 +95,7 @@ def capture(ctx: AppContext, viewer: Viewer, data: OpportunityIn) -> Captured:
     created = min(today(), data.fecha_cierre_oportunidad)  # validated "today or later", even across midnight
     doc = build_document(data, number, viewer.number, created)
     _insert(ctx, doc)
+    _record_capture(ctx, doc, viewer.number)
     stored = {k: v for k, v in doc.items() if k != "_id"}
     try:
         prediction = scoring_service.predict_document(ctx.mongo, ctx.redis, doc, schema)
@@ -115,6 +118,15 @@ def _insert(ctx: AppContext, doc: dict[str, Any]) -> None:
             coll.insert_one(doc)
         except DuplicateKeyError:
             pass
+
+
+def _record_capture(ctx: AppContext, doc: dict[str, Any], seller: str) -> None:
+    number = doc[DEFAULT_SCHEMA.id]
+    try:
+        history.record(ctx.mongo.db, number, history.initial(doc), "capture", seller=seller,
+                       entry_id=history.capture_id(number))
+    except PyMongoError as exc:  # the opportunity is stored: the capture has succeeded all the same
+        log.warning("captured %s but could not record it in the history: %s", number, str(exc).splitlines()[0][:200])
 
 
 def _reason(exc: Exception) -> str:
