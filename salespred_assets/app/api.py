@@ -16,8 +16,10 @@ from salespred_assets.app.auth import LoginRefused, Viewer
 from salespred_assets.app.context import AppContext, Unavailable
 from salespred_assets.app.models import (
     CaptureOut,
+    ChangeOut,
     ErrorOut,
     LoginIn,
+    OpportunityChange,
     OpportunityIn,
     OpportunityList,
     PredictionOut,
@@ -172,6 +174,25 @@ def list_opportunities(request: Request, viewer: ViewerDep,
 def get_opportunity(request: Request, number: str, viewer: ViewerDep) -> dict[str, Any]:
     """One opportunity's document, if you may see it."""
     return opportunities.visible(ctx_of(request), viewer, number)
+
+
+@router.patch("/opportunities/{number}", response_model=ChangeOut, tags=["opportunities"],
+              openapi_extra=json_body(OpportunityChange),
+              responses={**UNAUTHORIZED, **MISSING, **INVALID, **DOWN,
+                         409: {"model": ErrorOut, "description": "The opportunity is closed (Won or Lost), was changed "
+                                                                 "by someone else meanwhile, or the loaded data does "
+                                                                 "not use the capture shape; nothing was written"}})
+async def change_opportunity(request: Request, number: str, viewer: ViewerDep) -> dict[str, Any]:
+    """Change an open opportunity you may see (yours, or your team's): its stage, amounts or close date.
+
+    Only the fields given change. Moving it to Won or Lost closes it: its close date becomes today and
+    `edad_oferta` its final duration (days from creation to today); a closed opportunity cannot be
+    changed. The change is recorded in the opportunity history with you as its author, and the
+    opportunity is scored again (if that fails, the change stands and `prediction_error` says why).
+    """
+    body = await parse(request, OpportunityChange)
+    result = await run_in_threadpool(opportunities.change, ctx_of(request), viewer, number, body)
+    return result.body()
 
 
 @router.get("/opportunities/{number}/prediction", response_model=PredictionOut, tags=["opportunities"],

@@ -56,3 +56,13 @@ class NotFound(Exception):
 
 class CaptureRefused(Exception):
     """Capture cannot work with the loaded data contract (409)."""
+
+
+class ChangeRefused(Exception):
+    """A change the opportunity cannot take as it stands (409); ``key`` names the page's message."""
+
+    def __init__(self, key: str, detail: str, **params: str) -> None:
+        self.key = key
+        self.detail = detail
+        self.params = params
+        super().__init__(detail)

@@ -30,6 +30,7 @@ from salespred_assets.app.context import (
     MAX_BODY_BYTES,
     AppContext,
     CaptureRefused,
+    ChangeRefused,
     NotFound,
     Unavailable,
 )
@@ -40,12 +41,14 @@ from salespred_assets.redis_cache.resource import RedisResource
 log = logging.getLogger("salespred.app")
 HERE = Path(__file__).resolve().parent
 DESCRIPTION = """Sellers log in, capture opportunities and see at once whether each is likely won or lost, with
-the probability, a 1-99 score, a grade and the top reasons. Log in at `POST /api/auth/token`, then send
+the probability, a 1-99 score, a grade and the top reasons; they move them through their stages until
+they are won or lost. Log in at `POST /api/auth/token`, then send
 `Authorization: Bearer <token>`. Field names are those of the MongoDB documents (Spanish).
 
-Errors: `401` no or bad token; `404` unknown or not yours (the same answer); `422` bad input, with a
-message for each field in `errors`; `429` too many failed logins (see `Retry-After`); `503` MongoDB or
-Redis unavailable, nothing was written."""
+Errors: `401` no or bad token; `404` unknown or not yours (the same answer); `409` a change the
+opportunity cannot take (it is closed, or changed meanwhile); `422` bad input, with a message for each
+field in `errors`; `429` too many failed logins (see `Retry-After`); `503` MongoDB or Redis unavailable,
+nothing was written."""
 
 
 def create_app(mongo: MongoResource | None = None, redis: RedisResource | None = None, secret: str | None = None,
@@ -179,6 +182,10 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(CaptureRefused)
     async def refused(request: Request, exc: CaptureRefused) -> Response:
         return _error(request, 409, str(exc), "capture.unavailable", reason=str(exc))
+
+    @app.exception_handler(ChangeRefused)
+    async def change_refused(request: Request, exc: ChangeRefused) -> Response:
+        return _error(request, 409, exc.detail, exc.key, None, **exc.params)
 
     @app.exception_handler(pages.LoginRequired)
     async def login_required(request: Request, exc: pages.LoginRequired) -> Response:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from salespred_assets.app.i18n import translate
-from salespred_assets.core.schema import CODE_SETS
+from salespred_assets.core.schema import CODE_SETS, DEFAULT_SCHEMA
 
 CLIENT_PATTERN = r"^CL-[0-9]{1,12}$"
 MAX_AMOUNT = 1e12          # USD; the reference data's largest TCV is 4.9e8
@@ -27,6 +27,18 @@ CODE_FIELDS = tuple(CODE_SETS)
 
 def today() -> dt.date:
     return dt.date.today()
+
+
+def check_close_date(value: dt.date) -> dt.date:
+    """An expected close date: today or later, and at most MAX_CLOSE_YEARS ahead (further is a typo)."""
+    now = today()
+    if value < now:
+        raise PydanticCustomError("date_past", "must be today ({today}) or later", {"today": now.isoformat()})
+    latest = now.replace(year=now.year + MAX_CLOSE_YEARS) if not (now.month == 2 and now.day == 29) \
+        else now.replace(year=now.year + MAX_CLOSE_YEARS, day=28)
+    if value > latest:
+        raise PydanticCustomError("date_too_far", "must be {latest} at the latest", {"latest": latest.isoformat()})
+    return value
 
 
 class OpportunityIn(BaseModel):
@@ -87,14 +99,58 @@ class OpportunityIn(BaseModel):
     @field_validator("fecha_cierre_oportunidad")
     @classmethod
     def _close_date(cls, value: dt.date) -> dt.date:
-        now = today()
-        if value < now:
-            raise PydanticCustomError("date_past", "must be today ({today}) or later", {"today": now.isoformat()})
-        latest = now.replace(year=now.year + MAX_CLOSE_YEARS) if not (now.month == 2 and now.day == 29) \
-            else now.replace(year=now.year + MAX_CLOSE_YEARS, day=28)
-        if value > latest:
-            raise PydanticCustomError("date_too_far", "must be {latest} at the latest", {"latest": latest.isoformat()})
+        return check_close_date(value)
+
+
+class OpportunityChange(BaseModel):
+    """A change to an open opportunity: only the fields given change (none: nothing changes)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True,
+                              json_schema_extra={"example": {"etapas": "S3", "acv": 52000.0}})
+
+    etapas: str | None = Field(default=None, max_length=8,
+                               description="Stage: S1 .. S6 (open), or Won / Lost, which close the opportunity: its "
+                                           "close date becomes today and `edad_oferta` its final duration in days")
+    acv: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="Annual contract value, USD")
+    tcv: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False,
+                              description="Total contract value, USD; at least ACV (the new one, or the stored one)")
+    margen_ganancia: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
+                                          description="Profit margin, a fraction in [0, 1]")
+    fecha_cierre_oportunidad: dt.date | None = Field(
+        default=None, description="Expected close date of an open opportunity, YYYY-MM-DD, today or later; "
+                                  "the date typed at capture stays in `fecha_cierre_planificada`")
+
+    @field_validator("etapas")
+    @classmethod
+    def _known_stage(cls, value: str | None) -> str | None:
+        if value is not None and value not in DEFAULT_SCHEMA.stages:
+            raise PydanticCustomError("stage_unknown", "unknown stage; choose one of {stages}",
+                                      {"stages": ", ".join(DEFAULT_SCHEMA.open + DEFAULT_SCHEMA.won + DEFAULT_SCHEMA.lost)})
         return value
+
+    @field_validator("tcv")
+    @classmethod
+    def _tcv(cls, value: float | None, info: ValidationInfo) -> float | None:
+        acv = info.data.get("acv")  # when only one amount is given, the app checks it against the stored one
+        if value is not None and acv is not None and value < acv:
+            raise PydanticCustomError(
+                "tcv_below_acv", "TCV (the whole contract) must be greater than or equal to ACV (one year)")
+        return value
+
+    @field_validator("fecha_cierre_oportunidad")
+    @classmethod
+    def _close_date(cls, value: dt.date | None, info: ValidationInfo) -> dt.date | None:
+        if value is not None and info.data.get("etapas") in DEFAULT_SCHEMA.won + DEFAULT_SCHEMA.lost:
+            raise PydanticCustomError("close_date_on_close",
+                                      "a closing opportunity's close date is the day it closes (set by the server)")
+        return None if value is None else check_close_date(value)
+
+    def given(self) -> dict[str, Any]:
+        """The fields to change, as the document stores them (dates as YYYY-MM-DD)."""
+        values = self.model_dump(exclude_none=True)
+        if "fecha_cierre_oportunidad" in values:
+            values["fecha_cierre_oportunidad"] = values["fecha_cierre_oportunidad"].isoformat()
+        return {k: float(v) if isinstance(v, (int, float)) else v for k, v in values.items()}
 
 
 class LoginIn(BaseModel):
@@ -154,6 +210,18 @@ class CaptureOut(BaseModel):
     prediction_error: str | None = None
 
 
+class ChangeOut(BaseModel):
+    numero_opportunidad: str
+    opportunity: dict[str, Any] = Field(description="The document as stored in MongoDB after the change (without `_id`)")
+    changes: dict[str, dict[str, Any]] = Field(
+        description="What changed, `{field: {\"from\": old, \"to\": new}}` (empty: nothing did, nothing was written)")
+    history_id: str | None = Field(None, description="The entry in the opportunity history (None: nothing changed)")
+    prediction: Prediction | None
+    prediction_source: str = Field(description="`model` (rescored now and cached), `unavailable` (then see "
+                                               "`prediction_error`), or `unchanged` (nothing changed)")
+    prediction_error: str | None = None
+
+
 class OpportunityList(BaseModel):
     items: list[dict[str, Any]]
     total: int
@@ -181,6 +249,7 @@ _TYPES = {
     "string_pattern_mismatch": "err.client_pattern",
     "code_unknown": "err.code_unknown", "date_past": "err.date_past", "date_too_far": "err.date_too_far",
     "tcv_below_acv": "err.tcv_below_acv", "tcv_missing": "err.tcv_missing",
+    "stage_unknown": "err.stage_unknown", "close_date_on_close": "err.close_date_on_close",
     "model_type": "err.body", "model_attributes_type": "err.body", "dict_type": "err.body",
     "json_invalid": "err.json_invalid", "json_type": "err.body",
 }

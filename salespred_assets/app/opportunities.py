@@ -5,6 +5,11 @@ document in exactly the shape the pipeline reads (the same as :mod:`salespred_as
 then scores it with the current model and writes the prediction to the Redis cache
 (:func:`salespred_assets.scoring_service.predict_document`). Look-ups always filter by what the caller
 may see, so another seller's opportunity and an unknown number are indistinguishable.
+
+A capture and every later change made here are recorded in the opportunity history
+(:mod:`salespred_assets.mongo.history`): the capture with the initial values, a change (:func:`change`)
+with what it changed and who changed it. A change is applied by one update guarded on the values it
+read, so a concurrent change is refused (409) rather than overwritten.
 """
 
 from __future__ import annotations
@@ -15,17 +20,26 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
+import pymongo
+from fastapi.exceptions import RequestValidationError
+from pymongo.collection import Collection
+from pymongo.errors import (
+    AutoReconnect,
+    DuplicateKeyError,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 
 from salespred_assets import scoring_service
 from salespred_assets.app.auth import Viewer
 from salespred_assets.app.context import (
     AppContext,
     CaptureRefused,
+    ChangeRefused,
     NotFound,
     Unavailable,
 )
-from salespred_assets.app.models import OpportunityIn, today
+from salespred_assets.app.models import OpportunityChange, OpportunityIn, today
 from salespred_assets.core.schema import DEFAULT_SCHEMA, OPEN_STAGES
 from salespred_assets.mongo import history
 from salespred_assets.mongo.model_store import NoModel
@@ -36,6 +50,8 @@ log = logging.getLogger("salespred.app")
 # What an opportunity number in a URL may look like; anything else cannot exist (404).
 NUMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 FIRST_STAGE = OPEN_STAGES[0]
+CLOSED_STAGES = DEFAULT_SCHEMA.won + DEFAULT_SCHEMA.lost
+PUBLIC = {"_id": 0, history.MARKER: 0}  # what callers see of a document
 
 
 def format_number(n: int) -> str:
@@ -137,10 +153,14 @@ def _reason(exc: Exception) -> str:
 
 def visible(ctx: AppContext, viewer: Viewer, number: str) -> dict[str, Any]:
     """The opportunity's document (without ``_id``) if ``viewer`` may see it; :class:`NotFound` otherwise."""
+    return _find_visible(ctx, viewer, number, PUBLIC)
+
+
+def _find_visible(ctx: AppContext, viewer: Viewer, number: str, projection: dict[str, int] | None) -> dict[str, Any]:
     if not NUMBER.match(number):
         raise NotFound(number)
     schema = ctx.mongo.schema()
-    doc = ctx.mongo.db[OPPORTUNITIES].find_one({schema.id: number, **viewer.visibility(schema.seller)}, {"_id": 0})
+    doc = ctx.mongo.db[OPPORTUNITIES].find_one({schema.id: number, **viewer.visibility(schema.seller)}, projection)
     if doc is None:
         raise NotFound(number)
     return doc
@@ -164,5 +184,135 @@ def listing(ctx: AppContext, viewer: Viewer, limit: int, offset: int) -> tuple[l
     schema = ctx.mongo.schema()
     query = viewer.visibility(schema.seller)
     coll = ctx.mongo.db[OPPORTUNITIES]
-    items = list(coll.find(query, {"_id": 0}).sort("_id", -1).skip(offset).limit(limit))
+    items = list(coll.find(query, PUBLIC).sort("_id", -1).skip(offset).limit(limit))
     return items, coll.count_documents(query)
+
+
+# ---- changes ------------------------------------------------------------------------------------
+@dataclass
+class Changed:
+    number: str
+    document: dict[str, Any]
+    changes: dict[str, dict[str, Any]]
+    history_id: str | None
+    prediction: dict[str, Any] | None
+    source: str
+    error: str | None
+
+    def body(self) -> dict[str, Any]:
+        return {"numero_opportunidad": self.number, "opportunity": self.document, "changes": self.changes,
+                "history_id": self.history_id, "prediction": self.prediction, "prediction_source": self.source,
+                "prediction_error": self.error}
+
+
+def change(ctx: AppContext, viewer: Viewer, number: str, data: OpportunityChange) -> Changed:
+    """Change an open opportunity ``viewer`` may see, record the change in the history and rescore it.
+
+    Raises :class:`NotFound`, :class:`ChangeRefused` (closed, changed meanwhile, custom schema) or
+    ``RequestValidationError`` (TCV below ACV once combined with the stored amounts). Once the update is
+    stored the change has succeeded: a failing history write (the change stream then records it) or
+    prediction is logged or reported, not raised.
+    """
+    if ctx.mongo.schema() != DEFAULT_SCHEMA:
+        raise ChangeRefused("change.custom_schema", "the loaded data follows a custom schema (salespred seed "
+                                                    "--schema); the app changes documents of the original shape only")
+    current = _find_visible(ctx, viewer, number, None)
+    _refuse_closed(current, number)
+    update = {k: v for k, v in planned(current, data.given(), today()).items() if current.get(k) != v}
+    if not update:
+        return Changed(number, _public(current), {}, None, None, "unchanged", None)
+    _check_amounts(current, update)
+    changes = history.diff(current, update, history.TRACKED)
+    entry_id = history.new_id("app")
+    stored = _apply(ctx, viewer, current, update, entry_id)
+    _record_change(ctx, number, changes, viewer.number, entry_id)
+    prediction, source, error = _rescore(ctx, stored)
+    return Changed(number, _public(stored), changes, entry_id if changes else None, prediction, source, error)
+
+
+def planned(current: dict[str, Any], given: dict[str, Any], day: dt.date) -> dict[str, Any]:
+    """The values to set: those given and, when it closes, its actual close date and final duration (days).
+
+    That is the data contract of closed rows in the reference data: ``edad_oferta`` = close - creation.
+    """
+    target = dict(given)
+    if given.get(DEFAULT_SCHEMA.stage) in CLOSED_STAGES:
+        created = _as_date(current.get(str(DEFAULT_SCHEMA.created))) or day
+        target[str(DEFAULT_SCHEMA.close)] = day.isoformat()
+        target["edad_oferta"] = float(max(0, (day - created).days))
+    return target
+
+
+def _as_date(value: Any) -> dt.date | None:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
+
+
+def _refuse_closed(doc: dict[str, Any], number: str) -> None:
+    stage = doc.get(DEFAULT_SCHEMA.stage)
+    if stage in CLOSED_STAGES:
+        raise ChangeRefused("change.closed", f"opportunity {number} is closed ({stage}); a closed opportunity "
+                                             f"cannot be changed", stage=str(stage))
+
+
+def _check_amounts(current: dict[str, Any], update: dict[str, Any]) -> None:
+    if "acv" not in update and "tcv" not in update:
+        return  # a stage or date change is never refused for amounts it does not touch
+    acv, tcv = update.get("acv", current.get("acv")), update.get("tcv", current.get("tcv"))
+    if isinstance(acv, (int, float)) and isinstance(tcv, (int, float)) and tcv < acv:
+        blamed = "tcv" if "tcv" in update else "acv"
+        raise RequestValidationError([{"loc": ("body", blamed), "type": "tcv_below_acv", "msg":
+                                       f"TCV ({tcv:g}) must be greater than or equal to ACV ({acv:g})"}])
+
+
+def _apply(ctx: AppContext, viewer: Viewer, current: dict[str, Any], update: dict[str, Any],
+           entry_id: str) -> dict[str, Any]:
+    """One update, guarded on the stage and the values it replaces; its marker tells the stream it is the app's."""
+    guard = {"_id": current["_id"], **viewer.visibility(DEFAULT_SCHEMA.seller),
+             **{f: current.get(f) for f in (DEFAULT_SCHEMA.stage, *update)}}
+    stored = _update(ctx.mongo.db[OPPORTUNITIES], guard, {"$set": {**update, history.MARKER: entry_id}}, entry_id)
+    if stored is None:
+        now = _find_visible(ctx, viewer, current[DEFAULT_SCHEMA.id], None)  # NotFound if it went
+        _refuse_closed(now, current[DEFAULT_SCHEMA.id])
+        raise ChangeRefused("change.conflict", "the opportunity was changed by someone else meanwhile; read it "
+                                               "again and retry")
+    return stored
+
+
+def _update(coll: Collection, guard: dict[str, Any], update: dict[str, Any], entry_id: str) -> dict[str, Any] | None:
+    after = pymongo.ReturnDocument.AFTER
+    try:
+        return coll.find_one_and_update(guard, update, return_document=after)
+    except ServerSelectionTimeoutError:
+        raise  # nothing was sent
+    except AutoReconnect:
+        # The connection dropped mid-write: it may have landed, and then the guard no longer matches, but
+        # the document carries this change's marker.
+        return (coll.find_one_and_update(guard, update, return_document=after)
+                or coll.find_one({"_id": guard["_id"], history.MARKER: entry_id}))
+
+
+def _record_change(ctx: AppContext, number: str, changes: dict[str, dict], seller: str, entry_id: str) -> None:
+    try:
+        history.record(ctx.mongo.db, number, changes, "app", seller=seller, entry_id=entry_id)
+    except PyMongoError as exc:  # the change is stored; the change stream records it from the marker
+        log.warning("changed %s but could not record it in the history (the change stream will): %s", number,
+                    str(exc).splitlines()[0][:200])
+
+
+def _rescore(ctx: AppContext, doc: dict[str, Any]) -> tuple[dict[str, Any] | None, str, str | None]:
+    try:
+        return scoring_service.predict_document(ctx.mongo, ctx.redis, doc, DEFAULT_SCHEMA), "model", None
+    except Exception as exc:  # noqa: BLE001 - the change is stored; never turn that into a failure
+        log.warning("changed %s but could not predict it: %s", doc.get(DEFAULT_SCHEMA.id), exc)
+        return None, "unavailable", _reason(exc)
+
+
+def _public(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in PUBLIC}

@@ -1,4 +1,4 @@
-"""Server-rendered pages: log in, capture, validate (look up) and list opportunities. No JavaScript."""
+"""Server-rendered pages: log in, capture, validate (look up), list and move opportunities. No JavaScript."""
 
 from __future__ import annotations
 
@@ -15,8 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from salespred_assets.app import auth, i18n, opportunities
 from salespred_assets.app.auth import LoginRefused, Sessions, Viewer
 from salespred_assets.app.context import AppContext, Unavailable
-from salespred_assets.app.models import LoginIn, OpportunityIn, field_errors
-from salespred_assets.core.schema import CODE_SETS
+from salespred_assets.app.models import (
+    LoginIn,
+    OpportunityChange,
+    OpportunityIn,
+    field_errors,
+)
+from salespred_assets.core.schema import CODE_SETS, DEFAULT_SCHEMA
 from salespred_assets.mongo.model_store import NoModel
 
 router = APIRouter(include_in_schema=False)
@@ -36,7 +41,9 @@ FORM_FIELDS = ["cliente", "unidad_negocio", "tipos", "regiones", "territorios", 
                "acv", "contract_years", "tcv", "margen_ganancia", "fecha_cierre_oportunidad"]
 DETAIL_FIELDS = ["numero_opportunidad", "cliente", "unidad_negocio", "tipos", "regiones", "territorios", "industrias",
                  "lead_source", "acv", "tcv", "margen_ganancia", "fecha_creacion_oportunidad",
-                 "fecha_cierre_oportunidad", "edad_oferta", "etapas", "numero_vendedor"]
+                 "fecha_cierre_oportunidad", "fecha_cierre_planificada", "edad_oferta", "etapas", "numero_vendedor"]
+STAGES = [*DEFAULT_SCHEMA.open, *DEFAULT_SCHEMA.won, *DEFAULT_SCHEMA.lost]
+CHANGE_FIELDS = ["etapas"]  # the detail page's form changes the stage (the API changes the rest too)
 
 
 class LoginRequired(Exception):
@@ -195,9 +202,35 @@ async def opportunity_list(request: Request, number: str = "", page: int = 0) ->
 
 
 @router.get("/opportunities/{number}")
-async def opportunity_detail(request: Request, number: str, saved: int = 0) -> Response:
+async def opportunity_detail(request: Request, number: str, saved: int = 0, changed: int = 0) -> Response:
+    viewer = await viewer_for(request)
+    return await detail_page(request, viewer, number, saved=bool(saved), changed=bool(changed))
+
+
+@router.post("/opportunities/{number}/stage")
+async def stage_submit(request: Request, number: str) -> Response:
     ctx: AppContext = request.app.state.ctx
     viewer = await viewer_for(request)
+    fields = await checked_form(request)
+    data = {k: v for k, v in fields.items() if k not in CHANGE_FIELDS or v.strip() != ""}
+    lang = lang_of(request)
+    # Like the API, unknown fields are refused; unlike it, the form always names a stage.
+    errors = {k[:64]: i18n.translate(lang, "err.extra") for k in data if k not in CHANGE_FIELDS}
+    if "etapas" not in data:
+        errors["etapas"] = i18n.translate(lang, "err.missing")
+    try:
+        body = OpportunityChange.model_validate({k: v for k, v in data.items() if k in CHANGE_FIELDS})
+    except ValidationError as exc:
+        errors.update(field_errors(list(exc.errors(include_url=False)), lang))
+    if errors:
+        return await detail_page(request, viewer, number, status=422, errors=errors)
+    await run_in_threadpool(opportunities.change, ctx, viewer, number, body)
+    return RedirectResponse(f"/opportunities/{quote(number, safe='')}?changed=1", status_code=303)
+
+
+async def detail_page(request: Request, viewer: Viewer, number: str, status: int = 200, **extra: Any) -> Response:
+    """An opportunity, its prediction and reasons, and (while it is open) the form that moves its stage."""
+    ctx: AppContext = request.app.state.ctx
     doc = await run_in_threadpool(opportunities.visible, ctx, viewer, number)
     prediction, source, problem = None, None, None
     try:
@@ -207,6 +240,9 @@ async def opportunity_detail(request: Request, number: str, saved: int = 0) -> R
     lang = lang_of(request)
     reasons = {side: [{**f, "label": i18n.feature_label(lang, f.get("feature", ""), f.get("label", ""))}
                       for f in (prediction or {}).get(side, [])] for side in ("factors_for", "factors_against")}
-    return render(request, "detail.html", **page_context(request, viewer), number=number, doc=doc,
+    changeable = await run_in_threadpool(ctx.mongo.schema) == DEFAULT_SCHEMA and \
+        doc.get(DEFAULT_SCHEMA.stage) not in opportunities.CLOSED_STAGES
+    context = {"saved": False, "changed": False, "errors": {}, **extra}
+    return render(request, "detail.html", status, **page_context(request, viewer), number=number, doc=doc,
                   fields=[f for f in DETAIL_FIELDS if f in doc], prediction=prediction, source=source,
-                  problem=problem, reasons=reasons, saved=bool(saved))
+                  problem=problem, reasons=reasons, stages=STAGES if changeable else [], **context)
