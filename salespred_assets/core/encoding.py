@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder, TargetEncoder
+from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,6 @@ class LookupEncoder:
                 unknown = float(transformer.unknown_value)
                 steps += [_Step(c, {v: float(i) for i, v in enumerate(cats)}, unknown)
                           for c, cats in zip(columns, transformer.categories_)]
-            elif isinstance(transformer, TargetEncoder):
-                mean = float(np.ravel(transformer.target_mean_)[0])
-                steps += [_Step(c, {v: float(e) for v, e in zip(cats, enc)}, mean)
-                          for c, cats, enc in zip(columns, transformer.categories_, transformer.encodings_)]
             else:
                 raise TypeError(f"no lookup form for {type(transformer).__name__} ({name})")
         self.steps = steps

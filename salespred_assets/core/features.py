@@ -1,9 +1,24 @@
-"""One feature pipeline for training, batch scoring and single-opportunity scoring.
+"""One feature pipeline for training, backtests, batch scoring and single-opportunity scoring.
 
-:func:`build_features` turns typed opportunities into model inputs. Client aggregates are computed
-over a *context* frame (all known opportunities: closed and open) and never read an outcome; the
-client's win history, which does read outcomes, is learned inside the model with out-of-fold target
-encoding (see :mod:`salespred_assets.core.model`), so no row ever sees its own label.
+Every input is computed **as of a moment** (``at``, one day per row): the moment a prediction is for.
+
+- a capture is scored as of its creation day (age 0);
+- an open opportunity is scored as of the scoring day, at its age then (computed from its creation
+  date, never read from a stored field);
+- in training, each closed opportunity contributes snapshots at several ages before it closed
+  (:func:`snapshots`), each as of its creation day plus that age.
+
+What a row may read (:data:`SOURCES` states it per feature, and :func:`check_honest` enforces it):
+
+- its own fields that are known at capture (never one the schema marks final only at close, never the
+  close date, never the stage);
+- facts about its client counted over the client's opportunities **created before** it (strictly
+  earlier days);
+- outcomes of its client's other opportunities **decided before** ``at`` (closed on an earlier day),
+  the close date of a closed opportunity being the moment its outcome became known.
+
+So no feature of a row reads a row created after it, or an outcome decided after the moment it is
+scored for; a test checks this by perturbing the future.
 """
 
 from __future__ import annotations
@@ -16,25 +31,39 @@ import pandas as pd
 
 from salespred_assets.core.schema import DatasetSchema
 
-EPOCH = pd.Timestamp("2000-01-01")
-CLIENT = "client"  # the model's name for the schema's client field (target-encoded in the model)
+EPOCH = np.datetime64("2000-01-01", "D")
+# Ages (days since creation) at which a closed opportunity is seen in training: at capture, then as it
+# ages. An age is used only while the opportunity was still open (age < its final duration).
+SNAPSHOT_AGES = (0, 7, 14, 30, 60, 90, 135, 180, 270, 365, 545, 730, 1095, 1460)
 
+AGE = "age_days"
 # Readable names for the derived features, used in explanations, plots and the model card.
 LABELS = {
+    AGE: "days open so far",
     "created_day": "creation date",
-    "close_day": "close date",
     "created_month": "creation month",
-    "close_month": "close month",
-    "cycle_days": "days from creation to close",
-    "client_opportunities": "client's number of opportunities",
-    "client_units": "client's number of business units",
-    "client_median_amount": "client's median deal size",
+    "client_prior_opportunities": "client's earlier opportunities",
+    "client_prior_units": "client's business units so far",
     "client_tenure_days": "days since the client's first opportunity",
-    "client_rank": "client's n-th opportunity",
-    "client_same_day": "client's opportunities created the same day",
-    "client_same_close": "client's opportunities closing the same day",
-    "amount_vs_client": "deal size against the client's median",
-    CLIENT: "client's win history",
+    "amount_vs_client": "deal size against the client's usual",
+    "client_closed_before": "client's closed opportunities",
+    "client_won_before": "client's won opportunities",
+    "client_win_rate": "client's win rate",
+}
+# Where each derived feature comes from: "capture" (the row's own fields known at capture),
+# "created-before" (the client's rows created on earlier days), "decided-before" (outcomes of the
+# client's rows closed before the moment scored). Nothing may read a field final only at close.
+SOURCES = {
+    AGE: "capture",
+    "created_day": "capture",
+    "created_month": "capture",
+    "client_prior_opportunities": "created-before",
+    "client_prior_units": "created-before",
+    "client_tenure_days": "created-before",
+    "amount_vs_client": "created-before",
+    "client_closed_before": "decided-before",
+    "client_won_before": "decided-before",
+    "client_win_rate": "decided-before",
 }
 
 
@@ -44,34 +73,44 @@ class FeatureSpec:
 
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
-    client: bool
 
     @property
     def columns(self) -> list[str]:
-        return [*self.categorical, *self.numeric, *([CLIENT] if self.client else [])]
+        return [*self.categorical, *self.numeric]
 
 
 def feature_spec(schema: DatasetSchema) -> FeatureSpec:
-    categorical = list(schema.categorical)
-    if schema.seller and schema.seller not in categorical:
+    """The model inputs: fields known at capture, the age, and the client's history as of the moment scored."""
+    inputs = set(schema.model_fields)
+    categorical = [c for c in schema.categorical if c in inputs]
+    if schema.seller and schema.seller in inputs and schema.seller not in categorical:
         categorical.append(schema.seller)
-    numeric = [c for c in schema.numeric]
-    if schema.amount and schema.amount not in numeric:
+    numeric = [c for c in schema.numeric if c in inputs]
+    if schema.amount and schema.amount in inputs and schema.amount not in numeric:
         numeric.append(schema.amount)
     if schema.created:
-        numeric += ["created_day", "created_month"]
-    if schema.close:
-        numeric += ["close_day", "close_month"]
-    if schema.created and schema.close:
-        numeric.append("cycle_days")
-    if schema.client:
-        numeric += ["client_opportunities", "client_rank", "client_same_day" if schema.created else None,
-                    "client_same_close" if schema.close else None, "client_tenure_days" if schema.created else None]
-        if schema.categorical:
-            numeric.append("client_units")
-        if schema.amount:
-            numeric += ["client_median_amount", "amount_vs_client"]
-    return FeatureSpec(tuple(categorical), tuple(n for n in numeric if n), bool(schema.client))
+        numeric += [AGE, "created_month"]
+        if schema.client:
+            numeric += ["client_prior_opportunities", "client_tenure_days"]
+            if categorical:
+                numeric.append("client_prior_units")
+            if schema.amount and schema.amount in inputs:
+                numeric.append("amount_vs_client")
+            if schema.close:
+                numeric += ["client_closed_before", "client_won_before", "client_win_rate"]
+    spec = FeatureSpec(tuple(categorical), tuple(numeric))
+    check_honest(schema, spec)
+    return spec
+
+
+def check_honest(schema: DatasetSchema, spec: FeatureSpec) -> None:
+    """Refuse a feature set with an input that is only final at close (directly, or through a derived feature)."""
+    late = set(schema.late_fields)
+    direct = sorted(c for c in spec.columns if c in late)
+    unknown = sorted(c for c in spec.columns if c not in schema.fields and c not in SOURCES)
+    if direct or unknown:
+        raise ValueError(f"model inputs {direct or unknown} are {'final only at close' if direct else 'undeclared'}; "
+                         "an input must be known when the prediction is read")
 
 
 def label(feature: str) -> str:
@@ -79,9 +118,8 @@ def label(feature: str) -> str:
 
 
 def _days(values: pd.Series | np.ndarray) -> np.ndarray:
-    """Whole days since 2000-01-01 of datetimes (a column, or an array of datetime64[D]), as float64."""
-    days = values if isinstance(values, np.ndarray) else values.to_numpy(dtype="datetime64[D]")
-    return (days - np.datetime64(EPOCH.date(), "D")).astype("float64")
+    """Days of datetimes (a column, or an array) as datetime64[D]."""
+    return values.astype("datetime64[D]") if isinstance(values, np.ndarray) else values.to_numpy(dtype="datetime64[D]")
 
 
 def _months(days: np.ndarray) -> np.ndarray:
@@ -89,124 +127,203 @@ def _months(days: np.ndarray) -> np.ndarray:
     return (days.astype("datetime64[M]").astype("int64") % 12 + 1).astype("float64")
 
 
-def build_features(frame: pd.DataFrame, schema: DatasetSchema, context: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Model inputs for every row of ``frame``, as a frame (see :func:`feature_columns`)."""
-    columns = feature_columns(frame, schema, context)
-    return pd.DataFrame(columns, index=frame.index)
+def build_features(frame: pd.DataFrame, schema: DatasetSchema, at: np.ndarray | None = None,
+                   context: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Model inputs for every row of ``frame`` as of ``at`` (see :func:`feature_columns`), as a frame."""
+    return pd.DataFrame(feature_columns(frame, schema, at, context), index=frame.index)
 
 
-def feature_columns(frame: pd.DataFrame | Mapping[str, pd.Series], schema: DatasetSchema,
+def feature_columns(frame: pd.DataFrame | Mapping[str, pd.Series], schema: DatasetSchema, at: np.ndarray | None = None,
                     context: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
-    """Model inputs for every row of ``frame`` (name -> array); client aggregates come from ``context`` (default: frame).
+    """Model inputs for every row of ``frame`` (name -> array), each as of its day in ``at``.
 
-    ``frame`` may also be a frame's columns already taken out (name -> Series), as scoring does.
-
-    ``context`` must contain the rows of ``frame`` (matched by the schema's id) when it is given, as
-    the app does when it scores one new opportunity against the client's known ones. Everything is
-    computed on NumPy arrays, so one row costs little more than a fixed few hundred microseconds and a
-    million rows a few seconds.
+    ``at`` defaults to each row's creation day (as at capture). ``context`` is every opportunity known
+    (closed and open; default: ``frame``), over which the client's history is counted; only its rows
+    created before a row, and its outcomes decided before ``at``, ever reach that row. Everything is
+    computed on NumPy arrays, so one row costs a few hundred microseconds and a million rows seconds.
     """
     spec = feature_spec(schema)
     cols: dict[str, np.ndarray] = {}
     for col in spec.categorical:
         cols[col] = frame[col].to_numpy(dtype=object)
     for col in schema.number_fields:
-        cols[col] = frame[col].to_numpy(dtype="float64")
-    for name, field in (("created", schema.created), ("close", schema.close)):
-        if field:
-            days = frame[field].to_numpy(dtype="datetime64[D]")
-            cols[f"{name}_day"], cols[f"{name}_month"] = _days(days), _months(days)
-    if schema.created and schema.close:
-        cols["cycle_days"] = cols["close_day"] - cols["created_day"]
-    if schema.client:
-        cols.update(client_aggregates(frame, schema, context))
-        cols[CLIENT] = frame[schema.client].to_numpy(dtype=object)
+        if col in spec.numeric:
+            cols[col] = frame[col].to_numpy(dtype="float64")
+    if schema.created:
+        created = _days(frame[schema.created])
+        at_days = created if at is None else np.maximum(np.asarray(at, dtype="datetime64[D]"), created)
+        cols[AGE] = (at_days - created).astype("float64")
+        cols["created_month"] = _months(created)
+        if schema.client:
+            ctx = frame if context is None else context
+            cols.update(client_history(frame, ctx, schema, created, at_days))
     return {c: cols[c] for c in spec.columns}
 
 
-def _per_row(codes: np.ndarray, per_group: np.ndarray) -> np.ndarray:
-    return per_group[codes].astype("float64")
+class _Before:
+    """Counts (or sums) over context events per group strictly before a query day, by binary search."""
+
+    def __init__(self, groups: np.ndarray, days: np.ndarray, lo: int, span: int) -> None:
+        self.lo, self.span = lo, span
+        keys = groups.astype(np.int64) * span + (days - lo)
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+
+    def _bounds(self, groups: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        base = groups.astype(np.int64) * self.span
+        start = np.searchsorted(self.keys, base, "left")
+        end = np.searchsorted(self.keys, base + np.clip(days - self.lo, 0, self.span - 1), "left")
+        return start, end
+
+    def count(self, groups: np.ndarray, days: np.ndarray) -> np.ndarray:
+        start, end = self._bounds(groups, days)
+        return (end - start).astype("float64")
+
+    def total(self, weights: np.ndarray, groups: np.ndarray, days: np.ndarray) -> np.ndarray:
+        cum = np.r_[0.0, np.cumsum(weights[self.order], dtype="float64")]
+        start, end = self._bounds(groups, days)
+        return cum[end] - cum[start]
 
 
-def _group_starts(sorted_codes: np.ndarray) -> np.ndarray:
-    """Mask of the first row of each run of equal codes."""
-    starts = np.empty(len(sorted_codes), dtype=bool)
-    starts[:1] = True
-    np.not_equal(sorted_codes[1:], sorted_codes[:-1], out=starts[1:])
-    return starts
+def day(days: np.ndarray) -> np.ndarray:
+    """datetime64[D] as whole days since 1970 (int64)."""
+    return days.astype("int64")
 
 
-def _pair_counts(codes: np.ndarray, days: np.ndarray) -> np.ndarray:
-    """For each row, how many rows share its (client code, day) pair."""
-    if not len(codes):
-        return np.zeros(0)
-    d = days.astype(np.int64)
-    key = codes.astype(np.int64) * (int(d.max() - d.min()) + 1) + (d - d.min())
-    pair = pd.factorize(key)[0]
-    return np.bincount(pair)[pair].astype("float64")
-
-
-def client_aggregates(frame: pd.DataFrame | Mapping[str, pd.Series], schema: DatasetSchema,
-                      context: pd.DataFrame | None) -> dict[str, np.ndarray]:
-    """Label-free facts about each row's client, counted over ``context`` (which holds ``frame``'s rows)."""
-    ctx = frame if context is None else context
-    assert schema.client is not None
-    # Text columns are factorised and sorted as stored (Arrow, in C), never turned into Python strings.
-    codes, uniques = ctx[schema.client].array.factorize()
-    k = len(uniques)
-    out: dict[str, np.ndarray] = {"client_opportunities": _per_row(codes, np.bincount(codes, minlength=k))}
-    if schema.categorical:
-        units = ctx[schema.categorical[0]].array.factorize()[0]
-        pairs = np.unique(codes.astype(np.int64) * (int(units.max(initial=0)) + 1) + units)
-        out["client_units"] = _per_row(codes, np.bincount(pairs // (int(units.max(initial=0)) + 1), minlength=k))
-    if schema.amount:
-        amount = ctx[schema.amount].to_numpy(dtype="float64")
-        order = np.lexsort((amount, codes))
-        sorted_codes, sorted_amount = codes[order], amount[order]
-        starts = np.flatnonzero(_group_starts(sorted_codes))
-        sizes = np.diff(np.append(starts, len(codes)))
-        median = np.zeros(k)
-        median[sorted_codes[starts]] = (sorted_amount[starts + (sizes - 1) // 2] + sorted_amount[starts + sizes // 2]) / 2
-        med = _per_row(codes, median)
-        out["client_median_amount"] = med
-        out["amount_vs_client"] = np.divide(amount, med, out=np.ones_like(amount), where=med > 0)
-    ids = ctx[schema.id]
-    id_codes = np.empty(len(ids), dtype=np.int64)  # rank ties on the id's own order
-    id_codes[ids.array.argsort(kind="stable")] = np.arange(len(ids))
-    if schema.created:
-        created = _days(ctx[schema.created])
-        first = np.full(k, np.inf)
-        np.minimum.at(first, codes, created)
-        out["client_tenure_days"] = created - first[codes]
-        out["client_same_day"] = _pair_counts(codes, created)
-        order = np.lexsort((id_codes, created, codes))
-    else:
-        order = np.lexsort((id_codes, codes))
-    # The n-th opportunity of its client, by creation date then id.
-    sorted_codes = codes[order]
-    group_start = np.maximum.accumulate(np.where(_group_starts(sorted_codes), np.arange(len(codes)), 0))
-    rank = np.empty(len(codes))
-    rank[order] = np.arange(len(codes)) - group_start + 1
-    out["client_rank"] = rank
+def client_history(frame: pd.DataFrame | Mapping[str, pd.Series], ctx: pd.DataFrame | Mapping[str, pd.Series],
+                   schema: DatasetSchema, created: np.ndarray, at_days: np.ndarray) -> dict[str, np.ndarray]:
+    """The client's facts for each row of ``frame``: its rows in ``ctx`` created before the row, and its
+    outcomes decided before ``at_days``."""
+    assert schema.client is not None and schema.created is not None
+    n = len(created)
+    # One factorisation of both sides, as stored (Arrow, in C): the frame's rows first.
+    codes = pd.factorize(np.concatenate([frame[schema.client].to_numpy(dtype=object),
+                                         ctx[schema.client].to_numpy(dtype=object)]))[0]
+    mine, theirs = codes[:n], codes[n:]
+    ctx_created = _days(ctx[schema.created])
+    valid = ~np.isnat(ctx_created)
+    all_days = np.concatenate([day(ctx_created[valid]), day(created), day(at_days)]) if n else day(ctx_created[valid])
+    lo = int(all_days.min(initial=0))
+    span = int(all_days.max(initial=0)) - lo + 2
+    made = _Before(theirs[valid], day(ctx_created[valid]), lo, span)
+    out: dict[str, np.ndarray] = {}
+    prior = made.count(mine, day(created))
+    out["client_prior_opportunities"] = prior
+    first = np.full(int(codes.max(initial=-1)) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, theirs[valid], day(ctx_created[valid]))
+    out["client_tenure_days"] = np.maximum(day(created) - np.minimum(first[mine], day(created)), 0).astype("float64")
+    spec_inputs = set(schema.model_fields)
+    units_field = next((c for c in schema.categorical if c in spec_inputs), None)
+    if units_field:
+        # A (client, unit) pair counts from the first day the client had an opportunity in that unit.
+        units = pd.factorize(ctx[units_field].to_numpy(dtype=object))[0][valid]
+        pair = pd.factorize(theirs[valid].astype(np.int64) * (int(units.max(initial=0)) + 1) + units)[0]
+        pair_first = np.full(int(pair.max(initial=-1)) + 1, np.iinfo(np.int64).max)
+        np.minimum.at(pair_first, pair, day(ctx_created[valid]))
+        pair_client = np.zeros(len(pair_first), dtype=np.int64)
+        pair_client[pair] = theirs[valid]
+        out["client_prior_units"] = _Before(pair_client, pair_first, lo, span).count(mine, day(created))
+    if schema.amount and schema.amount in spec_inputs:
+        log_amount = np.log1p(np.maximum(ctx[schema.amount].to_numpy(dtype="float64")[valid], 0))
+        usual = made.total(np.nan_to_num(log_amount), mine, day(created))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            usual = np.where(prior > 0, usual / prior, np.nan)
+        amount = np.log1p(np.maximum(frame[schema.amount].to_numpy(dtype="float64"), 0))
+        out["amount_vs_client"] = np.exp(amount - usual)
     if schema.close:
-        out["client_same_close"] = _pair_counts(codes, _days(ctx[schema.close]))
-    if context is None:
-        return out
-    positions = positions_in(ids.to_numpy(dtype=object), frame[schema.id].to_numpy(dtype=object))
-    return {name: values[positions] for name, values in out.items()}
+        stage = ctx[schema.stage].to_numpy(dtype=object)
+        won = np.isin(stage, list(schema.won))
+        closed = won | np.isin(stage, list(schema.lost))
+        closed_on = _days(ctx[schema.close])
+        decided = closed & ~np.isnat(closed_on)
+        outcomes = _Before(theirs[decided], day(closed_on[decided]), lo, span)
+        n_closed = outcomes.count(mine, day(at_days))
+        n_won = outcomes.total(won[decided].astype("float64"), mine, day(at_days))
+        out["client_closed_before"] = n_closed
+        out["client_won_before"] = n_won
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["client_win_rate"] = np.where(n_closed > 0, n_won / n_closed, np.nan)
+    return out
 
 
-def positions_in(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Position in ``ids`` (unique) of each of ``wanted``: one factorisation of both, which for a handful of
-    rows costs a tenth of building an index."""
-    n = len(ids)
-    codes = pd.factorize(np.concatenate([ids, wanted]))[0]
-    if not np.array_equal(codes[:n], np.arange(n)):
-        raise ValueError("the context holds an id more than once (ids must be unique)")
-    positions = codes[n:]
-    if (positions >= n).any():
-        raise ValueError("the context must contain every row being scored (matched by id)")
-    return positions
+@dataclass(frozen=True)
+class Snapshots:
+    """Training rows: ``rows`` index the closed opportunities of a frame, each seen as of ``at``."""
+
+    rows: np.ndarray      # positions in the frame
+    at: np.ndarray        # datetime64[D], the moment each snapshot is as of
+    y: np.ndarray         # 1 won, 0 lost (the opportunity's final outcome)
+
+
+def snapshots(frame: pd.DataFrame, schema: DatasetSchema, ages: tuple[int, ...] = SNAPSHOT_AGES,
+              before: np.datetime64 | None = None, limit: int | None = None, seed: int = 42) -> Snapshots:
+    """Each closed opportunity at capture and at every age in ``ages`` while it was still open.
+
+    The close date decides only *which* ages are used (those before it closed): moving it later, past a
+    snapshot's age, changes none of that snapshot's inputs. ``before`` keeps only snapshots as of days
+    before it (a backtest's cut). ``limit`` keeps a random sample of that many closed opportunities (a
+    million of them would give millions of snapshots, far more than a forest needs).
+    """
+    closed, y = closed_target(frame, schema)
+    pos = np.flatnonzero(closed.to_numpy())
+    y_np = y.to_numpy()
+    if limit is not None and len(pos) > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pos), size=limit, replace=False))
+        pos, y_np = pos[keep], y_np[keep]
+    if not schema.created:
+        return Snapshots(pos, np.full(len(pos), np.datetime64("NaT"), dtype="datetime64[D]"), y_np)
+    created = _days(frame[schema.created])[pos]
+    if schema.close:
+        duration = (_days(frame[schema.close])[pos] - created).astype("int64")
+    else:
+        duration = np.zeros(len(pos), dtype=np.int64)
+    rows, at, label_ = [], [], []
+    for age in ages:
+        keep = (duration > age) | (age == 0)
+        rows.append(pos[keep])
+        at.append(created[keep] + np.timedelta64(age, "D"))
+        label_.append(y_np[keep])
+    snap = Snapshots(np.concatenate(rows), np.concatenate(at), np.concatenate(label_))
+    if before is not None:
+        keep = snap.at < np.datetime64(before, "D")
+        snap = Snapshots(snap.rows[keep], snap.at[keep], snap.y[keep])
+    return snap
+
+
+def rewind(part: pd.DataFrame, at: np.ndarray, changes: pd.DataFrame | None, schema: DatasetSchema) -> pd.DataFrame:
+    """``part``'s model fields as they stood on each row's day in ``at``, from the change history.
+
+    ``changes`` has one row per changed field (``opportunity``, ``at``, ``field``, ``before``, ``after``,
+    ``source``; see :func:`salespred_assets.mongo.history.changes_frame`). A field changed on or after a
+    row's day takes the value it had before its first such change. Capture entries (initial values) and
+    changes whose previous value is unknown are not rewound. Rows without history are returned as they are.
+    """
+    if changes is None or not len(changes) or not len(part):
+        return part
+    usable = changes[(changes["source"] != "capture") & changes["before"].notna()
+                     & changes["field"].isin(schema.model_fields)]
+    if not len(usable):
+        return part
+    out = part.copy()
+    rows = pd.DataFrame({"opportunity": part[schema.id].to_numpy(dtype=object).astype(str),
+                         "day": np.asarray(at, dtype="datetime64[D]").astype("datetime64[ns]"),
+                         "row": np.arange(len(part))})
+    days = pd.to_datetime(usable["at"], utc=True).dt.tz_localize(None).dt.floor("D").astype("datetime64[ns]")
+    usable = usable.assign(day=days.to_numpy())
+    for name, field_changes in usable.groupby("field", sort=False):
+        right = field_changes[["opportunity", "day", "before"]].astype({"opportunity": object}).sort_values("day")
+        matched = pd.merge_asof(rows.sort_values("day"), right, on="day", by="opportunity", direction="forward")
+        hit = matched[matched["before"].notna()]
+        if not len(hit):
+            continue
+        column = out.columns.get_loc(name)
+        values = hit["before"]
+        if name in schema.dates:
+            values = pd.to_datetime(values).astype(out[name].dtype)
+        elif name in schema.number_fields:
+            values = pd.to_numeric(values, errors="coerce")
+        out.iloc[hit["row"].to_numpy(), column] = values.to_numpy()
+    return out
 
 
 def closed_target(frame: pd.DataFrame, schema: DatasetSchema) -> tuple[pd.Series, pd.Series]:

@@ -44,6 +44,8 @@ class PathExplainer:
         self.children = np.stack([np.where(leaf, own, right), np.where(leaf, own, left)], axis=1).ravel()
         self.feature = np.concatenate([np.maximum(t.feature, 0) for t in self.trees]).astype(np.int64)
         self.threshold = np.concatenate([t.threshold for t in self.trees]).astype(np.float64)
+        # Where a missing value (NaN) goes at each split, as the fitted tree decided.
+        self.missing_left = np.concatenate([np.asarray(t.missing_go_to_left, dtype=bool) for t in self.trees])
         self.p1 = np.concatenate(p1s)
         self.leaf_row = np.concatenate([np.where(r >= 0, r + o, -1) for r, o in zip(rows, leaf_offset)]).astype(np.int64)
         self.table = np.concatenate(tables)
@@ -90,8 +92,13 @@ class PathExplainer:
         X = X32.astype(np.float64)
         node = np.broadcast_to(self.roots, (X.shape[0], self.roots.size)).copy()
         flat, row = X.ravel(), np.arange(X.shape[0])[:, None] * X.shape[1]
+        missing = bool(np.isnan(X).any())
         for depth in range(self.max_depth):
-            step = self.children[2 * node + (flat[row + self.feature[node]] <= self.threshold[node])]
+            x = flat[row + self.feature[node]]
+            left = x <= self.threshold[node]
+            if missing:
+                left |= np.isnan(x) & self.missing_left[node]
+            step = self.children[2 * node + left]
             if depth % 4 == 3 and np.array_equal(step, node):  # every row has reached a leaf in every tree
                 break
             node = step

@@ -17,8 +17,21 @@ typos included). Any other CRM export is described by a YAML or TOML file with t
     amount: amount                         # optional: the value the pipeline is worth
     seller: owner_id                       # optional
     client: account_id                     # optional: enables client-history features
+    final_at_close: [closed_value]         # optional: fields whose value is only final once closed
+    while_open: [forecast_category]        # optional: fields that change while the opportunity is open
 
 Whatever an export lacks is left out of the features, the reports and the cache.
+
+**When each field is known.** A prediction is read while an opportunity is open, so every model input
+must mean at that moment what it meant in training. Each field is one of:
+
+- *known at capture* (the default): typed when the opportunity is created and not changed by closing it;
+- *changing while open* (``while_open``): its current value is a fair input for an open opportunity,
+  and training rebuilds its past values from the history collection where it has them;
+- *final only at close* (``final_at_close``): its value on a closed opportunity is only known once it
+  closed (the final duration, a closed value). It is stored, reported and shown, but never reaches the
+  model. The close date (``dates.close``) is always final at close (on a closed row it is the actual
+  close date); the model uses it only as the moment an outcome became known, never as an input.
 """
 
 from __future__ import annotations
@@ -66,6 +79,9 @@ class DatasetSchema:
     # Non-negative numeric fields (amounts); fields bounded to [0, 1] (fractions).
     non_negative: tuple[str, ...] = ()
     fractions: tuple[str, ...] = ()
+    # When fields are known (see the module doc): final only at close, or changing while open.
+    final_at_close: tuple[str, ...] = ()
+    while_open: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @cached_property  # read in every loop over fields; the schema is frozen
@@ -86,6 +102,25 @@ class DatasetSchema:
             if name and name not in seen:
                 seen.append(name)
         return seen
+
+    @cached_property
+    def late_fields(self) -> tuple[str, ...]:
+        """Fields only final at close: the declared ones and the close date."""
+        return tuple(dict.fromkeys([*self.final_at_close, *([self.close] if self.close else [])]))
+
+    @cached_property
+    def model_fields(self) -> tuple[str, ...]:
+        """Fields that may feed the model as they are: known at capture or changing while open."""
+        late = set(self.late_fields)
+        return tuple(f for f in self.fields if f not in late and f not in (self.id, self.stage, self.client))
+
+    def timing(self, name: str) -> str:
+        """'capture', 'while_open' or 'at_close': when ``name``'s value is known."""
+        if name in self.late_fields:
+            return "at_close"
+        if name in self.while_open or name == self.stage:
+            return "while_open"
+        return "capture"
 
     @cached_property
     def text_fields(self) -> list[str]:
@@ -117,7 +152,7 @@ class DatasetSchema:
             raise SalespredError(f"{source}: 'stage' needs a field and at least one won and one lost value")
         dates = raw.get("dates") or {}
         known = {"id", "stage", "won", "lost", "open", "categorical", "numeric", "dates", "created", "close",
-                 "amount", "seller", "client", "non_negative", "fractions"}
+                 "amount", "seller", "client", "non_negative", "fractions", "final_at_close", "while_open"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise SalespredError(f"{source}: unknown keys {unknown}; allowed: {sorted(known)}")
@@ -136,6 +171,8 @@ class DatasetSchema:
             client=raw.get("client"),
             non_negative=tuple(_as_list(raw.get("non_negative", []))),
             fractions=tuple(_as_list(raw.get("fractions", []))),
+            final_at_close=tuple(map(str, _as_list(raw.get("final_at_close", [])))),
+            while_open=tuple(map(str, _as_list(raw.get("while_open", [])))),
         )
         overlap = set(schema.won) & set(schema.lost) or set(schema.open) & set(schema.won + schema.lost)
         if overlap:
@@ -144,9 +181,28 @@ class DatasetSchema:
         if clash:
             raise SalespredError(f"{source}: the fields {clash} have names salespred uses for its own columns "
                                  f"({sorted(RESERVED)}); rename them in the export, or leave them out of the schema")
+        _check_timing(schema, source)
         if not schema.categorical and not schema.numeric and not schema.dates:
             raise SalespredError(f"{source}: declare at least one categorical, numeric or date feature")
         return schema
+
+
+def _check_timing(schema: DatasetSchema, source: str) -> None:
+    """``final_at_close`` and ``while_open`` name declared fields, apart from those every prediction needs."""
+    for key in ("final_at_close", "while_open"):
+        listed = getattr(schema, key)
+        unknown = sorted(set(listed) - set(schema.fields))
+        if unknown:
+            raise SalespredError(f"{source}: '{key}' lists {unknown}, which are not fields of the schema; "
+                                 f"declare them under categorical, numeric, amount or dates first")
+    both = sorted(set(schema.final_at_close) & set(schema.while_open))
+    if both:
+        raise SalespredError(f"{source}: {both} are listed both as final_at_close and as while_open; pick one")
+    needed = {"id": schema.id, "stage": schema.stage, "dates.created": schema.created, "client": schema.client,
+              "seller": schema.seller}
+    late = sorted(f"{f} ({k})" for k, f in needed.items() if f and f in schema.final_at_close)
+    if late:
+        raise SalespredError(f"{source}: {late} cannot be final_at_close: every prediction needs them at capture")
 
 
 def _as_list(value: Any) -> list:
@@ -172,6 +228,8 @@ DEFAULT_SCHEMA = DatasetSchema(
     client="cliente",
     non_negative=("acv", "tcv", "edad_oferta"),
     fractions=("margen_ganancia",),
+    # On a closed opportunity edad_oferta is its final duration (close minus creation): known only at close.
+    final_at_close=("edad_oferta",),
 )
 
 
