@@ -7,8 +7,8 @@ from typing import Any
 
 import dagster as dg
 
-from salespred_assets.core.features import build_features, closed_target, feature_spec
-from salespred_assets.core.model import SearchConfig, WinModel, train
+from salespred_assets.core.model import SearchConfig, WinModel
+from salespred_assets.core.training import fit
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
@@ -23,9 +23,8 @@ def train_current_model(mongo: MongoResource, *, trees: int = 30, leaf: int = 3,
     (``promote=False``: store it as a candidate only)."""
     schema = mongo.schema()
     frame = mongo.read_opportunities(schema).frame
-    closed, y = closed_target(frame, schema)
-    model = train(build_features(frame, schema)[closed.to_numpy()], y, feature_spec(schema),
-                  SearchConfig.preset("fast"), params={"rf__n_estimators": trees, "rf__min_samples_leaf": leaf}).model
+    model = fit(frame, schema, SearchConfig.preset("fast"),
+                params={"rf__n_estimators": trees, "rf__min_samples_leaf": leaf}).model
     model_store.save(mongo.db, model)
     if promote:
         model_store.set_current(mongo.db, model.version, "test")

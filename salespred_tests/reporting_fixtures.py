@@ -10,10 +10,10 @@ import sqlalchemy as sa
 
 from salespred_assets.core import synthetic
 from salespred_assets.core.documents import records_frame, validate
-from salespred_assets.core.features import build_features, closed_target, feature_spec
-from salespred_assets.core.model import SearchConfig, WinModel, train
+from salespred_assets.core.model import SearchConfig, WinModel
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.core.scoring import score
+from salespred_assets.core.training import fit
 from salespred_assets.sql import tables, views
 from salespred_tests.helpers import AS_OF
 
@@ -29,9 +29,7 @@ def source_frame(n: int = 800, seed: int = 11) -> pd.DataFrame:
 
 
 def tiny_model(frame: pd.DataFrame, trees: int = 30) -> WinModel:
-    closed, y = closed_target(frame, S)
-    return train(build_features(frame, S)[closed.to_numpy()], y, feature_spec(S), SearchConfig.preset("fast"),
-                 params={"rf__n_estimators": trees, "rf__min_samples_leaf": 3}).model
+    return fit(frame, S, SearchConfig.preset("fast"), params={"rf__n_estimators": trees, "rf__min_samples_leaf": 3}).model
 
 
 def scored(frame: pd.DataFrame, model: WinModel, scored_at: dt.datetime = SCORED_AT) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
 from salespred_tests.helpers import AS_OF, build_test_resources
 
-SPEC = FeatureSpec(categorical=("region",), numeric=("amount", "cycle_days", "age"), client=False)
+SPEC = FeatureSpec(categorical=("region",), numeric=("amount", "age_days", "client_prior_opportunities"))
 
 
 def test_psi_of_known_share_vectors():
@@ -54,20 +54,20 @@ def test_psi_of_normal_samples_follows_the_mean_shift():
 def test_profile_and_compare_on_frames():
     rng = np.random.default_rng(1)
     n = 4000
-    cycle = rng.integers(1, 400, n).astype(float)
     train = pd.DataFrame({"region": rng.choice(["A", "B", "C"], n, p=[0.5, 0.3, 0.2]),
-                          "amount": rng.lognormal(10, 1, n), "cycle_days": cycle,
-                          "age": cycle + rng.integers(0, 3, n)})  # the same elapsed time: a duration
+                          "amount": rng.lognormal(10, 1, n), "age_days": rng.integers(0, 400, n).astype(float),
+                          "client_prior_opportunities": rng.integers(0, 30, n).astype(float)})
     profile = drift.reference_profile(train, SPEC)
     assert set(profile["features"]) == {"region", "amount"}
-    assert profile["left_out"] == ["age", "cycle_days"]
+    # Inputs that move with the calendar (the age, running counts) are not drift.
+    assert profile["left_out"] == ["age_days", "client_prior_opportunities"]
     stable = drift.compare(profile, train.sample(1000, random_state=2))
     assert set(stable["band"]) == {"stable"}
-    # Region shares 0.5/0.3/0.2 become 0.2/0.3/0.2 plus 0.3 of a region never seen in training.
-    recent = pd.DataFrame({"region": ["A"] * 200 + ["B"] * 300 + ["C"] * 200 + ["NEW"] * 300,
-                           "amount": rng.lognormal(10, 1, 1000), "cycle_days": 1.0, "age": 1.0})
+    # Region shares 0.5/0.3/0.2 become 0.2/0.25/0.2 plus 0.35 of a region never seen in training.
+    recent = pd.DataFrame({"region": ["A"] * 200 + ["B"] * 250 + ["C"] * 200 + ["NEW"] * 350,
+                           "amount": rng.lognormal(10, 1, 1000), "age_days": 1.0, "client_prior_opportunities": 1.0})
     table = drift.compare(profile, recent).set_index("feature")
-    expected = drift.psi(profile["features"]["region"]["shares"], [0.2, 0.3, 0.2, 0.3])
+    expected = drift.psi(profile["features"]["region"]["shares"], [0.2, 0.25, 0.2, 0.35])
     assert table.loc["region", "psi"] == pytest.approx(expected)
     assert table.loc["region", "band"] == "act" and table.loc["amount", "band"] == "stable"
     assert "unseen" in table.loc["region", "largest_shift"]
@@ -90,7 +90,7 @@ def test_drift_asset_check_and_retrain_sensor(mongo, redis_resource, sqlite_url,
     model = report.model
     # Training stores what the drift monitor compares with.
     assert set(model.info["reference"]["features"]) >= {"regiones", "tcv", "acv"}
-    assert "cycle_days" in model.info["reference"]["left_out"] and "edad_oferta" in model.info["reference"]["left_out"]
+    assert "age_days" in model.info["reference"]["left_out"] and "edad_oferta" not in model.info["features"]
     model_store.save(mongo.db, model)
     model_store.set_current(mongo.db, model.version, "test")
     resources = build_test_resources(mongo, redis_resource, sqlite_url, str(tmp_path / "storage"))

@@ -30,27 +30,69 @@ def params_table(params: dict[str, Any]) -> str:
     return "| hyperparameter | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in sorted(params.items()))
 
 
-def model_card(info: dict[str, Any], evaluation: dict[str, Any], importances: pd.Series) -> str:
-    m = evaluation["metrics"]
+def backtest_table(summary: dict[str, Any], yardstick: bool = True) -> str:
+    """Markdown: per group (pipeline, new), the forest's figures and the yardstick's."""
+    lines = ["| group | model | n | win rate | mean probability | ROC AUC | accuracy | Brier |", "|---|---|---|---|---|---|---|---|"]
+    sources = [("forest", summary["metrics"])] + ([("HistGradientBoosting", summary["yardstick"])]
+                                                  if yardstick and summary.get("yardstick") else [])
+    for group in ("new", "pipeline"):
+        for name, figures in sources:
+            m = figures.get(group) or {}
+            cells = [m.get(k) for k in ("win_rate", "mean_probability", "roc_auc", "accuracy", "brier")]
+            lines.append(f"| {group} | {name} | {m.get('n', 0)} | "
+                         + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + " |")
+    return "\n".join(lines)
+
+
+def forecast_table(summary: dict[str, Any]) -> str:
+    lines = ["| horizon | opportunities | expected wins | actual wins | expected won amount | actual won amount | error |",
+             "|---|---|---|---|---|---|---|"]
+    for row in summary["forecast"]:
+        err = row.get("amount_error")
+        lines.append(f"| {row['horizon']} (to {row['until']}) | {row['opportunities']} | {row['expected_wins']:.1f} | "
+                     f"{row['actual_wins']} | {row['expected_won_amount']:,.0f} | {row['actual_won_amount']:,.0f} | "
+                     f"{'-' if err is None else f'{err:+.1%}'} |")
+    return "\n".join(lines)
+
+
+def calibration_md(rows: list[dict[str, Any]]) -> str:
+    lines = ["| decile | n | mean probability | observed win rate |", "|---|---|---|---|"]
+    lines += [f"| {r['decile']} | {r['n']} | {r['mean_probability']:.3f} | {r['win_rate']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def model_card(info: dict[str, Any], bt: Any, importances: pd.Series) -> str:
+    summary = bt.summary()
     bands = ", ".join(f"{g} from {low:.2f}" for g, low in GRADE_BANDS)
     top = "\n".join(f"| {name} | {value:.4f} |" for name, value in importances.head(10).items())
     return f"""# Model card: win model {info['version']}
 
-**What it predicts**: the probability that an open B2B sales opportunity is won.
-**Trained at**: {info['trained_at']} on {info['rows']} closed opportunities ({info['won']} won, {info['lost']} lost).
+**What it predicts**: the probability that an open B2B sales opportunity is won, given what is known at
+the moment it is scored: the fields known at capture, its age so far, and its client's history up to then.
+Fields that are only final once an opportunity closes (its close date, its final duration) never feed it.
+**Trained at**: {info['trained_at']} on {info['rows']} snapshots of {info['opportunities']} closed opportunities
+(each at capture and at several ages while it was open; each opportunity weighs one in all).
 **Algorithm**: scikit-learn random forest ({info['n_estimators']} trees); hyperparameters by successive halving
-scored on out-of-bag ROC AUC; Platt calibration (logistic regression on the logit) fitted on out-of-bag
-probabilities; decision threshold {info['threshold']:.3f} chosen on out-of-bag probabilities (never on the
-test split). Out-of-bag ROC AUC of the production forest: {info.get('oob_roc_auc', float('nan')):.4f}.
+scored on the newest opportunities (held out by creation date, {info.get('holdout_from')} on); Platt calibration
+and the decision threshold ({info['threshold']:.3f}) fitted on those held-out opportunities.
 
-## Held-out evaluation ({m['n']} closed opportunities, 20% split, random_state=42)
+## Backtest as of {summary['as_of']}
 
-{metrics_table({"forest (calibrated)": m, "forest (raw)": evaluation["raw_metrics"],
-                "HistGradientBoosting yardstick": evaluation.get("yardstick") or {}})}
+Trained only on the history closed before that date; *pipeline*: opportunities open on it, scored at
+their age then; *new*: opportunities created later, scored as at capture. These are the figures we quote.
 
-The original system reported accuracy 0.7958.
+{backtest_table(summary)}
 
-{confusion_table(m['confusion_matrix'])}
+### Forecast against what was won
+
+{forecast_table(summary)}
+
+### Calibration (new opportunities, by decile)
+
+{calibration_md(summary['calibration']['new'])}
+
+The original system reported accuracy 0.7958 on a random split of closed rows, with inputs only known at
+close (`salespred evaluate` reproduces that protocol, for comparison only).
 
 ## Hyperparameters
 
@@ -64,12 +106,14 @@ The original system reported accuracy 0.7958.
 
 ## Outputs
 
-Probability (calibrated), predicted label (probability >= threshold), score 1-99 (the probability in
-percent), grade ({bands}), and the top 3 factors for and against: exact per-tree path contributions,
-which sum with the forest's base rate to its raw probability.
+For an open opportunity: probability (calibrated), predicted label (probability >= threshold), score
+1-99 (the probability in percent), grade ({bands}), and the top 3 factors for and against: exact per-tree
+path contributions, which sum with the forest's base rate to its raw probability. A closed opportunity
+carries its outcome instead (`prediction_basis` = outcome).
 
 ## Limits
 
-Trained on the history in the database at training time; client-history features need the client's
-earlier opportunities. Drift against the training data is monitored (`opportunity_drift`).
+Trained on the history in the database at training time. Without a recorded change history, a closed
+opportunity's amounts are taken as known at capture. Drift against the training data is monitored
+(`opportunity_drift`).
 """

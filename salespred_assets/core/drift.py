@@ -16,13 +16,13 @@ Reading the figure (the usual credit-scoring rule of thumb, used by the drift ch
 - 0.10 <= PSI < 0.25: moderate shift, worth watching;
 - PSI >= 0.25: significant shift: retrain (the check warns and the retrain sensor reacts).
 
-Inputs that index time (absolute dates, calendar months, a client's running count and tenure) move
-with the calendar by construction: any recent window differs from the whole history, so they are left
-out (:data:`TIME_INDEXED`). So are durations, the days from creation to close (``cycle_days``, and any
-input that measures the same thing: correlation >= :data:`DURATION_CORRELATION` with it in the training
-rows, such as the seed's ``edad_oferta``): in a recent creation cohort, the opportunities that already
-closed can only have closed quickly, so their durations are censored, not drifted. The client identity
-itself (target-encoded) is left out too: a new client is not drift.
+Inputs are compared **as at capture**: the recent opportunities' inputs are built as of their creation day
+(age 0, the client's history up to then), exactly like the training snapshots at age 0 that the profile
+is taken from, so an opportunity's age never reads as drift.
+
+Inputs that index time (the age, the calendar month, a client's running counts and tenure) move with
+the calendar by construction: any recent window differs from the whole history, so they are left out
+(:data:`TIME_INDEXED`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salespred_assets.core.features import CLIENT, FeatureSpec
+from salespred_assets.core.features import AGE, FeatureSpec
 
 WATCH = 0.10
 ACT = 0.25
@@ -43,30 +43,13 @@ MAX_CATEGORIES = 40      # categories kept by name; the rest are pooled as OTHER
 EPSILON = 1e-4           # floor for a share, so an empty bin gives a large but finite PSI
 OTHER = "__other__"
 UNSEEN = "__unseen__"
-TIME_INDEXED = frozenset({"created_day", "close_day", "created_month", "close_month", "client_rank",
-                          "client_tenure_days", CLIENT})
-DURATION = "cycle_days"
-DURATION_CORRELATION = 0.9
+TIME_INDEXED = frozenset({AGE, "created_month", "client_prior_opportunities", "client_prior_units",
+                          "client_tenure_days", "client_closed_before", "client_won_before"})
 
 
-def durations(features: pd.DataFrame, spec: FeatureSpec) -> list[str]:
-    """``cycle_days`` and the numeric inputs that measure the same elapsed time (see the module doc)."""
-    if DURATION not in features.columns:
-        return []
-    base = features[DURATION].astype(float)
-    out = [DURATION]
-    for col in spec.numeric:
-        if col != DURATION and col not in TIME_INDEXED:
-            corr = base.corr(features[col].astype(float))
-            if np.isfinite(corr) and abs(corr) >= DURATION_CORRELATION:
-                out.append(col)
-    return out
-
-
-def monitored(spec: FeatureSpec, features: pd.DataFrame | None = None) -> tuple[list[str], list[str]]:
-    """(categorical, numeric) inputs whose drift is measured (durations need the training rows to be found)."""
-    skip = set(TIME_INDEXED) | set(durations(features, spec) if features is not None else [DURATION])
-    return ([c for c in spec.categorical if c not in skip], [c for c in spec.numeric if c not in skip])
+def monitored(spec: FeatureSpec) -> tuple[list[str], list[str]]:
+    """(categorical, numeric) inputs whose drift is measured."""
+    return ([c for c in spec.categorical if c not in TIME_INDEXED], [c for c in spec.numeric if c not in TIME_INDEXED])
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], epsilon: float = EPSILON) -> float:
@@ -113,7 +96,7 @@ def categorical_shares(values: pd.Series, categories: Sequence[str]) -> list[flo
 def reference_profile(features: pd.DataFrame, spec: FeatureSpec, bins: int = BINS,
                       max_categories: int = MAX_CATEGORIES) -> dict[str, Any]:
     """The training rows' distribution of every monitored input, JSON-safe (stored with the model)."""
-    categorical, numeric = monitored(spec, features)
+    categorical, numeric = monitored(spec)
     left_out = sorted(set(spec.columns) - set(categorical) - set(numeric))
     profile: dict[str, Any] = {"rows": len(features), "bins": bins, "features": {}, "left_out": left_out}
     for col in categorical:

@@ -1,23 +1,27 @@
 """The win model: a tuned, calibrated random forest that explains every prediction.
 
-Training (:func:`train`) follows one protocol everywhere (assets, CLI, benchmarks):
+Training (:func:`train`) follows one protocol everywhere (assets, CLI, backtests, benchmarks):
 
-1. closed opportunities only (won = 1, lost = 0);
-2. the inputs are encoded once; the client's win history is target-encoded out of fold
-   (scikit-learn's ``TargetEncoder`` cross-fits in ``fit_transform``), so no row sees its own outcome;
-3. hyperparameters by **successive halving on out-of-bag scores**: random candidates (depth, leaf size,
-   features per split, class weight, bootstrap sample size, split criterion) each grow a small forest;
-   the best third, by out-of-bag ROC AUC, grow three times as many trees; and so on until one remains.
-   Growing is incremental (``warm_start``), so a survivor's trees are never refitted, and the number of
-   trees is itself searched: the winner keeps growing while the out-of-bag ROC AUC still gains;
-4. the out-of-bag probabilities (each row scored only by trees that never saw it) train the calibrator,
-   a logistic regression on the logit of the forest's probability (Platt scaling; steadier than isotonic
-   regression on a few thousand rows), and choose the decision threshold, so neither ever looks at a
-   held-out split.
+1. the rows are **as-of snapshots** of closed opportunities (:func:`salespred_assets.core.features.snapshots`):
+   each opportunity at capture and at several ages while it was still open, labelled with its final
+   outcome. Each opportunity weighs one in all: its snapshots share that weight, so a deal that stayed
+   open for years does not outvote one won the day it was created;
+2. the **fifth of the opportunities decided last** (by close date; all snapshots of an opportunity fall
+   on the same side) is held out. It is what the search scores candidates on and what the calibrator
+   learns from, so the probabilities follow the most recent outcomes (win rates move over time). Chosen
+   by close date, not creation date, because among the newest-created opportunities only the quick
+   closers have an outcome yet (see :meth:`Rows.holdout`);
+3. hyperparameters by **successive halving**: random candidates (depth, leaf size, features per split,
+   class weight, bootstrap sample size, split criterion) each grow a small forest on the older rows;
+   the best third, by ROC AUC on the held-out rows, grow three times as many trees; and so on
+   until one remains. Growing is incremental (``warm_start``), so a survivor's trees are never refitted,
+   and the number of trees is itself searched: the winner keeps growing while the held-out ROC AUC gains;
+4. the winner's held-out probabilities train the calibrator, a logistic regression on the logit of the
+   forest's probability (Platt scaling; steadier than isotonic regression on a few thousand rows), and
+   choose the decision threshold.
 
-Out-of-bag scoring makes each candidate cost one forest instead of k cross-validation forests, which
-is what keeps the search within a minute on two cores (see BENCHMARKS.md for the comparison with the
-original ``GridSearchCV(cv=10)``).
+The model that scores is that forest, trained on the older rows, with that calibrator: refitting it on
+every row would leave the calibrator describing a different forest.
 """
 
 from __future__ import annotations
@@ -36,12 +40,12 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import ParameterSampler, StratifiedKFold, train_test_split
+from sklearn.model_selection import ParameterSampler
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OrdinalEncoder, TargetEncoder
+from sklearn.preprocessing import OrdinalEncoder
 
 from salespred_assets.core.encoding import LookupEncoder
-from salespred_assets.core.features import CLIENT, FeatureSpec, label
+from salespred_assets.core.features import AGE, FeatureSpec, label
 from salespred_assets.core.forest import PathExplainer
 from salespred_assets.errors import NotEnoughData
 
@@ -55,23 +59,24 @@ MIN_EFFECT = 0.001  # a factor must move the probability by at least 0.1 point t
 class SearchConfig:
     """How hard to search. ``full`` is the production search; ``fast`` is for tests and smoke runs."""
 
-    n_candidates: int = 18
+    n_candidates: int = 12
     factor: int = 3
     min_trees: int = 40
-    max_trees: int = 600
-    tree_step: int = 100          # the winner grows by this many trees while the OOB AUC gains
-    min_gain: float = 0.0003      # ... by at least this much
+    max_trees: int = 360
+    tree_step: int = 80           # the winner grows by this many trees while the held-out AUC gains
+    min_gain: float = 0.0005      # ... by at least this much
     random_state: int = 42
     n_jobs: int = 2
-    # Above this many closed opportunities, learn from a stratified random sample of this size: a
-    # forest's accuracy has long levelled off by then, while its cost and size keep growing.
+    holdout: float = 0.2          # the share of opportunities decided last, for the search and the calibrator
+    # Above this many snapshot rows, learn from a random sample of this size: a forest's accuracy has
+    # long levelled off by then, while its cost and size keep growing.
     max_rows: int = 30_000
     param_space: dict[str, list[Any]] = field(default_factory=lambda: {
-        "max_depth": [None, 14, 20, 28],
-        "min_samples_leaf": [1, 2, 3, 4, 6, 8],
-        "max_features": ["sqrt", 0.25, 0.35, 0.5],
-        "class_weight": [None, "balanced_subsample"],
-        "max_samples": [None, 0.7],
+        "max_depth": [None, 10, 14, 20],
+        "min_samples_leaf": [5, 10, 20, 40],
+        "max_features": ["sqrt", 0.35, 0.5],
+        "class_weight": [None],
+        "max_samples": [None, 0.5, 0.7],
         "criterion": ["gini", "entropy"],
     })
 
@@ -80,9 +85,9 @@ class SearchConfig:
         if name == "full":
             return cls()
         if name == "fast":
-            return cls(n_candidates=4, factor=2, min_trees=20, max_trees=60, tree_step=20, param_space={
+            return cls(n_candidates=4, factor=2, min_trees=20, max_trees=60, tree_step=20, max_rows=8_000, param_space={
                 "max_depth": [12, None],
-                "min_samples_leaf": [2, 4],
+                "min_samples_leaf": [3, 8],
                 "max_features": ["sqrt"],
                 "class_weight": [None],
                 "max_samples": [None],
@@ -101,51 +106,89 @@ def check_enough(y: pd.Series | np.ndarray) -> None:
         )
 
 
-def cap_rows(X: pd.DataFrame, y: pd.Series, config: SearchConfig) -> tuple[pd.DataFrame, pd.Series]:
-    """At most ``config.max_rows`` rows: a stratified random sample when there are more."""
-    if len(y) <= config.max_rows:
-        return X, y
-    X, _, y, _ = train_test_split(X, y, train_size=config.max_rows, stratify=y, random_state=config.random_state)
-    return X, y
+@dataclass(frozen=True)
+class Rows:
+    """Training rows beside their features: the opportunity each snapshot belongs to, and the day its outcome
+    was decided (its close date)."""
+
+    groups: np.ndarray     # opportunity id per row
+    decided: np.ndarray    # datetime64[D] per row: the day the opportunity's outcome became known
+
+    def weights(self) -> np.ndarray:
+        """Each opportunity weighs one in all, shared by its snapshots."""
+        codes, _ = pd.factorize(self.groups)
+        return 1.0 / np.bincount(codes)[codes]
+
+    def holdout(self, share: float) -> np.ndarray:
+        """Mask of the rows of the ``share`` of opportunities decided last (whole days, so whole groups).
+
+        Chosen by the day the outcome became known, not by creation: among the newest-created opportunities
+        only the quick closers (mostly wins) have an outcome yet, and a calibrator learning from them would
+        promise too much. The opportunities decided in a recent period are the recent mix of outcomes,
+        long and short deals alike, each once."""
+        if not len(self.decided):
+            return np.zeros(0, dtype=bool)
+        per_group = pd.Series(self.decided).groupby(pd.factorize(self.groups)[0]).first().to_numpy()
+        ordered = np.sort(per_group)
+        cut = ordered[min(int(np.floor(len(ordered) * (1 - share))), len(ordered) - 1)]
+        return self.decided >= cut
 
 
-def build_preprocessor(spec: FeatureSpec, random_state: int = 42) -> ColumnTransformer:
+def cap_rows(n: int, config: SearchConfig) -> np.ndarray:
+    """Positions of at most ``config.max_rows`` rows: a random sample when there are more (sorted)."""
+    if n <= config.max_rows:
+        return np.arange(n)
+    rng = np.random.default_rng(config.random_state)
+    return np.sort(rng.choice(n, size=config.max_rows, replace=False))
+
+
+def build_preprocessor(spec: FeatureSpec) -> ColumnTransformer:
     parts: list[tuple[str, Any, list[str]]] = []
     if spec.categorical:
         parts.append(("categorical", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
                                                     encoded_missing_value=-1), list(spec.categorical)))
     if spec.numeric:
         parts.append(("numeric", "passthrough", list(spec.numeric)))
-    if spec.client:
-        cv = StratifiedKFold(5, shuffle=True, random_state=random_state)
-        parts.append(("client", TargetEncoder(target_type="binary", cv=cv), [CLIENT]))
     return ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=False)
 
 
 def _forest(params: dict[str, Any], trees: int, config: SearchConfig) -> RandomForestClassifier:
-    return RandomForestClassifier(n_estimators=trees, oob_score=True, bootstrap=True, warm_start=True,
+    return RandomForestClassifier(n_estimators=trees, bootstrap=True, warm_start=True,
                                   n_jobs=config.n_jobs, random_state=config.random_state, **params)
 
 
-def _oob_auc(rf: RandomForestClassifier, y: np.ndarray) -> float:
-    oob = rf.oob_decision_function_[:, 1]
-    seen = ~np.isnan(oob)
-    return float(roc_auc_score(y[seen], oob[seen]))
+@dataclass
+class _Split:
+    """The older rows (fit) and the newest (scored), encoded, with their labels and weights."""
+
+    X_fit: np.ndarray
+    y_fit: np.ndarray
+    w_fit: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    w_val: np.ndarray
+
+    score_mask: np.ndarray | None = None   # the held-out rows the search is scored on (default: all)
+
+    def auc(self, rf: RandomForestClassifier) -> tuple[float, np.ndarray]:
+        raw = rf.predict_proba(self.X_val)[:, 1]
+        m = slice(None) if self.score_mask is None else self.score_mask
+        return float(roc_auc_score(self.y_val[m], raw[m], sample_weight=self.w_val[m])), raw
 
 
-def _grow(rf: RandomForestClassifier, trees: int, Xt: np.ndarray, y: np.ndarray) -> float:
+def _grow(rf: RandomForestClassifier, trees: int, split: _Split) -> tuple[float, np.ndarray]:
     rf.set_params(n_estimators=trees)
     with warnings.catch_warnings():
         # Same rows at every growth step, so "balanced" class weights stay valid under warm_start.
         warnings.filterwarnings("ignore", message="class_weight presets", category=UserWarning)
-        # Small first-rung forests leave a few rows without out-of-bag trees; they are skipped.
-        warnings.filterwarnings("ignore", message="Some inputs do not have OOB scores", category=UserWarning)
-        rf.fit(Xt, y)
-    return _oob_auc(rf, y)
+        rf.fit(split.X_fit, split.y_fit, sample_weight=split.w_fit)
+    return split.auc(rf)
 
 
-def search(Xt: np.ndarray, y: np.ndarray, config: SearchConfig) -> tuple[dict, RandomForestClassifier, pd.DataFrame]:
-    """Successive halving over trees, scored out of bag; returns (params, the grown winner, the trials)."""
+def search(split: _Split, config: SearchConfig) -> tuple[dict, RandomForestClassifier, np.ndarray, pd.DataFrame]:
+    """Successive halving over trees, scored on the held-out newest rows.
+
+    Returns (params, the grown winner, its held-out raw probabilities, the trials)."""
     candidates = list(ParameterSampler(config.param_space, n_iter=config.n_candidates,
                                        random_state=config.random_state))
     # Duplicates can come out of the sampler when the space is small; keep the first of each.
@@ -160,32 +203,31 @@ def search(Xt: np.ndarray, y: np.ndarray, config: SearchConfig) -> tuple[dict, R
         scored = []
         for cand, rf in alive:
             started = time.perf_counter()
-            auc = _grow(rf, trees, Xt, y)
-            trials.append({"rung": rung, "trees": trees, "oob_roc_auc": auc,
+            auc, raw = _grow(rf, trees, split)
+            trials.append({"rung": rung, "trees": trees, "holdout_roc_auc": auc,
                            "seconds": time.perf_counter() - started, **{k: str(v) for k, v in cand.items()}})
-            scored.append((auc, cand, rf))
+            scored.append((auc, cand, rf, raw))
         scored.sort(key=lambda t: -t[0])
         keep = max(1, len(scored) // config.factor)
-        alive = [(cand, rf) for _, cand, rf in scored[:keep]]
+        alive = [(cand, rf) for _, cand, rf, _ in scored[:keep]]
         if keep == 1:
             break
         trees = min(trees * config.factor, config.max_trees)
         rung += 1
-    params, winner = alive[0]
-    best = scored[0][0]
+    best, params, winner, best_raw = scored[0]
     # The number of trees: keep growing while it still pays.
     while winner.n_estimators < config.max_trees:
         nxt = min(winner.n_estimators + config.tree_step, config.max_trees)
         started = time.perf_counter()
-        auc = _grow(winner, nxt, Xt, y)
-        trials.append({"rung": "trees", "trees": nxt, "oob_roc_auc": auc, "seconds": time.perf_counter() - started,
-                       **{k: str(v) for k, v in params.items()}})
-        if auc - best < config.min_gain:
-            best = max(best, auc)
+        auc, raw = _grow(winner, nxt, split)
+        trials.append({"rung": "trees", "trees": nxt, "holdout_roc_auc": auc,
+                       "seconds": time.perf_counter() - started, **{k: str(v) for k, v in params.items()}})
+        gained = auc - best
+        best, best_raw = (auc, raw) if auc >= best else (best, best_raw)
+        if gained < config.min_gain:
             break
-        best = auc
     winner.set_params(warm_start=False)
-    return dict(params), winner, pd.DataFrame(trials)
+    return dict(params), winner, best_raw, pd.DataFrame(trials)
 
 
 def logit(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
@@ -193,14 +235,27 @@ def logit(p: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The probability cut that maximises accuracy on the given (training, out-of-bag) predictions."""
+def calibration_inputs(raw: np.ndarray, age: np.ndarray | None) -> np.ndarray:
+    """The calibrator's inputs: the logit of the forest's probability, and the log of the age when known.
+
+    The age lets one calibrator serve captures and old opportunities alike: a forest's probabilities are
+    not equally sharp at every age, and a single scale would trade one off against the other."""
+    columns = [logit(np.asarray(raw, dtype=float))]
+    if age is not None:
+        columns.append(np.log1p(np.maximum(np.asarray(age, dtype=float), 0)))
+    return np.column_stack(columns)
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
+    """The probability cut that maximises (weighted) accuracy on the given held-out predictions."""
+    w = np.ones(len(y)) if w is None else np.asarray(w, dtype=float)
     order = np.argsort(-p)
-    p_sorted, y_sorted = p[order], y[order]
+    p_sorted, y_sorted, w_sorted = p[order], y[order], w[order]
     # Predict "won" for the top k: correct = positives in top k + negatives below.
-    tp = np.cumsum(y_sorted)
-    k = np.arange(1, len(p) + 1)
-    correct = tp + (len(y) - y.sum()) - (k - tp)
+    tp = np.cumsum(y_sorted * w_sorted)
+    taken = np.cumsum(w_sorted)
+    negatives = float(np.sum(w * (1 - y)))
+    correct = tp + negatives - (taken - tp)
     # Only cut between distinct probabilities.
     distinct = np.r_[p_sorted[1:] != p_sorted[:-1], True]
     best = int(np.argmax(np.where(distinct, correct, -1)))
@@ -267,10 +322,18 @@ class WinModel:
     def raw_proba(self, features: pd.DataFrame) -> np.ndarray:
         return self.forest.predict_proba(self.transform(features))[:, 1]
 
-    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+    def calibrate(self, raw: np.ndarray, age: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated probabilities from the forest's; ``age`` (days open so far) when the model has one."""
         # The logistic calibrator's own formula, without its per-call input validation.
-        z = logit(np.asarray(raw, dtype=float)) * float(self.calibrator.coef_[0, 0]) + float(self.calibrator.intercept_[0])
+        coef = self.calibrator.coef_[0]
+        X = calibration_inputs(raw, age if len(coef) > 1 else None)
+        z = X @ coef + float(self.calibrator.intercept_[0])
         return 1.0 / (1.0 + np.exp(-z))
+
+    def probability(self, features: pd.DataFrame) -> np.ndarray:
+        """Calibrated probabilities for a feature frame."""
+        age = features[AGE].to_numpy(dtype=float) if AGE in features.columns else None
+        return self.calibrate(self.raw_proba(features), age)
 
     def predict(self, features: pd.DataFrame, *, explain: bool = True) -> pd.DataFrame:
         """probability, label, score (1-99), grade, and the top factors for and against each row."""
@@ -283,7 +346,7 @@ class WinModel:
             raw, contrib = self.explainer.explain(X)
         else:
             raw, contrib = self.forest.predict_proba(X)[:, 1], None
-        prob = self.calibrate(raw)
+        prob = self.calibrate(raw, np.asarray(columns[AGE], dtype=float) if AGE in columns else None)
         out: dict[str, Any] = {
             "probability": prob,
             "predicted_won": prob >= self.threshold,
@@ -319,13 +382,12 @@ class WinModel:
 
 def _factor(name: str, value: Any, contribution: float) -> dict[str, Any]:
     if isinstance(value, (float, np.floating)):
-        value = round(float(value), 4)
-    return {"feature": name, "label": label(name), "value": value if name != CLIENT else str(value),
-            "effect": round(float(contribution), 4)}
+        value = None if np.isnan(value) else round(float(value), 4)
+    return {"feature": name, "label": label(name), "value": value, "effect": round(float(contribution), 4)}
 
 
-def new_version(X: pd.DataFrame, y: pd.Series, params: dict) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+def new_version(X: pd.DataFrame, y: pd.Series | np.ndarray, params: dict) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     digest = hashlib.sha1()
     digest.update(pd.util.hash_pandas_object(X, index=False).to_numpy().tobytes())
     digest.update(np.asarray(y).tobytes())
@@ -337,57 +399,74 @@ def new_version(X: pd.DataFrame, y: pd.Series, params: dict) -> str:
 class Trained:
     model: WinModel
     search_table: pd.DataFrame
-    oob_raw: np.ndarray
-    oob_y: np.ndarray
+    holdout_raw: np.ndarray      # the forest's probabilities on the held-out newest rows
+    holdout_y: np.ndarray
+    holdout_w: np.ndarray
 
 
-def train(X: pd.DataFrame, y: pd.Series, spec: FeatureSpec, config: SearchConfig | None = None,
-          params: dict | None = None) -> Trained:
-    """Encode, search (unless ``params`` fixes the forest), calibrate out of bag, pick the threshold.
+def train(X: pd.DataFrame, y: pd.Series | np.ndarray, spec: FeatureSpec, rows: Rows,
+          config: SearchConfig | None = None, params: dict | None = None) -> Trained:
+    """Encode, search (unless ``params`` fixes the forest) on the older rows, calibrate on the newest.
 
-    ``params`` are RandomForestClassifier arguments (``n_estimators`` included), e.g. the ``params`` a
-    previous training recorded in its ``info``; production refits use them to repeat a search's choice.
+    ``X`` holds snapshot rows (see the module doc); ``rows`` says which opportunity each belongs to and
+    when it was created. ``params`` are RandomForestClassifier arguments (``n_estimators`` included),
+    e.g. the ``params`` a previous training recorded in its ``info``, to repeat a search's choice.
     """
     config = config or SearchConfig()
-    y = pd.Series(np.asarray(y, dtype="int64"), index=X.index)
-    check_enough(y)
-    available = len(y)
-    X, y = cap_rows(X, y, config)
-    y_np = y.to_numpy()
+    y_all = np.asarray(y, dtype="int64")
+    check_enough(y_all)
+    available = len(y_all)
+    opportunities = len(pd.unique(np.asarray(rows.groups)))
+    keep = cap_rows(len(y_all), config)
+    X = X.iloc[keep]
+    y_np = y_all[keep]
+    rows = Rows(np.asarray(rows.groups)[keep], np.asarray(rows.decided)[keep])
+    weights = rows.weights()
+    held = rows.holdout(config.holdout)
+    check_enough(y_np[~held])
+    check_enough(y_np[held])
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    pre = build_preprocessor(spec, config.random_state)
-    Xt = np.asarray(pre.fit_transform(X[spec.columns], y), dtype=np.float32)
+    pre = build_preprocessor(spec)
+    pre.fit(X.loc[~held, spec.columns])
+    Xt = np.asarray(pre.transform(X[spec.columns]), dtype=np.float32)
+    split = _Split(Xt[~held], y_np[~held], weights[~held], Xt[held], y_np[held], weights[held])
     timings["encode_s"] = time.perf_counter() - started
     table = pd.DataFrame()
     started = time.perf_counter()
     if params is None:
-        chosen, rf, table = search(Xt, y_np, config)
+        chosen, rf, raw, table = search(split, config)
     else:
         chosen = {k.removeprefix("rf__"): v for k, v in params.items()}
         trees = int(chosen.pop("n_estimators", config.max_trees))
-        rf = _forest(chosen, trees, config).set_params(warm_start=False)
-        rf.fit(Xt, y_np)
+        rf = _forest(chosen, trees, config)
+        _, raw = _grow(rf, trees, split)
+        rf.set_params(warm_start=False)
     timings["search_s" if params is None else "fit_s"] = time.perf_counter() - started
-    oob = rf.oob_decision_function_[:, 1]
-    seen = ~np.isnan(oob)
-    calibrator = LogisticRegression(C=1e4).fit(logit(oob[seen])[:, None], y_np[seen])
-    threshold = choose_threshold(y_np[seen], calibrator.predict_proba(logit(oob[seen])[:, None])[:, 1])
+    age = X.loc[held, AGE].to_numpy(dtype=float) if AGE in spec.columns else None
+    inputs = calibration_inputs(raw, age)
+    calibrator = LogisticRegression(C=1e4).fit(inputs, split.y_val, sample_weight=split.w_val)
+    calibrated = calibrator.predict_proba(inputs)[:, 1]
+    threshold = choose_threshold(split.y_val, calibrated, split.w_val)
     recorded = {**chosen, "n_estimators": int(rf.n_estimators)}
     info = {
-        "version": new_version(X, y, recorded),
-        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "version": new_version(X, y_np, recorded),
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "params": recorded,
         "n_estimators": int(rf.n_estimators),
         "threshold": threshold,
-        "rows": int(len(y)),
+        "rows": len(y_np),
         "rows_available": int(available),
-        "won": int(y.sum()),
-        "lost": int(len(y) - y.sum()),
-        "oob_roc_auc": _oob_auc(rf, y_np),
-        "oob_accuracy": float(rf.oob_score_),
+        "opportunities": opportunities,
+        "opportunities_sampled": len(pd.unique(rows.groups)),
+        "rows_fit": int((~held).sum()),
+        "rows_holdout": int(held.sum()),
+        "holdout_from": str(np.min(rows.decided[held])) if held.any() else None,
+        "won": int(y_np.sum()),
+        "lost": int(len(y_np) - y_np.sum()),
+        "holdout_roc_auc": float(roc_auc_score(split.y_val, raw, sample_weight=split.w_val)),
         "timings": timings,
         "features": spec.columns,
     }
     model = WinModel(Pipeline([("pre", pre), ("rf", rf)]), calibrator, threshold, spec, info)
-    return Trained(model=model, search_table=table, oob_raw=oob[seen], oob_y=y_np[seen])
+    return Trained(model=model, search_table=table, holdout_raw=raw, holdout_y=split.y_val, holdout_w=split.w_val)

@@ -41,15 +41,18 @@ def roc_png(y: np.ndarray, p: np.ndarray, auc: float, yardstick: tuple[np.ndarra
     return _png(fig)
 
 
-def calibration_png(y: np.ndarray, calibrated: np.ndarray, raw: np.ndarray) -> bytes:
+def calibration_png(y: np.ndarray, calibrated: np.ndarray, raw: np.ndarray | None = None,
+                    title: str = "Calibration, backtest (new opportunities)") -> bytes:
     fig, ax = plt.subplots(figsize=(4.2, 4))
     for probs, name in ((raw, "raw forest"), (calibrated, "calibrated")):
+        if probs is None or not len(probs):
+            continue
         frac, mean = calibration_curve(y, probs, n_bins=10, strategy="quantile")
         ax.plot(mean, frac, marker="o", label=name)
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set_xlabel("predicted probability")
     ax.set_ylabel("observed share won")
-    ax.set_title("Calibration, held-out split")
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     return _png(fig)
 
