@@ -17,6 +17,7 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from bson import ObjectId
@@ -139,7 +140,10 @@ def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sql
     new_numbers = [n for n in after.index.difference(before.index)]
     for raw in cache.get_many([*new_numbers, *won]):
         assert raw is not None and json.loads(raw)["model_version"] == version
-    assert cache.get(won[1])["probability"] == pytest.approx(after.loc[won[1], "probability"], abs=1e-6)
+    # Won now: the cache and SQL carry the outcome, not a prediction.
+    closed = cache.get(won[1])
+    assert closed["prediction_basis"] == "outcome" and closed["probability"] is None and closed["predicted_won"]
+    assert pd.isna(after.loc[won[1], "probability"]) and after.loc[won[1], "prediction_basis"] == "outcome"
 
     # A batch run again (a retried run) is idempotent: same rows, history recorded once per scoring.
     rerun = runner.materialize("score_new_opportunities", resources=resources, instance=instance,

@@ -113,6 +113,11 @@ def test_closing_sets_the_actual_close_date_and_final_duration_and_a_closed_oppo
     assert (doc["etapas"], doc["fecha_cierre_oportunidad"], doc["edad_oferta"]) == ("Won", today, 40.0)
     assert doc["fecha_cierre_planificada"] == valid_payload()["fecha_cierre_oportunidad"]  # as typed, unchanged
     assert set(won.json()["changes"]) == {"etapas", "fecha_cierre_oportunidad"}
+    # Once closed it shows its outcome, not a prediction: in the answer, the cache and the page.
+    for prediction in (won.json()["prediction"], client.get(f"{url}/prediction", headers=headers).json()["prediction"]):
+        assert prediction["prediction_basis"] == "outcome" and prediction["outcome"] == "won"
+        assert prediction["predicted_won"] is True and prediction["probability"] is None
+        assert prediction["score"] is None and prediction["grade"] is None and prediction["factors_for"] == []
 
     for change in ({"etapas": "S2"}, {"acv": 1.0}, {"etapas": "Lost"}):
         closed = client.patch(url, json=change, headers=headers)

@@ -9,7 +9,6 @@ import pytest
 import sqlalchemy as sa
 
 from salespred_assets import loading
-from salespred_assets.core.evaluation import ORIGINAL_ACCURACY
 from salespred_assets.core.schema import DEFAULT_SCHEMA
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
@@ -47,8 +46,13 @@ def test_whole_graph_on_synthetic_data(mongo, redis_resource, sqlite_url, tmp_pa
     version = model_store.current_version(mongo.db)
     for number, value in list(got["cached"].items())[:200]:
         assert value["model_version"] == version == fact.loc[number, "model_version"]
-        assert value["probability"] == pytest.approx(fact.loc[number, "probability"], abs=1e-6)
-        assert value["grade"] == fact.loc[number, "grade"]
+        assert value["prediction_basis"] == fact.loc[number, "prediction_basis"]
+        if value["prediction_basis"] == "model":
+            assert value["probability"] == pytest.approx(fact.loc[number, "probability"], abs=1e-6)
+            assert value["grade"] == fact.loc[number, "grade"]
+        else:  # closed: its outcome, not a prediction
+            assert value["probability"] is None and pd.isna(fact.loc[number, "probability"])
+            assert value["predicted_won"] == (fact.loc[number, "outcome"] == "won")
         assert isinstance(value["factors_for"], list)
 
     # Sellers reach SQL without any password or hash.
@@ -86,13 +90,17 @@ def test_whole_graph_on_the_reference_data(mongo, redis_resource, sqlite_url, tm
     assert all(got["cached"][i] is not None for i in open_ids)
 
     entry = model_store.registry_entry(mongo.db, model_store.current_version(mongo.db))
-    assert entry["info"]["metrics"]["accuracy"] > ORIGINAL_ACCURACY
+    # The headline is the backtest's: the new opportunities after the as-of date, scored as at capture.
+    backtest = entry["info"]["backtest"]
+    assert backtest["as_of"] == "2022-04-07" and backtest["metrics"]["new"]["n"] == 2540
+    assert entry["info"]["metrics"]["roc_auc"] == backtest["metrics"]["new"]["roc_auc"] > 0.72
     metadata = run.asset_materializations_for_node("win_model")[0].metadata
-    assert metadata["accuracy"].value == entry["info"]["metrics"]["accuracy"]
+    assert metadata["roc_auc"].value == entry["info"]["metrics"]["roc_auc"]
     for plot in ("roc_curve", "calibration_curve", "feature_importance"):
         assert metadata[plot].value.startswith("![") and "data:image/png;base64," in metadata[plot].value
-    assert "HistGradientBoosting yardstick" in metadata["metrics"].value
+    assert "HistGradientBoosting" in metadata["backtest"].value and "3 months" in metadata["forecast"].value
     card = model_store.card(mongo.db, entry["_id"])
-    assert card.startswith(f"# Model card: win model {entry['_id']}") and "Held-out evaluation" in card
+    assert card.startswith(f"# Model card: win model {entry['_id']}") and "Backtest as of 2022-04-07" in card
+    assert "edad_oferta" not in entry["info"]["features"]
     json.dumps(entry["info"]["params"])  # hyperparameters are plain data
     assert isinstance(got["fact"], pd.DataFrame)

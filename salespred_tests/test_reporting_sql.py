@@ -200,7 +200,8 @@ def test_rebuilding_a_table_recreates_the_views_that_read_it(engine, scored_fram
     _write_all(engine, first, _registry([first]), [first])
     views.refresh(engine, S)
     # The same data under a schema with one input field fewer: the fact table's columns change.
-    lean = DatasetSchema.from_dict({**S.to_dict(), "numeric": [c for c in S.numeric if c != "edad_oferta"]})
+    lean = DatasetSchema.from_dict({**S.to_dict(), "numeric": [c for c in S.numeric if c != "edad_oferta"],
+                                    "final_at_close": []})
     narrower = first.drop(columns=["edad_oferta"])
     result = writer.write(engine, tables.fact_opportunity(sa.MetaData(), lean), narrower, schema=lean)
     assert result["table"] == "rebuilt"

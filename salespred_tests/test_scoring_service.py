@@ -52,7 +52,7 @@ def test_callers_see_only_their_sellers_predictions(mongo, redis_resource, train
 
 def test_redis_down_falls_back_to_the_model(mongo, trained):
     _, frame = trained
-    number = frame["numero_opportunidad"].iloc[10]
+    number = frame.loc[frame["etapas"].str.startswith("S"), "numero_opportunidad"].iloc[0]  # an open one
     dead = RedisResource(url="redis://127.0.0.1:1/0", timeout_s=0.2)
     prediction, source = scoring_service.prediction_for(mongo, dead, number)
     assert source == "model" and 0.0 <= prediction["probability"] <= 1.0
@@ -77,7 +77,7 @@ def test_a_batch_reports_only_its_own_bad_documents(mongo, trained):
     good = {f: frame[f].iloc[5] for f in ("cliente", "unidad_negocio", "etapas", "tipos", "acv", "tcv",
                                           "margen_ganancia", "regiones", "territorios", "industrias",
                                           "edad_oferta", "lead_source", "numero_vendedor")}
-    good.update(numero_opportunidad="OP-NEW-1", fecha_creacion_oportunidad="2026-10-01",
+    good.update(numero_opportunidad="OP-NEW-1", etapas="S2", fecha_creacion_oportunidad="2026-10-01",
                 fecha_cierre_oportunidad="2026-12-01")
     bad = dict(good, numero_opportunidad="OP-NEW-2", acv="lots")
     odd = dict(good, numero_opportunidad=["OP-NEW-3"])  # not even hashable: set aside, never a crash

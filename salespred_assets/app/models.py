@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -185,10 +185,16 @@ class Factor(BaseModel):
 
 
 class Prediction(BaseModel):
-    probability: float = Field(description="Calibrated probability of winning, 0..1")
-    predicted_won: bool = Field(description="True: likely won; False: likely lost (the model's threshold)")
-    score: int = Field(description="1..99")
-    grade: str = Field(description="A (>= 0.75), B (>= 0.50), C (>= 0.25) or D")
+    outcome: Literal["open", "won", "lost"] | None = Field(
+        None, description="`open`, or the final outcome of a closed opportunity")
+    prediction_basis: Literal["model", "outcome"] | None = Field(
+        None, description="`model`: an open opportunity, predicted; `outcome`: a closed one, whose fields below hold "
+                          "its outcome (`predicted_won` says whether it was won; probability, score and grade are null)")
+    probability: float | None = Field(description="Calibrated probability of winning, 0..1 (null once closed)")
+    predicted_won: bool = Field(description="True: likely won; False: likely lost (the model's threshold); "
+                                            "for a closed opportunity, whether it was won")
+    score: int | None = Field(description="1..99 (null once closed)")
+    grade: str | None = Field(description="A (>= 0.75), B (>= 0.50), C (>= 0.25) or D (null once closed)")
     factors_for: list[Factor] = []
     factors_against: list[Factor] = []
     model_version: str

@@ -53,8 +53,7 @@ def save(db: Database, model: WinModel, card: str = "") -> str:
         "trained_at": info.get("trained_at"),
         "status": "candidate",
         "info": info,
-        "spec": {"categorical": list(model.spec.categorical), "numeric": list(model.spec.numeric),
-                 "client": model.spec.client},
+        "spec": {"categorical": list(model.spec.categorical), "numeric": list(model.spec.numeric)},
         "artifact_id": artifact_id,
         "card_id": card_id,
         "size_bytes": len(blob),
@@ -86,6 +85,10 @@ _cache: dict[tuple, WinModel] = {}
 
 
 def _load_artifact(db: Database, doc: dict[str, Any]) -> WinModel:
+    if "client" in doc["spec"]:
+        raise NoModel(f"model version {doc['_id']} predates as-of training: it learned from inputs only known at "
+                      f"close and cannot be scored with today's features; train a new one (the retrain job, or "
+                      f"`salespred demo --once`)")
     artifact_id = doc["artifact_id"]
     blob = _bucket(db).open_download_stream(artifact_id).read()
     untrusted = sio.get_untrusted_types(data=blob)
@@ -95,7 +98,7 @@ def _load_artifact(db: Database, doc: dict[str, Any]) -> WinModel:
     parts = sio.loads(blob, trusted=untrusted)
     spec = doc["spec"]
     return WinModel(parts["pipeline"], parts["calibrator"], parts["threshold"],
-                    FeatureSpec(tuple(spec["categorical"]), tuple(spec["numeric"]), spec["client"]), doc["info"])
+                    FeatureSpec(tuple(spec["categorical"]), tuple(spec["numeric"])), doc["info"])
 
 
 def card(db: Database, version: str) -> str:

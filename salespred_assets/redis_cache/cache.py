@@ -81,7 +81,7 @@ def bucket_of(number: str) -> str:
     return f"{zlib.crc32(number.encode()) % BUCKETS:02d}"
 
 
-VALUE_COLUMNS = ["probability", "predicted_won", "score", "grade", "factors_for", "factors_against",
+VALUE_COLUMNS = ["outcome", "prediction_basis", "probability", "predicted_won", "score", "grade", "factors_for", "factors_against",
                  "model_version", "scored_at"]
 _ENTRY_ORDER = sorted(VALUE_COLUMNS, key=lambda c: c.startswith("factors_"))  # the long factor lists last
 

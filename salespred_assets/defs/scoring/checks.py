@@ -19,18 +19,22 @@ from salespred_assets.sql.resource import SqlResource
 
 @dg.asset_check(asset=opportunity_predictions, blocking=True,
                 additional_ins={"raw_opportunities": dg.AssetIn("raw_opportunities")},
-                description="Every open opportunity is scored, and every probability lies in [0, 1].")
+                description="Every opportunity has its row; every open one is predicted with a probability in [0, 1]; "
+                            "every closed one carries its outcome instead (no probability).")
 def predictions_complete(opportunity_predictions: pd.DataFrame, raw_opportunities: pd.DataFrame) -> dg.AssetCheckResult:
     preds = opportunity_predictions
     open_scored = int((preds["outcome"] == "open").sum())
     missing = int(len(raw_opportunities) - len(preds))
+    is_open = (preds["outcome"] == "open").to_numpy()
     prob = preds["probability"].to_numpy(dtype=float)
-    out_of_range = int(np.sum(~np.isfinite(prob) | (prob < 0) | (prob > 1)))
+    out_of_range = int(np.sum(is_open & (~np.isfinite(prob) | (prob < 0) | (prob > 1))))
+    closed_with_prediction = int(np.sum(~is_open & (np.isfinite(prob) | (preds["prediction_basis"] != "outcome").to_numpy())))
     versions = preds["model_version"].nunique()
     return dg.AssetCheckResult(
-        passed=missing == 0 and out_of_range == 0 and versions <= 1,
+        passed=missing == 0 and out_of_range == 0 and closed_with_prediction == 0 and versions <= 1,
         metadata={"rows_scored": len(preds), "rows_not_scored": missing, "open_scored": open_scored,
-                  "probabilities_out_of_range": out_of_range, "model_versions": int(versions)},
+                  "probabilities_out_of_range": out_of_range, "closed_with_a_prediction": closed_with_prediction,
+                  "model_versions": int(versions)},
     )
 
 
