@@ -16,6 +16,7 @@ Every setting has one name, read here and nowhere else:
   ``off``: they start stopped (turn them on in the UI)
 - ``SALESPRED_SENSOR_INTERVAL`` seconds between new-opportunity sensor ticks (default 30)
 - ``SALESPRED_DRIFT_COOLDOWN_HOURS`` drift triggers no retrain while the current model is younger (default 6)
+- ``SALESPRED_GATE_AUC_FLOOR`` the promotion gate's absolute floor for the backtest ROC AUC (default 0.70)
 """
 
 from __future__ import annotations
@@ -101,6 +102,15 @@ ENV_TIMEZONE = "SALESPRED_TIMEZONE"
 ENV_AUTOMATION = "SALESPRED_AUTOMATION"
 ENV_SENSOR_INTERVAL = "SALESPRED_SENSOR_INTERVAL"
 ENV_DRIFT_COOLDOWN = "SALESPRED_DRIFT_COOLDOWN_HOURS"
+ENV_GATE_AUC_FLOOR = "SALESPRED_GATE_AUC_FLOOR"
+
+
+def gate_auc_floor(default: float) -> float:
+    """The promotion gate's absolute ROC AUC floor (a fraction in (0.5, 1))."""
+    value = positive_number(ENV_GATE_AUC_FLOOR, default)
+    if not 0.5 < value < 1:
+        raise ValueError(f"{ENV_GATE_AUC_FLOOR} must lie between 0.5 and 1, not {value}")
+    return value
 
 
 def automation_enabled() -> bool:

@@ -20,6 +20,9 @@ CHUNK = 10_000  # generation unit; fixed so that output does not depend on the c
 OPEN_STAGE_WEIGHTS = np.array([130, 256, 179, 300, 80, 162], dtype=float)
 TYPE_WEIGHTS = np.array([5583, 2, 172, 222, 1767, 4938], dtype=float)
 TYPE_EFFECT = np.array([0.55, -3.0, 0.35, 0.1, -1.7, 0.0])
+# How often a type is a same-day deal (created and closed at once, nearly always won), as in the reference
+# data: renewals and add-ons often are, new logos rarely. The seller can see the type at capture.
+TYPE_QUICK = np.array([0.6, 0.02, 0.35, 0.3, 0.03, 0.35])
 REGION_WEIGHTS = np.array([165, 1488, 8742, 2289], dtype=float)
 REGION_EFFECT = np.array([-1.3, -0.35, 0.3, -0.3])
 BU_WEIGHTS = np.array([62, 300, 700, 900, 4584, 1200, 1500, 2294, 800, 70, 480], dtype=float)
@@ -82,12 +85,12 @@ def generate(n: int, *, seed: int = 42, as_of: dt.date | None = None, start: int
         typ = rng.choice(6, size=m, p=_norm(TYPE_WEIGHTS))
         lead = rng.integers(0, 36, size=m)
         seller = rng.integers(0, N_SELLERS, size=m)
-        quick = rng.random(m) < 0.33
+        quick = rng.random(m) < TYPE_QUICK[typ] * np.where(lead < 12, 1.5, 0.7)
         age = np.where(quick, 0, np.minimum(np.round(rng.lognormal(np.log(140), 0.9, size=m)), 3953)).astype(int)
         acv = np.where(rng.random(m) < 0.02, 0.0, np.round(rng.lognormal(np.log(44000), 1.9, size=m), 2))
         acv = np.minimum(acv, 121_500_000.0)
         years = rng.choice([1, 1, 1, 1, 2, 3, 5], size=m)
-        tcv = np.round(acv * np.where(rng.random(m) < 0.6, 1, years), 2)
+        tcv = np.round(acv * np.where((rng.random(m) < 0.6) | quick, 1, years), 2)  # a same-day deal is one year
         margin = rng.integers(5, 31, size=m) / 100.0
         is_open = rng.random(m) < 0.08
 

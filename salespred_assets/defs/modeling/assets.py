@@ -1,39 +1,48 @@
 """Modeling: features, the tuned forest (a candidate), and the promoted production model."""
 
+import datetime as dt
 import os
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from salespred_assets import settings
 from salespred_assets.core import card, plots
 from salespred_assets.core.features import build_features, feature_spec
 from salespred_assets.core.model import SearchConfig, WinModel
-from salespred_assets.core.scoring import outcome
-from salespred_assets.core.training import train_production
+from salespred_assets.core.scoring import as_of_day, outcome
+from salespred_assets.core.training import gate_backtest, train_production
 from salespred_assets.defs.common import IO_RETRY, markdown_table, md
 from salespred_assets.errors import NotEnoughData
-from salespred_assets.mongo import model_store
+from salespred_assets.mongo import history, model_store
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.sql import model_versions, tables
 
 GROUP = "modeling"
-# Promotion gate: a candidate must reach 98% of the current model's held-out ROC AUC, and this floor.
+# Promotion gate, on the same backtest for both: a candidate must reach 98% of the current model's ROC
+# AUC, this floor, and a Brier score no worse than the current model's by more than BRIER_SLACK.
 RELATIVE_AUC = 0.98
 AUC_FLOOR = 0.70
+BRIER_SLACK = 0.005
 
 
 class TrainingConfig(dg.Config):
     search: str = Field(default_factory=lambda: os.environ.get("SALESPRED_SEARCH", "full"),
                         description="'full' (production search) or 'fast' (smoke runs and tests)")
     yardstick: bool = Field(default=True, description="also train the HistGradientBoosting yardstick")
+    as_of: str | None = Field(default=None, description="backtest date (YYYY-MM-DD); default: where the newest "
+                                                        "fifth of closed opportunities begins")
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, retry_policy=IO_RETRY)
 def opportunity_features(raw_opportunities: pd.DataFrame, mongo: MongoResource) -> dg.Output[pd.DataFrame]:
-    """Model inputs for every opportunity (client facts counted over all of them), with id and outcome."""
+    """Model inputs for every opportunity as of today (its age today, its client's history up to today), with
+    id and outcome: what the open ones are scored on."""
     schema = mongo.schema()
-    features = build_features(raw_opportunities, schema)
+    today = as_of_day(dt.datetime.now(dt.UTC))
+    features = build_features(raw_opportunities, schema, at=np.full(len(raw_opportunities), today))
     features.insert(0, "opportunity_id", raw_opportunities[schema.id].astype("str"))
     features.insert(1, "outcome", outcome(raw_opportunities, schema))
     spec = feature_spec(schema)
@@ -42,38 +51,53 @@ def opportunity_features(raw_opportunities: pd.DataFrame, mongo: MongoResource) 
         "dagster/row_count": len(features),
         "categorical_features": ", ".join(spec.categorical),
         "numeric_features": md(described, max_rows=40),
-        "client_win_history": spec.client,
+        "as_of": str(today),
     })
 
 
 @dg.asset(group_name=GROUP, kinds={"scikit-learn"}, io_manager_key="model_io_manager", retry_policy=IO_RETRY)
 def win_model(context: dg.AssetExecutionContext, config: TrainingConfig, raw_opportunities: pd.DataFrame,
-              opportunity_features: pd.DataFrame, mongo: MongoResource) -> dg.Output[WinModel]:
-    """A tuned, calibrated random forest: a candidate version, evaluated on the original protocol."""
+              mongo: MongoResource) -> dg.Output[WinModel]:
+    """A tuned, calibrated random forest (a candidate version), judged by a backtest as of a past date: trained
+    on the history before it, scored on the pipeline open then and on the opportunities created after."""
     schema = mongo.schema()
+    changes = history.changes_frame(mongo.db)
+    search = SearchConfig.preset(config.search)
     try:
-        report = train_production(raw_opportunities, schema, SearchConfig.preset(config.search),
-                                  yardstick=config.yardstick, features=opportunity_features[feature_spec(schema).columns])
+        report = train_production(raw_opportunities, schema, search, yardstick=config.yardstick,
+                                  as_of=config.as_of, changes=changes)
     except NotEnoughData as exc:  # a data problem: retrying cannot help (the retry policy is for the GridFS write)
         raise dg.Failure(str(exc), allow_retries=False) from exc
-    model, ev = report.model, report.evaluation
-    context.log.info(f"candidate {model.version}: held-out ROC AUC {ev.metrics['roc_auc']:.4f}, "
-                     f"accuracy {ev.metrics['accuracy']:.4f}")
-    rows = {"forest (calibrated)": ev.metrics, "forest (raw)": ev.raw_metrics}
-    if ev.yardstick:
-        rows["HistGradientBoosting yardstick"] = ev.yardstick
+    model, bt = report.model, report.backtest
+    summary = model.info["backtest"]
+    # The gate compares candidate and current on this same backtest: the current model's hyperparameters
+    # go through it too.
+    current = model_store.current_version(mongo.db)
+    entry = model_store.registry_entry(mongo.db, current) if current else None
+    if entry is not None:
+        try:
+            current_figures = gate_backtest(raw_opportunities, schema, summary["as_of"], entry["info"]["params"], search)
+        except (NotEnoughData, KeyError, TypeError, ValueError) as exc:
+            context.log.warning(f"could not backtest the current model {current}: {exc}")
+            current_figures = None
+        model.info["gate"] = {"as_of": summary["as_of"], "current_version": current, "current": current_figures}
+    head = model.info["metrics"]
+    context.log.info(f"candidate {model.version}: backtest as of {summary['as_of']}, new opportunities ROC AUC "
+                     f"{head['roc_auc']:.4f}, Brier {head['brier']:.4f}")
     return dg.Output(model, metadata={
         "model_version": model.version,
-        "roc_auc": ev.metrics["roc_auc"],
-        "accuracy": ev.metrics["accuracy"],
-        "brier": ev.metrics["brier"],
+        "backtest_as_of": summary["as_of"],
+        "roc_auc": head["roc_auc"],
+        "accuracy": head["accuracy"],
+        "brier": head["brier"],
         "threshold": model.threshold,
-        "metrics": dg.MetadataValue.md(card.metrics_table(rows)),
-        "confusion_matrix": dg.MetadataValue.md(card.confusion_table(ev.metrics["confusion_matrix"])),
+        "backtest": dg.MetadataValue.md(card.backtest_table(summary)),
+        "forecast": dg.MetadataValue.md(card.forecast_table(summary)),
+        "calibration_table": dg.MetadataValue.md(card.calibration_md(summary["calibration"]["new"])),
         "hyperparameters": dg.MetadataValue.md(card.params_table(model.info["params"])),
-        "search_seconds": round(report.seconds.get("search_s", 0.0), 2),
+        "search_seconds": round(bt.seconds.get("train_s", 0.0), 2),
         "training_seconds": round(report.seconds["total_s"], 2),
-        "search_trials": dg.MetadataValue.md(_search_md(ev.trained.search_table)),
+        "search_trials": dg.MetadataValue.md(_search_md(bt.trained.search_table)),
         "roc_curve": dg.MetadataValue.md(plots.markdown_image(report.plots["roc"], "ROC curve")),
         "calibration_curve": dg.MetadataValue.md(plots.markdown_image(report.plots["calibration"], "calibration")),
         "feature_importance": dg.MetadataValue.md(plots.markdown_image(report.plots["importance"], "importance")),
@@ -84,32 +108,44 @@ def win_model(context: dg.AssetExecutionContext, config: TrainingConfig, raw_opp
 def _search_md(table: pd.DataFrame) -> str:
     if table.empty:
         return "no search (fixed hyperparameters)"
-    return markdown_table(table.sort_values("oob_roc_auc", ascending=False), max_rows=15)
+    return markdown_table(table.sort_values("holdout_roc_auc", ascending=False), max_rows=15)
+
+
+def gate_verdict(info: dict) -> tuple[bool, str, dict]:
+    """(passed, reason, figures) for a candidate's info: both models on the same backtest (see win_model)."""
+    candidate = info["metrics"]
+    gate = info.get("gate") or {}
+    current = gate.get("current")
+    auc, brier = float(candidate["roc_auc"]), float(candidate["brier"])
+    floor = settings.gate_auc_floor(AUC_FLOOR)
+    required = max(floor, RELATIVE_AUC * float(current["roc_auc"])) if current else floor
+    brier_limit = float(current["brier"]) + BRIER_SLACK if current else None
+    figures = {"backtest_as_of": gate.get("as_of") or info.get("backtest", {}).get("as_of", "none"),
+               "candidate_roc_auc": auc, "candidate_brier": brier,
+               "current_version": gate.get("current_version") or "none",
+               "current_roc_auc": float(current["roc_auc"]) if current else "none",
+               "current_brier": float(current["brier"]) if current else "none",
+               "required_roc_auc": required, "brier_limit": brier_limit if brier_limit is not None else "none",
+               "relative_rule": RELATIVE_AUC, "absolute_floor": floor}
+    if auc < required:
+        return False, f"backtest ROC AUC {auc:.4f} below the required {required:.4f}", figures
+    if brier_limit is not None and brier > brier_limit:
+        return False, f"backtest Brier score {brier:.4f} above the current model's {brier_limit - BRIER_SLACK:.4f} + {BRIER_SLACK}", figures
+    return True, "passed", figures
 
 
 @dg.asset_check(asset=win_model, blocking=True, description=(
-    f"Promotion gate: held-out ROC AUC >= {RELATIVE_AUC} x the current model's and >= {AUC_FLOOR}."))
+    f"Promotion gate, candidate and current model on the same backtest: ROC AUC >= {RELATIVE_AUC} x the current "
+    f"model's and >= {AUC_FLOOR}, Brier score <= the current model's + {BRIER_SLACK}."))
 def promotion_gate(mongo: MongoResource) -> dg.AssetCheckResult:
     db = mongo.db
     latest = db[model_store.REGISTRY].find_one({}, sort=[("trained_at", -1)])
     if latest is None:
         return dg.AssetCheckResult(passed=False, metadata={"reason": "no candidate in the registry"})
-    candidate_auc = float(latest["info"]["metrics"]["roc_auc"])
-    current = model_store.current_version(db)
-    current_auc = None
-    if current and current != latest["_id"]:
-        entry = model_store.registry_entry(db, current)
-        current_auc = float(entry["info"]["metrics"]["roc_auc"]) if entry else None
-    required = max(AUC_FLOOR, RELATIVE_AUC * current_auc) if current_auc is not None else AUC_FLOOR
-    passed = candidate_auc >= required
+    passed, reason, figures = gate_verdict(latest["info"])
     if not passed:
-        model_store.mark(db, latest["_id"], "rejected",
-                         f"held-out ROC AUC {candidate_auc:.4f} below the required {required:.4f}")
-    return dg.AssetCheckResult(passed=passed, metadata={
-        "candidate_version": latest["_id"], "candidate_roc_auc": candidate_auc,
-        "current_version": current or "none", "current_roc_auc": current_auc if current_auc is not None else "none",
-        "required_roc_auc": required, "relative_rule": RELATIVE_AUC, "absolute_floor": AUC_FLOOR,
-    })
+        model_store.mark(db, latest["_id"], "rejected", reason)
+    return dg.AssetCheckResult(passed=passed, metadata={"candidate_version": latest["_id"], "reason": reason, **figures})
 
 
 @dg.asset(group_name=GROUP, kinds={"mongodb"}, deps=[win_model], retry_policy=IO_RETRY)

@@ -15,26 +15,29 @@ from salespred_assets.sql import tables, writer
 from salespred_assets.sql.resource import SqlResource
 
 # A feature row outside these bounds is a bug in the feature pipeline or impossible data, never drift.
-COUNT_FEATURES = ("client_opportunities", "client_rank", "client_same_day", "client_same_close", "client_units")
-MONTH_FEATURES = ("created_month", "close_month")
-NON_NEGATIVE_FEATURES = ("client_tenure_days", "client_median_amount")
+MONTH_FEATURES = ("created_month",)
+NON_NEGATIVE_FEATURES = ("age_days", "client_tenure_days", "client_prior_opportunities", "client_prior_units",
+                         "client_closed_before", "client_won_before", "amount_vs_client")
+# Missing where there is no history to count (a client's first opportunity, no decided outcome yet).
+MAY_BE_MISSING = ("client_win_rate", "amount_vs_client")
 # Warn when more rows than this carry a category the current model never saw (it encodes them as unknown).
 UNSEEN_ROWS_WARN = 0.01
 
 
 @dg.asset_check(asset=opportunity_features, blocking=True,
                 additional_ins={"raw_opportunities": dg.AssetIn("raw_opportunities")},
-                description="One feature row per opportunity; every numeric feature finite and within its bounds "
-                            "(months 1-12, counts >= 1, tenures and medians >= 0); no empty category.")
+                description="One feature row per opportunity; every numeric feature finite (or missing where there "
+                            "is no history yet) and within its bounds (months 1-12, ages, counts and ratios >= 0); "
+                            "no empty category.")
 def opportunity_features_ranges(opportunity_features: pd.DataFrame, raw_opportunities: pd.DataFrame,
                                 mongo: MongoResource) -> dg.AssetCheckResult:
     spec = feature_spec(mongo.schema())
     frame = opportunity_features
     numeric = frame[list(spec.numeric)].to_numpy(dtype=float) if spec.numeric else np.empty((len(frame), 0))
     rules = {
-        "non_finite": {c: int((~np.isfinite(numeric[:, i])).sum()) for i, c in enumerate(spec.numeric)},
+        "non_finite": {c: int((np.isinf(numeric[:, i]) | (np.isnan(numeric[:, i]) & (c not in MAY_BE_MISSING))).sum())
+                       for i, c in enumerate(spec.numeric)},
         "month_outside_1_12": {c: int((~frame[c].between(1, 12)).sum()) for c in MONTH_FEATURES if c in frame},
-        "count_below_1": {c: int((frame[c] < 1).sum()) for c in COUNT_FEATURES if c in frame},
         "negative": {c: int((frame[c] < 0).sum()) for c in NON_NEGATIVE_FEATURES if c in frame},
         "empty_category": {c: int(frame[c].astype("str").str.strip().isin(["", "nan", "None"]).sum())
                            for c in spec.categorical},

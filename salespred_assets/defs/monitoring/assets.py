@@ -3,10 +3,12 @@
 import datetime as dt
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from salespred_assets.core import drift
+from salespred_assets.core.features import build_features
 from salespred_assets.defs.common import IO_RETRY, md
 from salespred_assets.defs.modeling.assets import production_model
 from salespred_assets.mongo import model_store
@@ -23,10 +25,11 @@ class DriftConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas"}, deps=[production_model], retry_policy=IO_RETRY)
-def opportunity_drift(config: DriftConfig, opportunity_features: pd.DataFrame,
+def opportunity_drift(config: DriftConfig, raw_opportunities: pd.DataFrame, opportunity_features: pd.DataFrame,
                       mongo: MongoResource) -> dg.Output[pd.DataFrame]:
-    """PSI of every monitored model input: recent opportunities against the current model's training rows
-    (stored with the model version). Bands: < 0.10 stable, 0.10-0.25 watch, >= 0.25 act (retrain)."""
+    """PSI of every monitored model input: recent opportunities, as at their capture, against the current
+    model's training snapshots at capture (stored with the model version). Bands: < 0.10 stable, 0.10-0.25
+    watch, >= 0.25 act (retrain)."""
     version = model_store.current_version(mongo.db)
     entry = model_store.registry_entry(mongo.db, version) if version else None
     reference = ((entry or {}).get("info") or {}).get("reference")
@@ -34,10 +37,13 @@ def opportunity_drift(config: DriftConfig, opportunity_features: pd.DataFrame,
         why = "no model promoted yet" if version is None else f"model {version} was stored without a training profile"
         return dg.Output(drift.compare({}, opportunity_features), metadata={
             "model_version": version or "none", "reference": why, "action": "none", "max_psi": 0.0})
-    created = opportunity_features["created_day"] if "created_day" in opportunity_features.columns else None
+    schema = mongo.schema()
+    created = (pd.Series(raw_opportunities[schema.created].to_numpy(dtype="datetime64[D]").astype("int64").astype(float))
+               if schema.created else None)
     mask = drift.recent_rows(created, opportunity_features["outcome"] == "open", config.recent_days,
                              config.min_recent_rows)
-    recent = opportunity_features[mask]
+    # As at capture (age 0, the client's history up to its creation), like the profile's training rows.
+    recent = build_features(raw_opportunities[np.asarray(mask)], schema, context=raw_opportunities)
     table = drift.compare(reference, recent)
     worst = table.iloc[0] if len(table) else None
     max_psi = float(worst["psi"]) if worst is not None else 0.0
