@@ -408,68 +408,66 @@ def stage_redis(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageR
     return r
 
 
+BACKTEST_AS_OF = "2022-04-07"  # from here on, the newest fifth of the reference data's closed opportunities
+
+
 def stage_training(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageResult:
-    r = StageResult("training", "Training on the reference data, against the original protocol")
+    r = StageResult("training", f"Training and the backtest as of {BACKTEST_AS_OF} on the reference data")
     if not REFERENCE_CSV.exists():
         r.skipped = f"the reference data is absent ({REFERENCE_CSV})"
         return r
-    from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.metrics import accuracy_score, roc_auc_score
-    from sklearn.model_selection import GridSearchCV, train_test_split
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from salespred_assets.core.evaluation import evaluate
+    from salespred_assets.core.model import SearchConfig
+    from salespred_assets.core.training import train_production
 
-    from salespred_assets.core.evaluation import split_closed
-    from salespred_assets.core.features import feature_spec
-    from salespred_assets.core.model import SearchConfig, train
-
-    raw = pd.read_csv(REFERENCE_CSV, dtype={c: "str" for c in DEFAULT_SCHEMA.text_fields + list(DEFAULT_SCHEMA.dates)})
+    raw = pd.read_csv(REFERENCE_CSV, dtype={c: "str" for c in DEFAULT_SCHEMA.text_fields + list(DEFAULT_SCHEMA.dates)},
+                      keep_default_na=False)
     frame = validate(records_frame(raw.to_dict("records"), DEFAULT_SCHEMA), DEFAULT_SCHEMA).frame
-    X_tr, X_te, y_tr, y_te, _ = split_closed(frame, DEFAULT_SCHEMA)
     config = SearchConfig.preset("full" if scale.name == "full" else "fast")
-    ours_s, ours_auc, ours_acc, model = [], [], [], None
+    seconds, reports = [], []
     for _ in range(scale.repeats):
-        seconds, trained = timed(lambda: train(X_tr, y_tr, feature_spec(DEFAULT_SCHEMA), config))
-        model = trained.model
-        p = model.calibrate(model.raw_proba(X_te))
-        ours_s.append(seconds)
-        ours_auc.append(roc_auc_score(y_te, p))
-        ours_acc.append(accuracy_score(y_te, p >= model.threshold))
+        took, report = timed(lambda: train_production(frame, DEFAULT_SCHEMA, config, as_of=BACKTEST_AS_OF))
+        seconds.append(took)
+        reports.append(report)
+    model = reports[-1].model
     state["reference_model"], state["reference_frame"] = model, frame
-
-    # The original: 10 features, one-hot + scaling, GridSearchCV(cv=10) over depth x trees.
-    closed = raw[raw["etapas"].isin(["Won", "Lost"])]
-    y = (closed["etapas"] == "Won").astype(int)
-    cats = ["unidad_negocio", "tipos", "regiones", "territorios", "industrias", "lead_source"]
-    nums = ["acv", "tcv", "margen_ganancia", "edad_oferta"]
-    Xo_tr, Xo_te, yo_tr, yo_te = train_test_split(closed[cats + nums], y, test_size=0.2, random_state=42)
-    pipe = Pipeline([("pre", ColumnTransformer([("oh", OneHotEncoder(handle_unknown="ignore"), cats),
-                                                ("sc", StandardScaler(), nums)])),
-                     ("rf", RandomForestClassifier(random_state=42))])
-    grid = {"rf__max_depth": [1, 2, 3, 10], "rf__n_estimators": [10, 11]}
-    orig_s, orig_auc, orig_acc = [], [], []
-    for _ in range(scale.repeats):
-        search = GridSearchCV(pipe, grid, cv=10, n_jobs=2)
-        seconds, _ = timed(lambda: search.fit(Xo_tr, yo_tr))
-        orig_s.append(seconds)
-        orig_auc.append(roc_auc_score(yo_te, search.predict_proba(Xo_te)[:, 1]))
-        orig_acc.append(accuracy_score(yo_te, search.predict(Xo_te)))
-    r.figure("salespred search + final fit: wall", "s", ours_s)
-    r.figure("salespred: held-out ROC AUC", "", ours_auc)
-    r.figure("salespred: held-out accuracy", "", ours_acc)
-    r.figure("original GridSearchCV(cv=10): wall", "s", orig_s)
-    r.figure("original: held-out ROC AUC", "", orig_auc)
-    r.figure("original: held-out accuracy", "", orig_acc)
-    r.figure("wall ratio ours / original", "×", [a / b for a, b in zip(ours_s, orig_s)])
+    for group, title in (("new", "new opportunities, as at capture"), ("pipeline", "pipeline open on the date, at its age")):
+        for key, label in (("roc_auc", "ROC AUC"), ("accuracy", "accuracy"), ("brier", "Brier score"),
+                           ("mean_probability", "mean probability"), ("win_rate", "observed win rate")):
+            r.figure(f"backtest, {title}: {label}", "", [rep.backtest.metrics[group][key] for rep in reports])
+        r.figure(f"yardstick HistGradientBoosting, {title}: ROC AUC", "",
+                 [rep.backtest.yardstick[group]["roc_auc"] for rep in reports])
+        r.figure(f"yardstick HistGradientBoosting, {title}: Brier score", "",
+                 [rep.backtest.yardstick[group]["brier"] for rep in reports])
+    forecasts = [rep.backtest.forecast.set_index("horizon") for rep in reports]
+    for horizon in ("3 months", "6 months"):
+        r.figure(f"forecast {horizon}: expected wins", "", [f.loc[horizon, "expected_wins"] for f in forecasts])
+        r.figure(f"forecast {horizon}: actual wins", "", [f.loc[horizon, "actual_wins"] for f in forecasts])
+        r.figure(f"forecast {horizon}: expected won TCV", "USD", [f.loc[horizon, "expected_won_amount"] for f in forecasts])
+        r.figure(f"forecast {horizon}: actual won TCV", "USD", [f.loc[horizon, "actual_won_amount"] for f in forecasts])
+        r.figure(f"forecast {horizon}: won TCV error", "", [f.loc[horizon, "amount_error"] for f in forecasts])
+    r.figure("training with snapshots (backtest search + yardstick + production fit): wall", "s", seconds)
+    r.figure("snapshot rows learned from (production)", "", [rep.model.info["rows_available"] for rep in reports])
+    calibration = reports[-1].backtest.calibration["new"]
+    r.notes.append("Calibration of the new opportunities by decile (mean probability → observed win rate): "
+                   + ", ".join(f"{row.mean_probability:.2f} → {row.win_rate:.2f}" for row in calibration.itertuples()))
+    # The original protocol, for comparison only: a random split of closed rows, with the final duration.
+    ev = evaluate(frame, DEFAULT_SCHEMA, config, yardstick=False)
+    r.figure("original protocol (random split, inputs known only at close): ROC AUC", "", [ev.metrics["roc_auc"]])
+    r.figure("original protocol: accuracy", "", [ev.metrics["accuracy"]])
     if scale.name == "full":
-        r.goal("search + final fit ≤ 60 s on 2 cores", float(np.median(ours_s)), 60, "at_most", "s")
-        r.goal("held-out ROC AUC ≥ 0.885", float(np.median(ours_auc)), 0.885, "at_least")
-        r.goal("held-out accuracy ≥ 0.815", float(np.median(ours_acc)), 0.815, "at_least")
-    r.notes.append("The original grid is 8 tiny forests (10-11 trees, depth ≤ 10) fitted 10 times each; ours fits "
-                   "one forest per candidate and scores it out of bag (successive halving over the number of "
-                   "trees), then keeps growing the winner while its out-of-bag ROC AUC still gains. It spends "
-                   "more time, on a search that covers far more, for a much better model.")
+        head = [rep.backtest.metrics["new"] for rep in reports]
+        r.goal("training with its snapshots ≤ 60 s on 2 cores", float(np.median(seconds)), 60, "at_most", "s")
+        r.goal("backtest ROC AUC (new opportunities) ≥ 0.82", float(np.median([h["roc_auc"] for h in head])), 0.82,
+               "at_least")
+        r.goal("backtest Brier score (new opportunities) ≤ 0.16", float(np.median([h["brier"] for h in head])), 0.16,
+               "at_most")
+        r.goal("3-month won-TCV forecast within ±10%",
+               float(np.median([abs(f.loc["3 months", "amount_error"]) for f in forecasts])), 0.10, "at_most")
+    r.notes.append("The backtest trains only on the history closed before the date, scores the pipeline open on "
+                   "it at its age then and every opportunity created later as at capture; no input is final only "
+                   "at close. The original protocol's figure reads the final duration (`edad_oferta`), which a "
+                   "seller never has: it is reported for comparison, never quoted.")
     return r
 
 
