@@ -111,3 +111,29 @@ def test_a_capture_score_does_not_move_with_the_close_date_the_seller_types(fram
         scored = score(model, capture, S, context=context, scored_at=today.to_pydatetime().replace(tzinfo=dt.UTC))
         probabilities.add(round(float(scored["probability"].iloc[0]), 12))
     assert len(probabilities) == 1
+
+
+def test_snapshots_use_the_values_the_history_recorded_at_the_time(frame):
+    closed = frame[frame[S.stage].isin(["Won", "Lost"])]
+    long = closed[(closed[S.close] - closed[S.created]).dt.days > 100].iloc[0]
+    number, created = long[S.id], long[S.created]
+    # Its amount was raised 45 days after creation (say, to the value it closed with); the stage moved too.
+    changed_at = pd.Timestamp(created) + pd.Timedelta(days=45)
+    changes = pd.DataFrame({
+        "opportunity": [number, number, number],
+        "at": pd.to_datetime([created, changed_at, changed_at], utc=True),
+        "field": ["acv", "acv", S.stage],
+        "before": [None, 1234.0, "S2"],
+        "after": [long["acv"] * 0.5, long["acv"], "S3"],
+        "source": ["capture", "app", "app"],
+    })
+    plain, rewound = training_rows(frame, S), training_rows(frame, S, changes=changes)
+    mine = plain.rows.groups == number
+    ages = plain.X.loc[mine, "age_days"].to_numpy()
+    before_change = ages < 45
+    assert before_change.any() and (~before_change).any()
+    np.testing.assert_array_equal(rewound.X.loc[mine, "acv"].to_numpy()[before_change], 1234.0)
+    np.testing.assert_array_equal(rewound.X.loc[mine, "acv"].to_numpy()[~before_change], long["acv"])
+    # Only this opportunity's own snapshots are rewound (others' client aggregates read the stored amounts).
+    others = plain.X["client_prior_opportunities"].index[~mine]
+    pd.testing.assert_frame_equal(plain.X.loc[others], rewound.X.loc[others])

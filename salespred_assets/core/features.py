@@ -305,7 +305,7 @@ def rewind(part: pd.DataFrame, at: np.ndarray, changes: pd.DataFrame | None, sch
     if not len(usable):
         return part
     out = part.copy()
-    rows = pd.DataFrame({"opportunity": part[schema.id].to_numpy(dtype=object).astype(str),
+    rows = pd.DataFrame({"opportunity": pd.Series(part[schema.id].to_numpy(dtype=object).astype(str), dtype=object),
                          "day": np.asarray(at, dtype="datetime64[D]").astype("datetime64[ns]"),
                          "row": np.arange(len(part))})
     days = pd.to_datetime(usable["at"], utc=True).dt.tz_localize(None).dt.floor("D").astype("datetime64[ns]")
