@@ -210,12 +210,16 @@ def prediction_frame(rows: int, seed: int = 5) -> pd.DataFrame:
     p = rng.random(rows)
     frame.insert(0, "opportunity_id", frame["numero_opportunidad"])
     frame["outcome"] = np.where(frame["etapas"] == "Won", "won", np.where(frame["etapas"] == "Lost", "lost", "open"))
-    frame["probability"] = p
-    frame["predicted_won"] = p >= 0.5
-    frame["score"] = np.clip(np.rint(p * 100), 1, 99).astype(int)
-    frame["grade"] = np.where(p >= 0.75, "A", np.where(p >= 0.5, "B", np.where(p >= 0.25, "C", "D")))
-    frame["factors_for"] = '[{"feature":"tipos","label":"tipos","value":"TY-00","effect":0.1203}]'
-    frame["factors_against"] = '[{"feature":"regiones","label":"regiones","value":"RE-00","effect":-0.0531}]'
+    closed = (frame["outcome"] != "open").to_numpy()  # closed rows carry their outcome, not a prediction
+    frame["probability"] = np.where(closed, np.nan, p)
+    frame["predicted_won"] = np.where(closed, frame["outcome"] == "won", p >= 0.5)
+    frame["score"] = pd.array(np.where(closed, pd.NA, np.clip(np.rint(p * 100), 1, 99).astype(int)), dtype="Int64")
+    grade = np.where(p >= 0.75, "A", np.where(p >= 0.5, "B", np.where(p >= 0.25, "C", "D"))).astype(object)
+    frame["grade"] = pd.array(np.where(closed, None, grade), dtype="str")
+    frame["factors_for"] = np.where(closed, "[]", '[{"feature":"tipos","label":"tipos","value":"TY-00","effect":0.1203}]')
+    frame["factors_against"] = np.where(closed, "[]",
+                                        '[{"feature":"regiones","label":"regiones","value":"RE-00","effect":-0.0531}]')
+    frame["prediction_basis"] = np.where(closed, "outcome", "model")
     frame["model_version"] = "20261127-000000-bench0"
     frame["scored_at"] = pd.Timestamp("2026-11-27T10:00:00Z")
     return frame
