@@ -36,6 +36,7 @@ def test_evaluate_a_differently_shaped_export_with_its_schema(export, tmp_path):
     csv, schema_path, _ = export
     out = tmp_path / "predictions.csv"
     report = _evaluate("--csv", str(csv), "--schema", str(schema_path), "--predictions-out", str(out))
+    assert "only known at close" in report["protocol"]
     preds = pd.read_csv(out)
     assert list(preds.columns) == ["OpportunityId", "y_true", "probability"]
     assert len(preds) == report["data"]["test"] == report["metrics"]["n"]
@@ -45,6 +46,29 @@ def test_evaluate_a_differently_shaped_export_with_its_schema(export, tmp_path):
     assert accuracy_score(preds["y_true"], preds["probability"] >= threshold) == pytest.approx(report["metrics"]["accuracy"])
     assert report["metrics"]["roc_auc"] > 0.7
     assert preds["OpportunityId"].str.startswith("006A").all()
+
+
+def test_backtest_a_differently_shaped_export_and_recompute_its_figures(export, tmp_path):
+    csv, schema_path, _ = export
+    out = tmp_path / "backtest.csv"
+    result = CliRunner().invoke(cli, ["backtest", "--search", "fast", "--no-yardstick", "--csv", str(csv), "--schema",
+                                      str(schema_path), "--as-of", "2025-06-01", "--predictions-out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["as_of"] == "2025-06-01"
+    preds = pd.read_csv(out)
+    assert {"OpportunityId", "group", "age_at_scoring", "probability", "outcome"} <= set(preds.columns)
+    assert set(preds["group"]) == {"pipeline", "new"}
+    assert (preds.loc[preds["group"] == "new", "age_at_scoring"] == 0).all()
+    # Anyone can recompute the per-group figures from the file.
+    for group in ("new", "pipeline"):
+        part = preds[(preds["group"] == group) & (preds["outcome"] != "open")]
+        y = (part["outcome"] == "won").astype(int)
+        assert roc_auc_score(y, part["probability"]) == pytest.approx(report["metrics"][group]["roc_auc"])
+        assert report["metrics"][group]["n"] == len(part)
+    assert [row["horizon"] for row in report["forecast"]] == ["3 months", "6 months"]
+    assert len(report["calibration"]["new"]) == 10
 
 
 def test_optional_roles_are_simply_left_out(export):
