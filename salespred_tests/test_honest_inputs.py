@@ -137,3 +137,19 @@ def test_snapshots_use_the_values_the_history_recorded_at_the_time(frame):
     # Only this opportunity's own snapshots are rewound (others' client aggregates read the stored amounts).
     others = plain.X["client_prior_opportunities"].index[~mine]
     pd.testing.assert_frame_equal(plain.X.loc[others], rewound.X.loc[others])
+
+
+def test_an_outcome_decided_after_every_other_date_stays_with_its_own_client():
+    """Keys are (client, day): a close date past every creation and scoring day must not spill into the next client."""
+    day = pd.Timestamp
+    frame = pd.DataFrame({
+        S.id: ["OP-A1", "OP-B1", "OP-B2"], S.client: ["CL-A", "CL-B", "CL-B"], S.stage: ["Won", "S1", "S1"],
+        "unidad_negocio": "BU-01", "tipos": "TY-00", "regiones": "RE-00", "territorios": "TE-00",
+        "industrias": "IN-00", "lead_source": "LS-00", S.seller: "NV-0", "acv": 10.0, "tcv": 10.0,
+        "margen_ganancia": 0.1, "edad_oferta": 0.0,
+        S.created: [day("2020-01-01"), day("2020-01-05"), day("2020-01-06")],
+        S.close: [day("2020-02-10"), day("2020-06-01"), day("2020-06-01")],
+    })
+    features = build_features(frame, S, at=np.array(["2020-02-01"] * 3, dtype="datetime64[D]"))
+    assert features["client_closed_before"].tolist() == [0.0, 0.0, 0.0]
+    assert features["client_won_before"].tolist() == [0.0, 0.0, 0.0]

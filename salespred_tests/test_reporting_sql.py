@@ -262,3 +262,25 @@ def test_the_page_escapes_text_and_says_when_a_tile_has_no_data():
     assert "<script" not in page.replace('<script type="application/json" id="figures">', "")
     with pytest.raises(SalespredError, match="unknown dashboard language"):
         dashboard.render_html(figs, "fr")
+
+
+def test_a_history_table_from_before_closed_outcomes_is_migrated_in_place(engine):
+    """Deployments created the history with NOT NULL probabilities; relaxing that keeps every row."""
+    old = sa.MetaData()
+    legacy = tables.fact_prediction_history(old)
+    for name in ("probability", "score", "grade"):
+        legacy.c[name].nullable = False
+    legacy.create(engine)
+    row = {"opportunity_id": "OP-1", "model_version": "v0", "scored_at": rf.SCORED_AT, "probability": 0.5,
+           "score": 50, "grade": "B", "outcome": "open"}
+    with engine.begin() as conn:
+        conn.execute(legacy.insert(), [row])
+    result = writer.ensure_table(engine, tables.fact_prediction_history(sa.MetaData()))
+    assert sorted(result["columns_made_nullable"]) == ["grade", "probability", "score"]
+    nullable = {c["name"]: c["nullable"] for c in sa.inspect(engine).get_columns(tables.FACT_PREDICTION_HISTORY)}
+    assert nullable["probability"] and nullable["score"] and nullable["grade"]
+    with engine.begin() as conn:  # a closed opportunity's scoring now fits
+        conn.execute(legacy.insert(), [{**row, "opportunity_id": "OP-2", "probability": None, "score": None,
+                                        "grade": None, "outcome": "won"}])
+    kept = writer.read_table(engine, tables.FACT_PREDICTION_HISTORY).set_index("opportunity_id")
+    assert kept.loc["OP-1", "probability"] == 0.5 and pd.isna(kept.loc["OP-2", "probability"])

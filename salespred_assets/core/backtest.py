@@ -63,7 +63,12 @@ def training_rows(frame: pd.DataFrame, schema: DatasetSchema, before: np.datetim
     snaps = snapshots(frame, schema, before=before, limit=limit)
     part = rewind(frame.iloc[snaps.rows], snaps.at, changes, schema)
     X = build_features(part, schema, at=snaps.at, context=frame).reset_index(drop=True)
-    decided = part[schema.close].to_numpy(dtype="datetime64[D]") if schema.close else snaps.at
+    if schema.close:
+        decided = part[schema.close].to_numpy(dtype="datetime64[D]")
+    elif schema.created:
+        decided = part[schema.created].to_numpy(dtype="datetime64[D]")
+    else:  # no dates at all: the export's own order stands in for time
+        decided = np.datetime64("2000-01-01", "D") + np.arange(len(part)).astype("timedelta64[D]")
     return TrainingRows(X, snaps.y, Rows(part[schema.id].to_numpy(dtype=object), decided), snaps)
 
 
@@ -125,7 +130,8 @@ def close_within(won_durations: np.ndarray, age: np.ndarray, window: np.ndarray)
         return np.ones(len(age))
     still = len(d) - np.searchsorted(d, age, "left")              # durations >= age
     closed_by = np.searchsorted(d, age + window, "left") - np.searchsorted(d, age, "left")  # age <= D < age + window
-    return np.where(still > 0, closed_by / np.maximum(still, 1), 1.0)
+    # Older than every past win: no past win says it will close soon (0 rather than a guess).
+    return np.where(still > 0, closed_by / np.maximum(still, 1), 0.0)
 
 
 @dataclass
@@ -157,8 +163,10 @@ def backtest(frame: pd.DataFrame, schema: DatasetSchema, as_of: np.datetime64 | 
              changes: pd.DataFrame | None = None) -> Backtest:
     """Train on the history before ``as_of`` and score the pipeline then and what came after (module doc)."""
     config = config or SearchConfig()
-    if not schema.created:
-        raise SalespredError("a backtest needs the schema's creation date (dates.created)")
+    if not schema.created or not schema.close:
+        raise SalespredError("a backtest needs the schema's creation and close dates (dates.created, dates.close): "
+                             "without them nothing says what was known when, nor when an outcome was decided, and "
+                             "salespred quotes only backtested figures; add them to the export and its schema file")
     as_of = default_as_of(frame, schema) if as_of is None else np.datetime64(as_of, "D")
     created = frame[schema.created].to_numpy(dtype="datetime64[D]")
     if not (created < as_of).any() or not (created >= as_of).any():
@@ -167,8 +175,7 @@ def backtest(frame: pd.DataFrame, schema: DatasetSchema, as_of: np.datetime64 | 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     then = as_it_stood(frame, schema, as_of)
-    if changes is not None and len(changes):
-        changes = changes[pd.to_datetime(changes["at"], utc=True).dt.tz_localize(None) < pd.Timestamp(as_of)]
+    # Every recorded change, later ones included: rewinding a row to a past day undoes what came after it.
     rows = training_rows(then, schema, changes=changes, limit=config.max_rows)
     seconds["features_s"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -176,7 +183,7 @@ def backtest(frame: pd.DataFrame, schema: DatasetSchema, as_of: np.datetime64 | 
     seconds["train_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    scored, X_scored = _score_groups(frame, then, schema, as_of, trained)
+    scored, X_scored = _score_groups(frame, then, schema, as_of, trained, changes)
     seconds["score_s"] = time.perf_counter() - started
     known = scored["outcome"] != "open"
     metrics, calibration = {}, {}
@@ -196,7 +203,7 @@ def backtest(frame: pd.DataFrame, schema: DatasetSchema, as_of: np.datetime64 | 
 
 
 def _score_groups(frame: pd.DataFrame, then: pd.DataFrame, schema: DatasetSchema, as_of: np.datetime64,
-                  trained: Trained) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  trained: Trained, changes: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The pipeline open on ``as_of`` (scored as of then) and the opportunities created later (at capture)."""
     model = trained.model
     closed, _ = closed_target(then, schema)
@@ -208,7 +215,8 @@ def _score_groups(frame: pd.DataFrame, then: pd.DataFrame, schema: DatasetSchema
                                      ("new", new, None, frame)):
         if not len(rows):
             continue
-        X = build_features(rows, schema, at=at, context=context)
+        when = at if at is not None else rows[schema.created].to_numpy(dtype="datetime64[D]")
+        X = build_features(rewind(rows, when, changes, schema), schema, at=at, context=context)
         truth = frame.set_index(schema.id).loc[rows[schema.id]]
         won = truth[schema.stage].isin(schema.won).to_numpy()
         lost = truth[schema.stage].isin(schema.lost).to_numpy()

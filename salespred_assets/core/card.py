@@ -71,10 +71,10 @@ def model_card(info: dict[str, Any], bt: Any, importances: pd.Series) -> str:
 the moment it is scored: the fields known at capture, its age so far, and its client's history up to then.
 Fields that are only final once an opportunity closes (its close date, its final duration) never feed it.
 **Trained at**: {info['trained_at']} on {info['rows']} snapshots of {info['opportunities']} closed opportunities
-(each at capture and at several ages while it was open; each opportunity weighs one in all).
+(each at capture and at several ages while it was open; at each age, each opportunity open then counts once).
 **Algorithm**: scikit-learn random forest ({info['n_estimators']} trees); hyperparameters by successive halving
-scored on the newest opportunities (held out by creation date, {info.get('holdout_from')} on); Platt calibration
-and the decision threshold ({info['threshold']:.3f}) fitted on those held-out opportunities.
+scored on the opportunities decided last (held out by close date, {info.get('holdout_from')} on); Platt calibration
+(on the forest's probability and the age) and the decision threshold ({info['threshold']:.3f}) fitted on them.
 
 ## Backtest as of {summary['as_of']}
 

@@ -202,7 +202,11 @@ def client_history(frame: pd.DataFrame | Mapping[str, pd.Series], ctx: pd.DataFr
     mine, theirs = codes[:n], codes[n:]
     ctx_created = _days(ctx[schema.created])
     valid = ~np.isnat(ctx_created)
-    all_days = np.concatenate([day(ctx_created[valid]), day(created), day(at_days)]) if n else day(ctx_created[valid])
+    closed_on = _days(ctx[schema.close]) if schema.close else np.full(len(ctx_created), np.datetime64("NaT"), "datetime64[D]")
+    # Every day any key is built from (creations, close dates, the moments scored) lies in [lo, lo + span):
+    # a day outside it would spill into the next client's key range.
+    all_days = np.concatenate([day(ctx_created[valid]), day(closed_on[~np.isnat(closed_on)]), day(created),
+                               day(at_days)])
     lo = int(all_days.min(initial=0))
     span = int(all_days.max(initial=0)) - lo + 2
     made = _Before(theirs[valid], day(ctx_created[valid]), lo, span)
@@ -234,7 +238,6 @@ def client_history(frame: pd.DataFrame | Mapping[str, pd.Series], ctx: pd.DataFr
         stage = ctx[schema.stage].to_numpy(dtype=object)
         won = np.isin(stage, list(schema.won))
         closed = won | np.isin(stage, list(schema.lost))
-        closed_on = _days(ctx[schema.close])
         decided = closed & ~np.isnat(closed_on)
         outcomes = _Before(theirs[decided], day(closed_on[decided]), lo, span)
         n_closed = outcomes.count(mine, day(at_days))

@@ -4,8 +4,7 @@ Training (:func:`train`) follows one protocol everywhere (assets, CLI, backtests
 
 1. the rows are **as-of snapshots** of closed opportunities (:func:`salespred_assets.core.features.snapshots`):
    each opportunity at capture and at several ages while it was still open, labelled with its final
-   outcome. Each opportunity weighs one in all: its snapshots share that weight, so a deal that stayed
-   open for years does not outvote one won the day it was created;
+   outcome. At each age, each opportunity still open then counts once (see :meth:`Rows.weights`);
 2. the **fifth of the opportunities decided last** (by close date; all snapshots of an opportunity fall
    on the same side) is held out. It is what the search scores candidates on and what the calibrator
    learns from, so the probabilities follow the most recent outcomes (win rates move over time). Chosen
@@ -115,9 +114,11 @@ class Rows:
     decided: np.ndarray    # datetime64[D] per row: the day the opportunity's outcome became known
 
     def weights(self) -> np.ndarray:
-        """Each opportunity weighs one in all, shared by its snapshots."""
-        codes, _ = pd.factorize(self.groups)
-        return 1.0 / np.bincount(codes)[codes]
+        """Every snapshot weighs one: at each age, each opportunity still open then counts once.
+
+        (Sharing one weight among an opportunity's snapshots would favour the quick closers, mostly wins, at
+        every age: a deal won in a week has three snapshots, one lost after a year ten.)"""
+        return np.ones(len(self.groups))
 
     def holdout(self, share: float) -> np.ndarray:
         """Mask of the rows of the ``share`` of opportunities decided last (whole days, so whole groups).

@@ -80,7 +80,7 @@ def fit(frame: pd.DataFrame, schema: DatasetSchema, config: SearchConfig | None 
 
 
 def gate_backtest(frame: pd.DataFrame, schema: DatasetSchema, as_of: str, params: dict[str, Any],
-                  config: SearchConfig | None = None) -> dict[str, Any]:
+                  config: SearchConfig | None = None, changes: pd.DataFrame | None = None) -> dict[str, Any]:
     """Another model's hyperparameters through the same backtest (the promotion gate's comparison)."""
-    bt = backtest(frame, schema, as_of, config, params=params, yardstick=False)
+    bt = backtest(frame, schema, as_of, config, params=params, yardstick=False, changes=changes)
     return {k: bt.headline.get(k) for k in HEADLINE}

@@ -42,13 +42,20 @@ def ensure_table(engine: Engine, table: sa.Table, schema: DatasetSchema | None =
     if not inspector.has_table(table.name):
         table.create(engine, checkfirst=True)
         return {"table": "created"}
-    existing = {c["name"] for c in inspector.get_columns(table.name)}
+    columns = inspector.get_columns(table.name)
+    existing = {c["name"] for c in columns}
     wanted = {c.name for c in table.columns}
     if existing == wanted:
+        # Columns that became nullable (a closed opportunity's empty probability): relaxing NOT NULL loses no
+        # row, so it is migrated in place, even on an append-only table.
+        relax = [table.c[c["name"]] for c in columns if not c.get("nullable", True) and table.c[c["name"]].nullable
+                 and not table.c[c["name"]].primary_key]
         with transaction.begin(engine) as conn:
+            if relax:
+                _allow_nulls(conn, table, relax)
             for index in table.indexes:  # indexes declared since the table was created
                 index.create(conn, checkfirst=True)
-        return {"table": "kept"}
+        return {"table": "kept", "columns_made_nullable": [c.name for c in relax]}
     if table.info.get("append_only"):
         raise SalespredError(
             f"{table.name} is append-only and its columns changed (database: {sorted(existing)}; expected: "
@@ -62,6 +69,32 @@ def ensure_table(engine: Engine, table: sa.Table, schema: DatasetSchema | None =
         skipped = views.create(conn, schema, dependent) if dependent else {}
     return {"table": "rebuilt", "views_recreated": [v for v in dependent if v not in skipped],
             "views_left_out": sorted(skipped)}
+
+
+def _allow_nulls(conn: Connection, table: sa.Table, columns: list[sa.Column]) -> None:
+    """Drop NOT NULL from ``columns`` of an existing table, keeping every row."""
+    prep = conn.dialect.identifier_preparer
+    name = prep.quote(table.name)
+    dialect = conn.dialect.name
+    if dialect == "sqlite":  # no ALTER COLUMN: copy into a new table of the declared shape, in this transaction
+        old = f"{table.name}__old"
+        conn.execute(sa.text(f"ALTER TABLE {name} RENAME TO {prep.quote(old)}"))
+        for index in table.indexes:
+            conn.execute(sa.text(f"DROP INDEX IF EXISTS {prep.quote(str(index.name))}"))
+        table.create(conn)
+        cols = ", ".join(prep.quote(c.name) for c in table.columns)
+        conn.execute(sa.text(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM {prep.quote(old)}"))
+        conn.execute(sa.text(f"DROP TABLE {prep.quote(old)}"))
+        return
+    for column in columns:
+        kind = column.type.compile(dialect=conn.dialect)
+        if dialect == "postgresql":
+            statement = f"ALTER TABLE {name} ALTER COLUMN {prep.quote(column.name)} DROP NOT NULL"
+        elif dialect in ("mysql", "mariadb"):
+            statement = f"ALTER TABLE {name} MODIFY {prep.quote(column.name)} {kind} NULL"
+        else:  # SQL Server and the rest of the standard
+            statement = f"ALTER TABLE {name} ALTER COLUMN {prep.quote(column.name)} {kind} NULL"
+        conn.execute(sa.text(statement))
 
 
 def _clean_records(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:

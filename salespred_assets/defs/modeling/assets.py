@@ -15,7 +15,7 @@ from salespred_assets.core.model import SearchConfig, WinModel
 from salespred_assets.core.scoring import as_of_day, outcome
 from salespred_assets.core.training import gate_backtest, train_production
 from salespred_assets.defs.common import IO_RETRY, markdown_table, md
-from salespred_assets.errors import NotEnoughData
+from salespred_assets.errors import SalespredError
 from salespred_assets.mongo import history, model_store
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.sql import model_versions, tables
@@ -66,7 +66,7 @@ def win_model(context: dg.AssetExecutionContext, config: TrainingConfig, raw_opp
     try:
         report = train_production(raw_opportunities, schema, search, yardstick=config.yardstick,
                                   as_of=config.as_of, changes=changes)
-    except NotEnoughData as exc:  # a data problem: retrying cannot help (the retry policy is for the GridFS write)
+    except SalespredError as exc:  # a data problem (NotEnoughData, no dates to backtest): retrying cannot help
         raise dg.Failure(str(exc), allow_retries=False) from exc
     model, bt = report.model, report.backtest
     summary = model.info["backtest"]
@@ -76,20 +76,21 @@ def win_model(context: dg.AssetExecutionContext, config: TrainingConfig, raw_opp
     entry = model_store.registry_entry(mongo.db, current) if current else None
     if entry is not None:
         try:
-            current_figures = gate_backtest(raw_opportunities, schema, summary["as_of"], entry["info"]["params"], search)
-        except (NotEnoughData, KeyError, TypeError, ValueError) as exc:
+            current_figures = gate_backtest(raw_opportunities, schema, summary["as_of"], entry["info"]["params"], search,
+                                            changes=changes)
+        except (SalespredError, KeyError, TypeError, ValueError) as exc:
             context.log.warning(f"could not backtest the current model {current}: {exc}")
             current_figures = None
         model.info["gate"] = {"as_of": summary["as_of"], "current_version": current, "current": current_figures}
     head = model.info["metrics"]
     context.log.info(f"candidate {model.version}: backtest as of {summary['as_of']}, new opportunities ROC AUC "
-                     f"{head['roc_auc']:.4f}, Brier {head['brier']:.4f}")
+                     f"{_fig(head.get('roc_auc'))}, Brier {_fig(head.get('brier'))}")
     return dg.Output(model, metadata={
         "model_version": model.version,
         "backtest_as_of": summary["as_of"],
-        "roc_auc": head["roc_auc"],
-        "accuracy": head["accuracy"],
-        "brier": head["brier"],
+        "roc_auc": _number(head.get("roc_auc")),
+        "accuracy": _number(head.get("accuracy")),
+        "brier": _number(head.get("brier")),
         "threshold": model.threshold,
         "backtest": dg.MetadataValue.md(card.backtest_table(summary)),
         "forecast": dg.MetadataValue.md(card.forecast_table(summary)),
@@ -105,6 +106,14 @@ def win_model(context: dg.AssetExecutionContext, config: TrainingConfig, raw_opp
     })
 
 
+def _fig(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _number(value: float | None) -> float | str:
+    return "n/a (one outcome only among the new opportunities)" if value is None else float(value)
+
+
 def _search_md(table: pd.DataFrame) -> str:
     if table.empty:
         return "no search (fixed hyperparameters)"
@@ -115,22 +124,28 @@ def gate_verdict(info: dict) -> tuple[bool, str, dict]:
     """(passed, reason, figures) for a candidate's info: both models on the same backtest (see win_model)."""
     candidate = info["metrics"]
     gate = info.get("gate") or {}
-    current = gate.get("current")
-    auc, brier = float(candidate["roc_auc"]), float(candidate["brier"])
+    current = gate.get("current") or {}
     floor = settings.gate_auc_floor(AUC_FLOOR)
-    required = max(floor, RELATIVE_AUC * float(current["roc_auc"])) if current else floor
-    brier_limit = float(current["brier"]) + BRIER_SLACK if current else None
+    auc, brier = candidate.get("roc_auc"), candidate.get("brier")
+    current_auc, current_brier = current.get("roc_auc"), current.get("brier")
+    required = max(floor, RELATIVE_AUC * float(current_auc)) if current_auc is not None else floor
+    brier_limit = float(current_brier) + BRIER_SLACK if current_brier is not None else None
     figures = {"backtest_as_of": gate.get("as_of") or info.get("backtest", {}).get("as_of", "none"),
-               "candidate_roc_auc": auc, "candidate_brier": brier,
+               "candidate_roc_auc": _number(auc), "candidate_brier": _number(brier),
                "current_version": gate.get("current_version") or "none",
-               "current_roc_auc": float(current["roc_auc"]) if current else "none",
-               "current_brier": float(current["brier"]) if current else "none",
+               "current_roc_auc": _number(current_auc) if current else "none",
+               "current_brier": _number(current_brier) if current else "none",
                "required_roc_auc": required, "brier_limit": brier_limit if brier_limit is not None else "none",
                "relative_rule": RELATIVE_AUC, "absolute_floor": floor}
+    if gate.get("current_version") and not current:
+        figures["note"] = "the current model could not be backtested (see the win_model log): floor only"
+    if auc is None or brier is None:
+        return False, "the backtest's new opportunities hold one outcome only: nothing to judge the candidate on", figures
     if auc < required:
         return False, f"backtest ROC AUC {auc:.4f} below the required {required:.4f}", figures
     if brier_limit is not None and brier > brier_limit:
-        return False, f"backtest Brier score {brier:.4f} above the current model's {brier_limit - BRIER_SLACK:.4f} + {BRIER_SLACK}", figures
+        return False, (f"backtest Brier score {brier:.4f} above the current model's "
+                       f"{brier_limit - BRIER_SLACK:.4f} + {BRIER_SLACK}"), figures
     return True, "passed", figures
 
 
