@@ -353,8 +353,13 @@ def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:
         f"  Redis cache           : {stats.get('keys', 0)} keys, generation {stats.get('generation')}",
     ]
     if model:
-        lines.append(f"  model {model.get('model_version')}: held-out ROC AUC {model.get('roc_auc', 0):.4f}, "
-                     f"accuracy {model.get('accuracy', 0):.4f} (original: 0.7958)")
+        def fig(key: str) -> str:
+            value = model.get(key)
+            return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+        lines.append(f"  model {model.get('model_version')}: backtest as of {model.get('backtest_as_of', '?')}, new "
+                     f"opportunities as at capture: ROC AUC {fig('roc_auc')}, Brier {fig('brier')}, "
+                     f"accuracy {fig('accuracy')}")
     for name in outcome.failed_steps:
         lines.append(f"  failed step  : {name}")
     for name in outcome.failed_checks:

@@ -27,7 +27,7 @@ Rescore = Callable[[], RunOutcome]
 
 
 def versions(mongo: MongoResource) -> list[dict[str, Any]]:
-    """Every version, newest first: status, whether it is current, its held-out figures, its promotions."""
+    """Every version, newest first: status, whether it is current, its backtest figures, its promotions."""
     out = []
     for doc in model_store.versions(mongo.db):
         metrics = (doc.get("info") or {}).get("metrics") or {}

@@ -54,7 +54,7 @@ def test_demo_once_runs_the_whole_system_on_embedded_services(tmp_path):
         assert "MongoDB opportunities : 2500" in text
         assert "SQL fact_opportunity  : 2500 rows (sqlite)" in text
         assert "Redis cache           : 2500 keys" in text
-        assert "held-out ROC AUC" in text and "http://127.0.0.1:3000" in text
+        assert "new opportunities as at capture: ROC AUC" in text and "http://127.0.0.1:3000" in text
         creds = Path(tmp_path / "demo-credentials.txt")
         assert str(creds) in text and oct(creds.stat().st_mode & 0o777) == "0o600"
         # The run is recorded in the instance that the Dagster UI serves.

@@ -169,12 +169,9 @@ class _Split:
     y_val: np.ndarray
     w_val: np.ndarray
 
-    score_mask: np.ndarray | None = None   # the held-out rows the search is scored on (default: all)
-
     def auc(self, rf: RandomForestClassifier) -> tuple[float, np.ndarray]:
         raw = rf.predict_proba(self.X_val)[:, 1]
-        m = slice(None) if self.score_mask is None else self.score_mask
-        return float(roc_auc_score(self.y_val[m], raw[m], sample_weight=self.w_val[m])), raw
+        return float(roc_auc_score(self.y_val, raw, sample_weight=self.w_val)), raw
 
 
 def _grow(rf: RandomForestClassifier, trees: int, split: _Split) -> tuple[float, np.ndarray]:
@@ -187,7 +184,7 @@ def _grow(rf: RandomForestClassifier, trees: int, split: _Split) -> tuple[float,
 
 
 def search(split: _Split, config: SearchConfig) -> tuple[dict, RandomForestClassifier, np.ndarray, pd.DataFrame]:
-    """Successive halving over trees, scored on the held-out newest rows.
+    """Successive halving over trees, scored on the held-out rows (the opportunities decided last).
 
     Returns (params, the grown winner, its held-out raw probabilities, the trials)."""
     candidates = list(ParameterSampler(config.param_space, n_iter=config.n_candidates,
