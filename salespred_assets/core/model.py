@@ -170,8 +170,21 @@ class _Split:
     w_val: np.ndarray
 
     def auc(self, rf: RandomForestClassifier) -> tuple[float, np.ndarray]:
-        raw = rf.predict_proba(self.X_val)[:, 1]
+        raw = forest_proba(rf, self.X_val)
         return float(roc_auc_score(self.y_val, raw, sample_weight=self.w_val)), raw
+
+
+def forest_proba(rf: RandomForestClassifier, X: np.ndarray) -> np.ndarray:
+    """The forest's probability of 'won', summed over the trees in a fixed order.
+
+    With several jobs scikit-learn adds the trees' votes in whatever order its threads finish, so the last
+    bits change from run to run; the calibrator fitted on them would too, and so would every probability."""
+    jobs = rf.n_jobs
+    rf.n_jobs = 1
+    try:
+        return rf.predict_proba(X)[:, 1]
+    finally:
+        rf.n_jobs = jobs
 
 
 def _grow(rf: RandomForestClassifier, trees: int, split: _Split) -> tuple[float, np.ndarray]:
@@ -318,14 +331,16 @@ class WinModel:
         return self.encoder.transform(features if isinstance(features, dict) else self._columns(features))
 
     def raw_proba(self, features: pd.DataFrame) -> np.ndarray:
-        return self.forest.predict_proba(self.transform(features))[:, 1]
+        return forest_proba(self.forest, self.transform(features))
 
     def calibrate(self, raw: np.ndarray, age: np.ndarray | None = None) -> np.ndarray:
         """Calibrated probabilities from the forest's; ``age`` (days open so far) when the model has one."""
         # The logistic calibrator's own formula, without its per-call input validation.
         coef = self.calibrator.coef_[0]
         X = calibration_inputs(raw, age if len(coef) > 1 else None)
-        z = X @ coef + float(self.calibrator.intercept_[0])
+        z = np.full(len(X), float(self.calibrator.intercept_[0]))
+        for j in range(X.shape[1]):  # element-wise, not a BLAS product: the same bits on every run
+            z += X[:, j] * float(coef[j])
         return 1.0 / (1.0 + np.exp(-z))
 
     def probability(self, features: pd.DataFrame) -> np.ndarray:
@@ -343,7 +358,7 @@ class WinModel:
         if explain:
             raw, contrib = self.explainer.explain(X)
         else:
-            raw, contrib = self.forest.predict_proba(X)[:, 1], None
+            raw, contrib = forest_proba(self.forest, X), None
         prob = self.calibrate(raw, np.asarray(columns[AGE], dtype=float) if AGE in columns else None)
         out: dict[str, Any] = {
             "probability": prob,
