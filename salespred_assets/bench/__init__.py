@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
 from salespred_assets import services, settings
-from salespred_assets.bench.harness import StageResult, write_report
+from salespred_assets.bench.harness import StageResult, kept_stages, write_report
 from salespred_assets.bench.stages import SCALES, STAGES, Servers
 
 
@@ -55,10 +56,26 @@ def run(scale_name: str = "full", out_dir: Path = Path("."), only: list[str] | N
                     result = StageResult(name, name, skipped=f"failed: {type(exc).__name__}: {str(exc)[:300]}")
                     progress(traceback.format_exc())
                 result.seconds = time.perf_counter() - t0
+                result.measured, result.commit = started.isoformat(timespec="seconds"), _commit()
                 results.append(result)
                 progress(f"bench: {name} done in {result.seconds:.0f} s")
         finally:
             for cleanup in state.get("cleanups", []):
                 cleanup()
-        write_report(results, scale.name, out_dir, servers.describe(), started)
+        kept = kept_stages(out_dir, scale.name, names, list(STAGES)) if only else []
+        merged = sorted([*kept, *results], key=lambda r: list(STAGES).index(r.name) if r.name in STAGES else 99)
+        write_report(merged, scale.name, out_dir, servers.describe(), started)
     return results
+
+
+def _commit() -> str:
+    """The short commit of the code measured, with '+' when the work tree has changes; '' outside git."""
+    try:
+        root = Path(__file__).resolve().parents[2]
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return head + ("+" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""

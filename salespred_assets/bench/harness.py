@@ -80,6 +80,8 @@ class StageResult:
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
     seconds: float = 0.0
+    measured: str = ""      # when this stage ran (UTC, ISO) and on which commit: a merged report mixes runs
+    commit: str = ""
 
     def figure(self, name: str, unit: str, values: list[float]) -> Figure:
         fig = Figure(name, unit, [float(v) for v in values])
@@ -93,8 +95,17 @@ class StageResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "skipped": self.skipped, "seconds": self.seconds,
+                "measured": self.measured, "commit": self.commit,
                 "figures": [f.to_dict() for f in self.figures], "goals": [g.to_dict() for g in self.goals],
                 "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], measured: str = "") -> StageResult:
+        """A stage read back from BENCHMARKS.json (to keep it in a report that re-runs other stages)."""
+        return cls(d["name"], d["title"], [Figure(f["name"], f["unit"], list(f["values"])) for f in d["figures"]],
+                   [Goal(g["text"], g["measured"], g["target"], g["direction"], g.get("unit", "")) for g in d["goals"]],
+                   list(d.get("notes", [])), d.get("skipped"), float(d.get("seconds", 0.0)),
+                   d.get("measured") or measured, d.get("commit", ""))
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -149,6 +160,18 @@ def machine() -> dict[str, Any]:
             packages[name] = "not installed"
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "os": platform.platform(),
             "python": platform.python_version(), "packages": packages}
+
+
+def kept_stages(out_dir: Path, scale: str, rerun: list[str], order: list[str]) -> list[StageResult]:
+    """The stages of the report already in ``out_dir`` (same scale) that this run does not re-run."""
+    path = out_dir / "BENCHMARKS.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    if old.get("scale") != scale:
+        return []
+    kept = [StageResult.from_dict(d, old.get("date", "")) for d in old.get("stages", []) if d["name"] not in rerun]
+    return sorted(kept, key=lambda r: order.index(r.name) if r.name in order else len(order))
 
 
 def write_report(results: list[StageResult], scale: str, out_dir: Path, services: dict[str, str],
@@ -206,8 +229,10 @@ def markdown(data: dict[str, Any], results: list[StageResult]) -> str:
         "# salespred benchmarks",
         "",
         f"Written by `salespred bench --scale {data['scale']}` on {data['date']} (UTC). Every figure below comes from "
-        "that run: a median over repeated runs with its range, and every comparison is a ratio of two "
-        "measurements taken side by side in the same run. Regenerate with `make bench`.",
+        "a run: a median over repeated runs with its range, and every comparison is a ratio of two "
+        "measurements taken side by side in the same run. A run of some stages (`--only`) keeps the other "
+        "stages of the previous report: each stage says when, and on which commit, it was measured. "
+        "Regenerate with `make bench`.",
         "",
         f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, Python {m['python']}.",
         "",
@@ -237,5 +262,7 @@ def markdown(data: dict[str, Any], results: list[StageResult]) -> str:
         if r.notes:
             lines.append("")
             lines += [f"- {n}" for n in r.notes]
-        lines.append(f"\n(stage took {r.seconds:.0f} s)")
+        when = f"measured {r.measured[:16].replace('T', ' ')} UTC" + (f" on {r.commit}" if r.commit else "") + "; " \
+            if r.measured else ""
+        lines.append(f"\n({when}stage took {r.seconds:.0f} s)")
     return "\n".join(lines) + "\n"
