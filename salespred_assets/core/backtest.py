@@ -29,7 +29,6 @@ from threadpoolctl import threadpool_limits
 
 from salespred_assets.core.features import (
     AGE,
-    Snapshots,
     build_features,
     closed_target,
     feature_spec,
@@ -52,7 +51,6 @@ class TrainingRows:
     X: pd.DataFrame
     y: np.ndarray
     rows: Rows
-    snaps: Snapshots
 
 
 def training_rows(frame: pd.DataFrame, schema: DatasetSchema, before: np.datetime64 | None = None,
@@ -69,7 +67,7 @@ def training_rows(frame: pd.DataFrame, schema: DatasetSchema, before: np.datetim
         decided = part[schema.created].to_numpy(dtype="datetime64[D]")
     else:  # no dates at all: the export's own order stands in for time
         decided = np.datetime64("2000-01-01", "D") + np.arange(len(part)).astype("timedelta64[D]")
-    return TrainingRows(X, snaps.y, Rows(part[schema.id].to_numpy(dtype=object), decided), snaps)
+    return TrainingRows(X, snaps.y, Rows(part[schema.id].to_numpy(dtype=object), decided))
 
 
 def as_it_stood(frame: pd.DataFrame, schema: DatasetSchema, as_of: np.datetime64) -> pd.DataFrame:

@@ -40,7 +40,6 @@ AGE = "age_days"
 # Readable names for the derived features, used in explanations, plots and the model card.
 LABELS = {
     AGE: "days open so far",
-    "created_day": "creation date",
     "created_month": "creation month",
     "client_prior_opportunities": "client's earlier opportunities",
     "client_prior_units": "client's business units so far",
@@ -55,7 +54,6 @@ LABELS = {
 # client's rows closed before the moment scored). Nothing may read a field final only at close.
 SOURCES = {
     AGE: "capture",
-    "created_day": "capture",
     "created_month": "capture",
     "client_prior_opportunities": "created-before",
     "client_prior_units": "created-before",
