@@ -79,4 +79,19 @@ def test_phone_log_in_capture_and_see_the_prediction(browser, app, app_db):
         page.get_by_role("link", name="EN", exact=True).click()
         page.wait_for_load_state()
         assert re.fullmatch(r"Likely (won|lost)", page.locator(".headline").inner_text().strip())
+
+        # The seller closes it as won: the page now shows the outcome, never a probability or a grade.
+        page.locator("select#etapas").select_option("Won")
+        page.get_by_role("button", name="Save the stage").click()
+        page.wait_for_url(re.compile(rf".*/opportunities/{number}\?changed=1$"))
+        for lang, headline in (("EN", "Won"), ("ES", "Ganada")):  # the page is in English at first
+            if lang == "ES":
+                page.get_by_role("link", name=lang, exact=True).click()
+                page.wait_for_load_state()
+            page.get_by_test_id("outcome").wait_for()
+            assert page.locator(".headline").inner_text().strip() == headline
+            assert page.get_by_test_id("probability").count() == 0 and page.get_by_test_id("grade").count() == 0
+            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            page.screenshot(path=str(ARTIFACTS / f"closed-won-phone-{lang.lower()}.png"), full_page=True)
+        assert app_db.mongo.db[OPPORTUNITIES].find_one({"numero_opportunidad": number})["etapas"] == "Won"
         context.close()
