@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow bench install system-deps lint clean
+.PHONY: demo test test-slow reliability bench install system-deps lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP) system-deps
 
 test-slow: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m slow
+
+# Test runs write their reliability figures to .salespred/test-reports/RELIABILITY.md (untracked); this
+# regenerates the tracked RELIABILITY.md on purpose: the suite (default sections), then the slow scenarios.
+reliability: $(STAMP) system-deps
+	SALESPRED_RELIABILITY_FILE=$(CURDIR)/RELIABILITY.md $(BIN)/python -m pytest
+	SALESPRED_RELIABILITY_FILE=$(CURDIR)/RELIABILITY.md $(BIN)/python -m pytest -m slow
 
 bench: $(STAMP) system-deps
 	$(BIN)/salespred bench

@@ -5,12 +5,14 @@ A test records what it measured through the ``reliability`` fixture::
     reliability.record("Bad input at the API", "POST /api/opportunities", payloads=1000, status_4xx=1000, ...)
 
 When the session ends, each entry recorded in this run replaces the entry of the same section and name
-in ``RELIABILITY.md``, with the test's outcome, the date, the machine and the versions it ran on; the
-entries this run did not measure (``make test`` measures the default sections, ``make test-slow`` the load
-and fault scenarios) are kept as they were, each with its own date. Nothing in the file is typed by
-hand: the figures live in a JSON block at its end, and the tables are rendered from it.
+in the report, with the test's outcome, the date, the machine and the versions it ran on; the entries
+this run did not measure (``make test`` measures the default sections, ``make test-slow`` the load and
+fault scenarios) are kept as they were, each with its own date. Nothing in the file is typed by hand:
+the figures live in a JSON block at its end, and the tables are rendered from it.
 
-``SALESPRED_RELIABILITY_FILE`` sends the report elsewhere (``-`` disables it).
+A test run never rewrites a tracked file: by default the report goes to the untracked
+``.salespred/test-reports/RELIABILITY.md``. ``SALESPRED_RELIABILITY_FILE`` sends it elsewhere (``-``
+disables it); ``make reliability`` points it at the tracked ``RELIABILITY.md`` to regenerate that on purpose.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_FILE = REPO / "RELIABILITY.md"
+DEFAULT_FILE = REPO / ".salespred" / "test-reports" / "RELIABILITY.md"  # untracked: where test runs write
 DATA_START = "<!-- reliability-data"
 DATA_END = "-->"
 SECTIONS = [
@@ -109,6 +111,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _RECORDER.entries or target == "-":
         return
     path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_report(path, _RECORDER)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
@@ -187,8 +190,9 @@ def render(entries: list[dict[str, Any]]) -> str:
         "# Reliability and security figures",
         "",
         ("Written by the test suite (`salespred_tests/reliability.py`) from what its tests measured; do not edit by "
-        "hand. `make test` refreshes the default sections, `make test-slow` the load and fault scenarios; "
-        "`.ci/run` runs both. Each entry keeps the date, machine and versions of the run that measured it."),
+        "hand. `make reliability` regenerates it: the suite measures the default sections, the slow scenarios "
+        "(`-m slow`) the load and faults. Each entry keeps the date, machine and versions of the run that "
+        "measured it."),
         "",
     ]
     by_section: dict[str, list[dict[str, Any]]] = {}
