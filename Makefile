@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow reliability bench install system-deps lint clean
+.PHONY: demo test test-slow reliability bench docs docs-build install system-deps lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ reliability: $(STAMP) system-deps
 
 bench: $(STAMP) system-deps
 	$(BIN)/salespred bench
+
+# The documentation site (mkdocs.yml, docs/): `make docs` serves it at http://127.0.0.1:8001 while you edit.
+docs: $(STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+docs-build: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP)
 	$(BIN)/ruff check salespred_assets salespred_tests

@@ -3,7 +3,7 @@
 Every case is wrong by construction: a valid payload with one to three defects, or a body that is not
 an object at all. Each defect names the field the server must blame (``Case.expected``) and the fields
 it may also blame (``Case.allowed``: a bad ACV also silences or triggers the TCV rule). The rules are
-written here from the README's capture rules, not imported from the app, so the tests check the app
+written here from the documented capture rules, not imported from the app, so the tests check the app
 against them rather than against itself. Cases where two readings are defensible (``" CL-42 "`` after
 trimming, ``"1_000"`` as a number in a form) are left out instead of guessed.
 """
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from salespred_assets.core.schema import CODE_SETS
 
-# The capture rules (README, "Capture rules").
+# The capture rules (docs/seller-app.md, "Capture rules").
 MAX_AMOUNT = 1e12
 MAX_YEARS = 50
 CLIENT = re.compile(r"CL-[0-9]{1,12}")
