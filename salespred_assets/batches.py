@@ -153,7 +153,7 @@ class Plan:
 # ---- planning (the sensor) ----------------------------------------------------------------------
 def settle_bound(now: dt.datetime | None = None, settle_s: float | None = None) -> ObjectId:
     """ObjectIds below this were created more than ``settle_s`` (default SETTLE_SECONDS) seconds ago."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return ObjectId.from_datetime(now - dt.timedelta(seconds=SETTLE_SECONDS if settle_s is None else settle_s))
 
 
@@ -166,7 +166,7 @@ def new_ids(db: Database, last_id: str | None, bound: ObjectId, limit: int = MAX
     return [d["_id"] for d in cursor if isinstance(d["_id"], ObjectId)]
 
 
-def _watch(db: Database, token: dict | None, schema: DatasetSchema | None = None):  # noqa: ANN202 - a ChangeStream
+def _watch(db: Database, token: dict | None, schema: DatasetSchema | None = None):
     # Events keep only what the batches and the history need: a tracked field's old and new value, the
     # opportunity number (from the before-image, or looked up when there is none), and the commit time.
     schema = schema or DEFAULT_SCHEMA
@@ -275,7 +275,7 @@ def _changed_ids(events: Iterable[tuple[str, Any]], scanned: set[ObjectId], hi: 
 
 def _write_manifest(db: Database, key: str, ids: list[Any]) -> None:
     db[MANIFESTS].replace_one({"_id": key}, {"_id": key, "ids": ids, "rows": len(ids),
-                                             "created_at": dt.datetime.now(dt.timezone.utc)}, upsert=True)
+                                             "created_at": dt.datetime.now(dt.UTC)}, upsert=True)
 
 
 def drop_manifests(db: Database, keys: Sequence[str]) -> int:
@@ -298,7 +298,7 @@ def batch_ids(db: Database, key: str) -> list[Any]:
 def read_batch(mongo: MongoResource, key: str, schema: DatasetSchema) -> list[dict[str, Any]]:
     """The documents of one batch: an ``_id`` range through the index, or ``_id`` lookups."""
     coll = mongo.db[OPPORTUNITIES]
-    projection = {f: 1 for f in schema.fields}
+    projection = dict.fromkeys(schema.fields, 1)
     bounds = parse_range(key)
     if bounds is not None:
         lo, hi = bounds

@@ -82,7 +82,7 @@ def services_status() -> None:
 @click.option("--as-of", type=click.DateTime(["%Y-%m-%d"]), help="Reference date for --synthetic (default today).")
 @click.option("--batch-size", default=5000, show_default=True, help="Documents per insert.")
 @click.option("--replace", is_flag=True, help="Delete existing opportunities first.")
-def seed(n, csv_path, sellers_path, schema_path, seed, as_of, batch_size, replace) -> None:  # noqa: ANN001
+def seed(n, csv_path, sellers_path, schema_path, seed, as_of, batch_size, replace) -> None:
     """Load opportunities into MongoDB: synthetic (--synthetic N) or an export (--csv PATH)."""
     from tqdm import tqdm
 
@@ -109,7 +109,8 @@ def seed(n, csv_path, sellers_path, schema_path, seed, as_of, batch_size, replac
         click.echo(f"inserted {result['inserted']} opportunities from {csv_path}"
                    + (f"; {result['rejected']} rows rejected (invalid)" if result["rejected"] else ""))
     if sellers_path:
-        click.echo(f"loaded {loading.load_sellers_csv(mongo, sellers_path)} sellers (passwords stored as argon2 hashes)")
+        click.echo(f"loaded {loading.load_sellers_csv(mongo, sellers_path)} sellers "
+                   "(passwords stored as argon2 hashes)")
     else:
         path = loading.ensure_demo_sellers(mongo)
         if path:
@@ -117,7 +118,7 @@ def seed(n, csv_path, sellers_path, schema_path, seed, as_of, batch_size, replac
 
 
 # ---- model ----------------------------------------------------------------------------------
-def _read_export(csv_path: str, schema_path: str | None):  # noqa: ANN202
+def _read_export(csv_path: str, schema_path: str | None):
     """(schema, validated) for a CSV export: every row typed, or quarantined with its reason."""
     import pandas as pd
 
@@ -125,7 +126,7 @@ def _read_export(csv_path: str, schema_path: str | None):  # noqa: ANN202
     from salespred_assets.core.schema import load_schema
 
     schema = load_schema(schema_path)
-    raw = pd.read_csv(csv_path, dtype={c: "str" for c in schema.text_fields + list(schema.dates)},
+    raw = pd.read_csv(csv_path, dtype=dict.fromkeys(schema.text_fields + list(schema.dates), "str"),
                       keep_default_na=False, na_values={c: [""] for c in schema.number_fields})
     missing = [f for f in schema.fields if f not in raw.columns]
     if missing:
@@ -142,7 +143,7 @@ def _read_export(csv_path: str, schema_path: str | None):  # noqa: ANN202
               help="Write one row per scored opportunity (id, group, age at scoring, probability, outcome) as CSV.")
 @click.option("--search", type=click.Choice(["full", "fast"]), default="full", show_default=True)
 @click.option("--no-yardstick", is_flag=True, help="Skip the HistGradientBoosting yardstick.")
-def backtest(csv_path, schema_path, as_of, predictions_out, search, no_yardstick) -> None:  # noqa: ANN001
+def backtest(csv_path, schema_path, as_of, predictions_out, search, no_yardstick) -> None:
     """The figure a seller would have got: train on the history before --as-of, then score the pipeline open
     on that date (at its age then) and every opportunity created later (as at capture). Prints one JSON
     object: ROC AUC, accuracy, Brier score and a calibration table per group, and the 3- and 6-month
@@ -169,7 +170,7 @@ def backtest(csv_path, schema_path, as_of, predictions_out, search, no_yardstick
 @click.option("--predictions-out", type=click.Path(dir_okay=False), help="Write the test rows' predictions (CSV).")
 @click.option("--search", type=click.Choice(["full", "fast"]), default="full", show_default=True)
 @click.option("--no-yardstick", is_flag=True, help="Skip the HistGradientBoosting yardstick.")
-def evaluate(csv_path, schema_path, test_size, random_state, predictions_out, search, no_yardstick) -> None:  # noqa: ANN001
+def evaluate(csv_path, schema_path, test_size, random_state, predictions_out, search, no_yardstick) -> None:
     """The ORIGINAL protocol, for comparison with the original system only: a random split of closed rows,
     with inputs only known at close (e.g. the final duration). Not what a seller gets: see `backtest`."""
     from salespred_assets.core.evaluation import CAVEAT, ORIGINAL_ACCURACY, evaluate as run_evaluation
@@ -219,7 +220,8 @@ def model_list(as_json: bool) -> None:
     click.echo(f"  {'version':24} {'status':10} {'trained at':26} {'ROC AUC':>8} {'accuracy':>8}  last promoted")
     for r in rows:
         click.echo(f"{'*' if r['current'] else ' '} {r['version']:24} {r['status']:10} "
-                   f"{str(r['trained_at'] or '-'):26} {fig(r['roc_auc'])} {fig(r['accuracy'])}  {r['last_promoted'] or '-'}")
+                   f"{r['trained_at'] or '-'!s:26} {fig(r['roc_auc'])} {fig(r['accuracy'])}  "
+                   f"{r['last_promoted'] or '-'}")
 
 
 def _switched(result: dict) -> None:
@@ -264,7 +266,8 @@ def batches_plan(rows: int) -> None:
     instance = dg.DagsterInstance.get()
     new = [k for k in keys if not instance.has_dynamic_partition(batches.PARTITIONS, k)]
     instance.add_dynamic_partitions(batches.PARTITIONS, new)
-    click.echo(f"{len(keys)} batches of up to {rows} opportunities ({len(new)} new partitions of {batches.PARTITIONS}):")
+    click.echo(f"{len(keys)} batches of up to {rows} opportunities "
+               f"({len(new)} new partitions of {batches.PARTITIONS}):")
     for key in keys:
         click.echo(f"  {key}")
     click.echo("launch them as a backfill (one run per batch): Dagster UI > Lineage > new_opportunity_scores > "
@@ -295,10 +298,9 @@ def batches_run(key: str) -> None:
 @click.option("--synthetic", "n", default=20_000, show_default=True, help="Demo opportunities if Mongo is empty.")
 @click.option("--dagster-port", default=DAGSTER_PORT, show_default=True)
 @click.option("--app-port", default=APP_PORT, show_default=True)
-def demo(once, n, dagster_port, app_port) -> None:  # noqa: ANN001
+def demo(once, n, dagster_port, app_port) -> None:
     """Start services, load demo data if empty, materialise everything, then serve the UIs."""
-    from salespred_assets import loading, runner
-    from salespred_assets import services as svc
+    from salespred_assets import loading, runner, services as svc
     from salespred_assets.mongo.resource import OPPORTUNITIES
 
     for name in ("mongo", "redis"):
@@ -328,7 +330,7 @@ def _ping_all() -> None:
     SqlResource(url=settings.get(settings.ENV_SQL) or "").ping()
 
 
-def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:  # noqa: ANN001
+def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:
     from salespred_assets import loading
     from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE
     from salespred_assets.redis_cache.resource import RedisResource
@@ -347,8 +349,8 @@ def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:
     lines = [
         "",
         f"run {outcome.run_id}: {'succeeded' if outcome.ok else 'FAILED'} in {seconds:.0f} s",
-        f"  MongoDB opportunities : {mongo.db[OPPORTUNITIES].count_documents({})} "
-        f"({mongo.db[QUARANTINE].count_documents({})} quarantined)",
+        (f"  MongoDB opportunities : {mongo.db[OPPORTUNITIES].count_documents({})} "
+         f"({mongo.db[QUARANTINE].count_documents({})} quarantined)"),
         f"  SQL fact_opportunity  : {sql_rows} rows ({sql.dialect})",
         f"  Redis cache           : {stats.get('keys', 0)} keys, generation {stats.get('generation')}",
     ]
@@ -455,7 +457,8 @@ def bench(scale: str, out_dir: str, only: str | None) -> None:
                         progress=lambda line: click.echo(line, err=True))
     missed = [f"{r.title}: {g.text}" for r in results for g in r.goals if not g.met]
     failed = [r.title for r in results if r.skipped and r.skipped.startswith("failed")]
-    click.echo(f"wrote {Path(out_dir) / 'BENCHMARKS.md'}: {sum(len(r.goals) for r in results) - len(missed)} goals met, "
+    met = sum(len(r.goals) for r in results) - len(missed)
+    click.echo(f"wrote {Path(out_dir) / 'BENCHMARKS.md'}: {met} goals met, "
                f"{len(missed)} missed, {len(failed)} stages failed")
     for line in missed:
         click.echo(f"  missed: {line}")
@@ -477,7 +480,7 @@ def main() -> None:
     except SalespredError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except Exception as exc:  # noqa: BLE001 - last resort: name the database and mask secrets
+    except Exception as exc:  # last resort: name the database and mask secrets
         converted = _as_service_error(exc)
         if converted is None:
             raise

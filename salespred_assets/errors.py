@@ -17,7 +17,8 @@ class ServiceUnavailable(SalespredError):
         self.url = mask_url(url)
         self.cause = cause
         detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        fix = hint or "check that the server runs and the URL is right, or unset the variable to use the embedded service"
+        fix = hint or ("check that the server runs and the URL is right, or unset the variable to use the embedded "
+                       "service")
         super().__init__(f"{service} is unreachable at {self.url}: {detail[:200]} ({fix})")
 
 

@@ -73,7 +73,7 @@ def write_sellers(mongo: MongoResource, sellers: list[dict[str, Any]]) -> int:
     mongo.ensure_indexes()
     n = 0
     for raw in sellers:
-        doc = {k: (None if pd.isna(v) else str(v)) for k, v in raw.items() if k in SELLER_FIELDS + ["reports_to"]}
+        doc = {k: (None if pd.isna(v) else str(v)) for k, v in raw.items() if k in [*SELLER_FIELDS, "reports_to"]}
         missing = [k for k in ("numero_vendedor", "username") if not doc.get(k)]
         if missing:
             raise SalespredError(f"seller {raw.get('numero_vendedor') or raw.get('username') or '?'} lacks {missing}")
@@ -115,7 +115,7 @@ def seed_csv(mongo: MongoResource, path: str | Path, schema: DatasetSchema = DEF
     if absent:
         raise SalespredError(f"{p} lacks the fields {absent} that the schema declares; "
                              f"its columns are {header}. Pass --schema with a schema file for this export.")
-    dtypes = {c: "float64" for c in schema.number_fields}
+    dtypes = dict.fromkeys(schema.number_fields, "float64")
     dtypes.update({c: "str" for c in schema.fields if c not in schema.number_fields})
     mongo.ensure_indexes()
     if schema != DEFAULT_SCHEMA:
@@ -131,11 +131,13 @@ def seed_csv(mongo: MongoResource, path: str | Path, schema: DatasetSchema = DEF
         try:
             inserted += mongo.insert_opportunities(docs)
         except BulkWriteError as exc:
-            raise SalespredError(f"loading {p} failed after {inserted} rows: {exc.details.get('writeErrors', [])[:1]}") from exc
+            first_error = exc.details.get("writeErrors", [])[:1]
+            raise SalespredError(f"loading {p} failed after {inserted} rows: {first_error}") from exc
         if progress:
             progress(len(records))
     if schema.id == DEFAULT_SCHEMA.id:
-        numbers = [int(x[3:]) for x in mongo.db[OPPORTUNITIES].distinct(schema.id) if str(x).startswith("OP-") and x[3:].isdigit()]
+        numbers = [int(x[3:]) for x in mongo.db[OPPORTUNITIES].distinct(schema.id)
+                   if str(x).startswith("OP-") and x[3:].isdigit()]
         if numbers:
             mongo.raise_counter(OPPORTUNITY_COUNTER, max(numbers))
     return {"inserted": inserted, "rejected": rejected}

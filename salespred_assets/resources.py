@@ -27,7 +27,8 @@ def build_resources(environment: str | None = None) -> dict[str, object]:
     mongo = MongoResource(uri=_env_or_embedded(settings.ENV_MONGO, production))
     sql = SqlResource(url=_env_or_embedded(settings.ENV_SQL, production))
     redis = RedisResource(url=_env_or_embedded(settings.ENV_REDIS, production))
-    storage = dg.EnvVar("SALESPRED_STORAGE_DIR") if settings.get("SALESPRED_STORAGE_DIR") else str(settings.home() / "storage")
+    storage = (dg.EnvVar("SALESPRED_STORAGE_DIR") if settings.get("SALESPRED_STORAGE_DIR")
+               else str(settings.home() / "storage"))
     return wire(mongo, sql, redis, storage)
 
 

@@ -35,7 +35,7 @@ def client_history(mongo: MongoResource, schema: DatasetSchema, docs: Sequence[d
         return []
     clients = sorted({c for d in docs if isinstance(c := d.get(schema.client), str)})
     mine = {i for d in docs if isinstance(i := d.get(schema.id), str)}  # a malformed id may not even be hashable
-    projection = {f: 1 for f in schema.fields}
+    projection = dict.fromkeys(schema.fields, 1)
     known: list[dict[str, Any]] = []
     # Chunks of 100: a batch of new opportunities names hundreds of clients, and SecantusDB's $in costs
     # grow with the square of the list (mongod's do not; chunks cost it one round trip per 100).

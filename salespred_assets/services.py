@@ -173,11 +173,12 @@ def ensure(name: str) -> str:
         data_dir.mkdir(parents=True, exist_ok=True)
         log_dir = settings.home() / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(log_dir / f"{name}.log", "ab")
         cmd = svc.command(port, data_dir)
-        # Own session: the server outlives the process that started it (a Dagster run, the CLI).
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=str(data_dir))
+        # Own session: the server outlives the process that started it (a Dagster run, the CLI). The server
+        # writes to its own copy of the log file's descriptor; ours closes once it has started.
+        with open(log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=str(data_dir))
         uri = svc.uri(port)
         deadline = time.monotonic() + START_TIMEOUT_S
         reason: str | None = "not started"
@@ -251,5 +252,6 @@ def describe() -> list[dict]:
     uri = sql or sqlite_url()
     reason = ping("sql", uri)
     rows.append({"service": "SQL", "source": f"from {settings.ENV_SQL}" if sql else "embedded SQLite file",
-                 "uri": settings.mask_url(uri), "status": "answers" if reason is None else f"does not answer: {reason}"})
+                 "uri": settings.mask_url(uri),
+                 "status": "answers" if reason is None else f"does not answer: {reason}"})
     return rows

@@ -51,7 +51,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:  # noqa: ANN001
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -70,11 +70,11 @@ class MongoServer:
         self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
     def start(self) -> None:
-        log = open(Path(_SESSION_HOME) / f"secantus-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(self.port),
-             "--storage-path", self.storage, "--log-level", "WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(Path(_SESSION_HOME) / f"secantus-{self.port}.log", "ab") as log:  # the server keeps its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--storage-path", self.storage, "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         import pymongo
 
         def up() -> bool:
@@ -204,14 +204,14 @@ def mariadb_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def sql_url(request, tmp_path) -> str:  # noqa: ANN001
+def sql_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'report.db'}"
     return request.getfixturevalue(f"{request.param}_url" if request.param != "postgresql" else "postgres_url")
 
 
 @pytest.fixture
-def sqlite_url(tmp_path) -> str:  # noqa: ANN001
+def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'report.db'}"
 
 
@@ -230,7 +230,7 @@ def sellers_csv() -> Path:
 
 
 @pytest.fixture
-def resources(mongo, redis_resource, sqlite_url):  # noqa: ANN001
+def resources(mongo, redis_resource, sqlite_url):
     """Dagster resources on the test servers (SQL on SQLite)."""
     from salespred_tests.helpers import build_test_resources
 

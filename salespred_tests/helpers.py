@@ -31,7 +31,8 @@ def train_current_model(mongo: MongoResource, *, trees: int = 30, leaf: int = 3,
     return model
 
 
-def build_test_resources(mongo: MongoResource, redis: RedisResource, sql_url: str, storage_dir: str | None = None) -> dict[str, Any]:
+def build_test_resources(mongo: MongoResource, redis: RedisResource, sql_url: str,
+                         storage_dir: str | None = None) -> dict[str, Any]:
     """The production wiring (resources.wire) around the test servers; no storage dir: Dagster's default."""
     resources = wire(mongo, SqlResource(url=sql_url), redis, storage_dir or "")
     if not storage_dir:
@@ -43,8 +44,8 @@ def all_assets_and_checks() -> tuple[list, list]:
     from salespred_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    assets = [a for a in defs.assets or []]
-    checks = [c for c in defs.asset_checks or []]
+    assets = list(defs.assets or [])
+    checks = list(defs.asset_checks or [])
     del graph
     return assets, checks
 

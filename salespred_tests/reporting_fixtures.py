@@ -29,7 +29,8 @@ def source_frame(n: int = 800, seed: int = 11) -> pd.DataFrame:
 
 
 def tiny_model(frame: pd.DataFrame, trees: int = 30) -> WinModel:
-    return fit(frame, S, SearchConfig.preset("fast"), params={"rf__n_estimators": trees, "rf__min_samples_leaf": 3}).model
+    return fit(frame, S, SearchConfig.preset("fast"),
+               params={"rf__n_estimators": trees, "rf__min_samples_leaf": 3}).model
 
 
 def scored(frame: pd.DataFrame, model: WinModel, scored_at: dt.datetime = SCORED_AT) -> pd.DataFrame:

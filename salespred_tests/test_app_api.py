@@ -12,7 +12,7 @@ import pytest
 from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.core.synthetic import generate
 from salespred_assets.mongo.resource import COUNTERS, OPPORTUNITIES, OPPORTUNITY_COUNTER
-from salespred_tests.app_fixtures import *  # the fixtures: app, app_db, client
+from salespred_tests.app_fixtures import *  # noqa: F403 - the fixtures app, app_db, client (its __all__)
 from salespred_tests.app_fixtures import AppDB, login_token, new_client, valid_payload
 from salespred_tests.conftest import wait_for
 
@@ -139,7 +139,8 @@ def test_numbers_come_from_the_counter_and_are_never_reused(client, app_db):
     app_db.mongo.db[OPPORTUNITIES].delete_one({"numero_opportunidad": first})
     with ThreadPoolExecutor(6) as pool:
         numbers = list(pool.map(
-            lambda _: client.post("/api/opportunities", json=valid_payload(), headers=headers).json()["numero_opportunidad"],
+            lambda _: client.post("/api/opportunities", json=valid_payload(),
+                                  headers=headers).json()["numero_opportunidad"],
             range(6)))
     assert len(set(numbers)) == 6 and first not in numbers
     assert sorted(numbers) == [f"OP-{n}" for n in range(100_000, 100_006)]  # wider than 5 digits when needed
@@ -176,7 +177,8 @@ def test_bad_input_gets_a_message_per_field_and_writes_nothing(client, app_db):
         assert list(errors) == [field[:64]], (field, errors)
         assert errors[field[:64]] and not errors[field[:64]].startswith("Input should")  # our own messages
     for raw in (b"", b"not json", b"[1, 2]", b'{"acv": NaN}', b'{"acv": Infinity}', b"null"):
-        response = client.post("/api/opportunities", content=raw, headers={**headers, "Content-Type": "application/json"})
+        response = client.post("/api/opportunities", content=raw,
+                               headers={**headers, "Content-Type": "application/json"})
         assert response.status_code == 422 and response.json()["errors"], raw
     nan = client.post("/api/opportunities", headers={**headers, "Content-Type": "application/json"},
                       content=json.dumps(valid_payload(), allow_nan=True).replace("48000.0", "NaN"))

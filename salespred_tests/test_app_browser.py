@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from salespred_assets.mongo.resource import OPPORTUNITIES
-from salespred_tests.app_fixtures import *  # the fixtures: app, app_db, client
+from salespred_tests.app_fixtures import *  # noqa: F403 - the fixtures app, app_db, client (its __all__)
 from salespred_tests.app_fixtures import RunningServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]

@@ -15,7 +15,7 @@ import pytest
 
 from salespred_assets.core.schema import CODE_SETS
 from salespred_assets.mongo.resource import OPPORTUNITIES
-from salespred_tests.app_fixtures import *  # the fixtures: app, app_db, client
+from salespred_tests.app_fixtures import *  # noqa: F403 - the fixtures app, app_db, client (its __all__)
 from salespred_tests.app_fixtures import AppDB, new_client, valid_payload
 from salespred_tests.conftest import free_port, wait_for
 

@@ -39,14 +39,14 @@ from salespred_tests.helpers import AS_OF, build_test_resources, train_current_m
 pytestmark = pytest.mark.integration
 
 
-def _tick(instance: dg.DagsterInstance, mongo, cursor: str | None) -> dg.SensorResult:  # noqa: ANN001
+def _tick(instance: dg.DagsterInstance, mongo, cursor: str | None) -> dg.SensorResult:
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"mongo": mongo})
     result = new_opportunities(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
 
-def _fact(sql_url: str):  # noqa: ANN202
+def _fact(sql_url: str):
     engine = sa.create_engine(sql_url)
     try:
         return writer.read_table(engine, tables.FACT_OPPORTUNITY).set_index(S.id), \
@@ -137,7 +137,7 @@ def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sql
     cache = redis_resource.cache()
     assert cache.current_generation() == generation  # written into the live generation, not a new one
     version = model_store.current_version(mongo.db)
-    new_numbers = [n for n in after.index.difference(before.index)]
+    new_numbers = list(after.index.difference(before.index))
     for raw in cache.get_many([*new_numbers, *won]):
         assert raw is not None and json.loads(raw)["model_version"] == version
     # Won now: the cache and SQL carry the outcome, not a prediction.
@@ -174,9 +174,9 @@ def test_a_full_rescore_tiles_every_document_into_range_batches(mongo, monkeypat
 
 
 def test_the_settle_time_and_the_watermark_rules():
-    bound = batches.settle_bound(dt.datetime(2026, 1, 1, 12, 0, 10, tzinfo=dt.timezone.utc), settle_s=5)
-    assert bound.generation_time == dt.datetime(2026, 1, 1, 12, 0, 5, tzinfo=dt.timezone.utc)
-    a, b, c = (ObjectId.from_datetime(dt.datetime(2026, 1, 1, 12, 0, s, tzinfo=dt.timezone.utc)) for s in (1, 2, 3))
+    bound = batches.settle_bound(dt.datetime(2026, 1, 1, 12, 0, 10, tzinfo=dt.UTC), settle_s=5)
+    assert bound.generation_time == dt.datetime(2026, 1, 1, 12, 0, 5, tzinfo=dt.UTC)
+    a, b, c = (ObjectId.from_datetime(dt.datetime(2026, 1, 1, 12, 0, s, tzinfo=dt.UTC)) for s in (1, 2, 3))
     events = [("update", a), ("insert", b), ("insert", a), ("update", c), ("replace", "custom-id")]
     # Watermark b: updates at or below it count, an insert the scan returned does not, above it waits.
     assert batches._changed_ids(events, scanned={b}, hi=str(b)) == [a, "custom-id"]
@@ -195,5 +195,5 @@ def test_schedules_follow_their_environment_variables(monkeypatch):
     assert automation.schedule_from_env("off", automation.retrain_job, "SALESPRED_RETRAIN_CRON", "0 2 * * *",
                                 "test").default_status == dg.DefaultScheduleStatus.STOPPED
     monkeypatch.setenv("SALESPRED_RETRAIN_CRON", "every night")
-    with pytest.raises(SalespredError, match="SALESPRED_RETRAIN_CRON='every night'.*five fields"):
+    with pytest.raises(SalespredError, match=r"SALESPRED_RETRAIN_CRON='every night'.*five fields"):
         automation.schedule_from_env("bad", automation.retrain_job, "SALESPRED_RETRAIN_CRON", "0 2 * * *", "test")

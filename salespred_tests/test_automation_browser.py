@@ -75,7 +75,7 @@ def dagster_ui(tmp_path_factory):
         log.close()
 
 
-def _dismiss_welcome(page) -> None:  # noqa: ANN001
+def _dismiss_welcome(page) -> None:
     """A new browser profile gets Dagster's 'Join the community' dialog a moment after the first page."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -86,13 +86,13 @@ def _dismiss_welcome(page) -> None:  # noqa: ANN001
     page.get_by_role("button", name="Skip").click()
 
 
-def _open(page, path: str) -> None:  # noqa: ANN001
+def _open(page, path: str) -> None:
     """Navigate inside the already loaded single-page app (as its own links do), not a full page load."""
     page.evaluate("path => { window.history.pushState({}, '', path); "
                   "window.dispatchEvent(new PopStateEvent('popstate')); }", path)
 
 
-def _shown(page, name: str) -> None:  # noqa: ANN001
+def _shown(page, name: str) -> None:
     """Wait until ``name`` is on screen: as text, or as the full title of a label the UI shortens (…)."""
     page.get_by_text(name, exact=True).or_(page.get_by_title(name, exact=True)).filter(visible=True).first.wait_for()
 

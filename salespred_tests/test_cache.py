@@ -24,8 +24,9 @@ def _values(n: int, version: str, prob: float) -> tuple[list[str], list[str]]:
 
 def test_values_are_json_with_factors_as_lists(redis_resource):
     ids, values = _values(3, "v1", 0.7)
+    # The seller first: the app reads it without parsing.
     assert serialize(pd.DataFrame({"opportunity_id": ["OP-1"], "probability": [0.5], "numero_vendedor": ["NV-3"]}),
-                     "opportunity_id", seller_column="numero_vendedor")[1] == ['{"seller":"NV-3","probability":0.5}']  # seller first: the app reads it without parsing
+                     "opportunity_id", seller_column="numero_vendedor")[1] == ['{"seller":"NV-3","probability":0.5}']
     cache = redis_resource.cache()
     cache.publish(ids, values, "v1")
     got = cache.get("OP-00001")
@@ -98,7 +99,7 @@ def test_values_equal_the_frame_writers_json_for_any_text():
     plain["probability"] = plain["probability"].round(6)
     plain["scored_at"] = plain["scored_at"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     expected = [json.loads(line) for line in plain.to_json(orient="records", lines=True).splitlines()]
-    for got, want, ff in zip(values, expected, frame["factors_for"]):
+    for got, want, ff in zip(values, expected, frame["factors_for"], strict=True):
         assert json.loads(got) == {**want, "factors_for": json.loads(ff), "factors_against": []}
         assert got.startswith('{"seller":')
     assert ids == ["OP-1", "OP-2", "OP-3"]

@@ -22,7 +22,7 @@ from salespred_tests.helpers import build_test_resources, materialize_all
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):  # noqa: ANN001
+def export(tmp_path_factory):
     return write_export(tmp_path_factory.mktemp("crm"))
 
 
@@ -43,7 +43,8 @@ def test_evaluate_a_differently_shaped_export_with_its_schema(export, tmp_path):
     # Anyone can recompute the figures from the file.
     assert roc_auc_score(preds["y_true"], preds["probability"]) == pytest.approx(report["metrics"]["roc_auc"])
     threshold = report["metrics"]["threshold"]
-    assert accuracy_score(preds["y_true"], preds["probability"] >= threshold) == pytest.approx(report["metrics"]["accuracy"])
+    assert (accuracy_score(preds["y_true"], preds["probability"] >= threshold)
+            == pytest.approx(report["metrics"]["accuracy"]))
     assert report["metrics"]["roc_auc"] > 0.7
     assert preds["OpportunityId"].str.startswith("006A").all()
 

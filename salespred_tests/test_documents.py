@@ -43,7 +43,7 @@ def test_each_kind_of_bad_document_is_quarantined_with_its_reason():
     docs = [good[7], *bad, dup]
     v = validate(records_frame(docs, S), S)
     assert len(v.frame) == 1 and v.frame["numero_opportunidad"].iloc[0] == good[7]["numero_opportunidad"]
-    reasons = dict(zip(v.quarantine["id"], v.quarantine["reason"]))
+    reasons = dict(zip(v.quarantine["id"], v.quarantine["reason"], strict=True))
     assert reasons["OP-BAD0"] == "tcv: missing"
     assert reasons["OP-BAD1"] == "acv: not a finite number"
     assert reasons["OP-BAD2"] == "etapas: unknown stage"
@@ -84,7 +84,7 @@ def test_synthetic_data_is_reproducible_whatever_the_batching():
     assert a == b
     assert tail == a[20_000:]  # generating in pieces gives the same documents
     assert a != other
-    assert np.mean([x["acv"] == y["acv"] for x, y in zip(a, other)]) < 0.1
+    assert np.mean([x["acv"] == y["acv"] for x, y in zip(a, other, strict=True)]) < 0.1
 
 
 def test_validated_rows_name_their_place_in_the_input():

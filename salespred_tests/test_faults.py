@@ -402,7 +402,8 @@ def test_a_run_killed_mid_materialisation_is_repaired_by_the_next_run(mongo_serv
                 "killed mid-run": killed, "after s": round(seconds, 1),
                 "re-run exit code": rerun.returncode,
                 "SQL rows identical to a clean run": got["rows"].equals(expected["rows"]),
-                "Redis keys and values identical": got["ids"] == expected["ids"] and got["values"] == expected["values"],
+                "Redis keys and values identical": (got["ids"] == expected["ids"]
+                                                    and got["values"] == expected["values"]),
                 "duplicate SQL rows": got["sql_duplicates"], "duplicate history keys": got["history_duplicates"],
                 "stale cache keys left without expiry": got["stale_generation_keys"]})
         for step, killed, code, identical, got in outcomes:
@@ -478,7 +479,8 @@ def test_mongo_restart_while_capturing_loses_no_accepted_capture(tmp_path, redis
             "requests": sum(statuses.values()), "statuses": dict(sorted(statuses.items())),
             "client errors": len(errors), "MongoDB down s": round(down_s, 1),
             "accepted (201)": len(numbers), "accepted and stored": len(set(numbers) & set(stored)),
-            "stored without a 201": captured_total - len(numbers), "numbers reused": len(all_numbers) - len(set(all_numbers)),
+            "stored without a 201": captured_total - len(numbers),
+            "numbers reused": len(all_numbers) - len(set(all_numbers)),
             "counter ahead of every number": counter >= max(int(n.split("-")[1]) for n in numbers)})
         assert set(statuses) <= {201, 503} and statuses[503] > 0, statuses
         assert not errors, errors[:5]

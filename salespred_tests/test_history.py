@@ -16,7 +16,7 @@ from salespred_assets.app.auth import load_viewer
 from salespred_assets.app.context import ChangeRefused
 from salespred_assets.mongo import history
 from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_HISTORY
-from salespred_tests.app_fixtures import *  # the fixtures: app, app_db, client
+from salespred_tests.app_fixtures import *  # noqa: F403 - the fixtures app, app_db, client (its __all__)
 from salespred_tests.app_fixtures import login_token, valid_payload
 from salespred_tests.helpers import AS_OF
 
@@ -55,7 +55,8 @@ def test_a_capture_keeps_the_typed_close_date_starts_at_age_zero_and_records_its
     assert entry["changes"] == {f: {"from": None, "to": stored[f]} for f in history.TRACKED}
     frame = history.changes_frame(app_db.mongo.db, ids=[number])
     assert list(frame["field"]) == list(history.TRACKED) and set(frame["source"]) == {"capture"}
-    assert frame["before"].isna().all() and frame.loc[frame["field"] == "fecha_cierre_oportunidad", "after"].item() == close
+    assert frame["before"].isna().all()
+    assert frame.loc[frame["field"] == "fecha_cierre_oportunidad", "after"].item() == close
 
 
 # ---- the app's own changes ------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_a_direct_mongodb_change_is_recorded_from_the_change_stream_once(mongo):
     [entry] = _entries(db, target["numero_opportunidad"])
     assert entry["source"] == "stream" and entry["seller"] is None and entry["_id"].startswith("stream:")
     assert entry["changes"] == {"etapas": {"from": target["etapas"], "to": "S5"}}  # untracked fields left out
-    assert abs(entry["at"] - dt.datetime.now(dt.timezone.utc)) < dt.timedelta(minutes=1)
+    assert abs(entry["at"] - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
     assert [b.kind for b in first.batches] == ["changed"]  # and it is rescored, as before
     assert batches.plan(mongo, first.cursor).history == 0  # the next tick: nothing new
 
@@ -236,7 +237,7 @@ def test_stream_events_become_changes():
 # ---- reading ----------------------------------------------------------------------------------------------
 def test_changes_frame_has_one_row_per_changed_field_in_time_order(mongo):
     db = mongo.db
-    t0 = dt.datetime(2026, 3, 1, 12, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
     history.record(db, "OP-2", {"etapas": {"from": "S1", "to": "S2"}, "acv": {"from": 1.0, "to": 2.0}}, "app",
                    at=t0 + dt.timedelta(days=2), seller="NV-1")
     history.record(db, "OP-2", history.initial({"etapas": "S1", "acv": 1.0}), "capture", at=t0)
@@ -255,7 +256,8 @@ def test_changes_frame_has_one_row_per_changed_field_in_time_order(mongo):
     assert frame["at"].iloc[-1] == pd.Timestamp("2026-03-09", tz="UTC")
     assert list(history.changes_frame(db, ids=["OP-3", "OP-1"])["opportunity"]) == ["OP-1", "OP-3"]
     empty = history.changes_frame(db, ids=["nobody"])
-    assert empty.empty and list(empty.columns) == list(frame.columns) and str(empty["at"].dtype) == str(frame["at"].dtype)
+    assert empty.empty and list(empty.columns) == list(frame.columns)
+    assert str(empty["at"].dtype) == str(frame["at"].dtype)
     with pytest.raises(ValueError, match="source"):
         history.record(db, "OP-1", {"etapas": {"from": "S1", "to": "S2"}}, "crm")
     mongo.ensure_indexes()

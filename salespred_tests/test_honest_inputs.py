@@ -13,8 +13,7 @@ from salespred_assets.core.backtest import training_rows
 from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.core.features import SNAPSHOT_AGES, build_features, feature_spec
 from salespred_assets.core.model import SearchConfig
-from salespred_assets.core.schema import DEFAULT_SCHEMA as S
-from salespred_assets.core.schema import DatasetSchema
+from salespred_assets.core.schema import DEFAULT_SCHEMA as S, DatasetSchema
 from salespred_assets.core.scoring import score
 from salespred_assets.core.training import fit
 from salespred_assets.errors import SalespredError
@@ -48,7 +47,7 @@ def test_schema_files_validate_the_timing_keys():
         DatasetSchema.from_dict({**base, "final_at_close": ["acv"], "while_open": ["acv"]})
 
 
-def _rows_of(rows, opportunity: str) -> pd.DataFrame:  # noqa: ANN001
+def _rows_of(rows, opportunity: str) -> pd.DataFrame:
     mine = rows.rows.groups == opportunity
     return rows.X[mine].reset_index(drop=True)
 
@@ -75,10 +74,11 @@ def test_moving_a_close_date_later_than_the_snapshots_changes_none_of_their_inpu
 def test_no_feature_reads_a_row_created_later_or_an_outcome_decided_later(frame):
     rng = np.random.default_rng(0)
     rows = rng.choice(len(frame), size=40, replace=False)
-    at = frame[S.created].to_numpy(dtype="datetime64[D]")[rows] + rng.integers(0, 200, size=len(rows)).astype("timedelta64[D]")
+    at = (frame[S.created].to_numpy(dtype="datetime64[D]")[rows]
+          + rng.integers(0, 200, size=len(rows)).astype("timedelta64[D]"))
     target = frame.iloc[rows]
     honest = build_features(target, S, at=at, context=frame)
-    for i, (position, day) in enumerate(zip(rows, at)):
+    for i, (position, day) in enumerate(zip(rows, at, strict=True)):
         created_i = np.datetime64(frame[S.created].iloc[position], "D")
         # Rewrite the future: rows created on or after this one's day change everything but their client,
         # and outcomes decided on or after the scored day flip.

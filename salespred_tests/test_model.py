@@ -34,8 +34,8 @@ REFERENCE_AS_OF = "2022-04-07"
 FAST_ALL_ROWS = replace(SearchConfig.preset("fast"), max_rows=1_000_000)  # no sampling: row masks line up
 
 
-def _frame_from_csv(path) -> pd.DataFrame:  # noqa: ANN001
-    raw = pd.read_csv(path, dtype={c: "str" for c in S.text_fields + list(S.dates)}, keep_default_na=False)
+def _frame_from_csv(path) -> pd.DataFrame:
+    raw = pd.read_csv(path, dtype=dict.fromkeys(S.text_fields + list(S.dates), "str"), keep_default_na=False)
     return validate(records_frame(raw.to_dict("records"), S), S).frame
 
 
@@ -45,7 +45,7 @@ def _synthetic_frame(n: int, seed: int = 5) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def reference(request):  # noqa: ANN001
+def reference(request):
     frame = _frame_from_csv(request.getfixturevalue("seed_csv"))
     return frame, backtest(frame, S, REFERENCE_AS_OF, SearchConfig.preset("full"))
 
@@ -130,7 +130,7 @@ def test_explanations_name_real_features_and_sum_to_the_forest_probability():
 
     preds = model.predict(sample)
     known = set(model.feature_names)
-    for fors, againsts, c in zip(preds["factors_for"], preds["factors_against"], contrib):
+    for fors, againsts, c in zip(preds["factors_for"], preds["factors_against"], contrib, strict=True):
         fors, againsts = pd.DataFrame(json.loads(fors)), pd.DataFrame(json.loads(againsts))
         assert len(fors) <= 3 and len(againsts) <= 3
         for table, sign in ((fors, 1), (againsts, -1)):

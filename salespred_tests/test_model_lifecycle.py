@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 class Watch:
     """Reader threads: Redis lookups of ``numbers`` and SQL reads of the fact table, until stopped."""
 
-    def __init__(self, redis_resource, sqlite_url: str, numbers: list[str]) -> None:  # noqa: ANN001
+    def __init__(self, redis_resource, sqlite_url: str, numbers: list[str]) -> None:
         self.cache, self.numbers = redis_resource.cache(), numbers
         self.engine = sa.create_engine(sqlite_url, connect_args={"timeout": 30})
         self.stop = threading.Event()
@@ -70,7 +70,7 @@ class Watch:
         self.engine.dispose()
 
 
-def _state(mongo, redis_resource, sqlite_url: str) -> dict:  # noqa: ANN001
+def _state(mongo, redis_resource, sqlite_url: str) -> dict:
     engine = sa.create_engine(sqlite_url)
     try:
         fact = writer.read_table(engine, tables.FACT_OPPORTUNITY)

@@ -26,7 +26,8 @@ def _agreement(mongo, sql_url, redis_resource) -> dict:
     ids = fact[DEFAULT_SCHEMA.id].tolist()
     cached = {i: cache.get(i) for i in ids}
     return {"mongo": mongo.db[OPPORTUNITIES].count_documents({}), "sql": len(fact),
-            "sql_distinct": fact[DEFAULT_SCHEMA.id].nunique(), "cache_hits": sum(v is not None for v in cached.values()),
+            "sql_distinct": fact[DEFAULT_SCHEMA.id].nunique(),
+            "cache_hits": sum(v is not None for v in cached.values()),
             "fact": fact, "cached": cached}
 
 

@@ -131,7 +131,8 @@ def test_a_server_that_never_answers_times_out_and_a_closed_port_is_named(prefix
         try:
             await refused.execute("PING")
         except redis.RedisError as exc:
-            assert str(exc) == f"{closed} (no new attempt for 1 s)", "a caller right after a refused connect tried again"
+            assert str(exc) == f"{closed} (no new attempt for 1 s)", (
+                "a caller right after a refused connect tried again")
         else:
             raise AssertionError("a closed port answered")
         return stuck, closed

@@ -14,7 +14,7 @@ from salespred_tests.helpers import AS_OF
 pytestmark = pytest.mark.integration
 
 
-def _plant(mongo) -> dict[str, str]:  # noqa: ANN001
+def _plant(mongo) -> dict[str, str]:
     coll = mongo.db[OPPORTUNITIES]
     template = coll.find_one({}, {"_id": 0})
     bad = {
@@ -40,7 +40,8 @@ def test_bad_documents_are_quarantined_and_the_run_goes_on(mongo, tmp_path):
     loading.seed_synthetic(mongo, 500, seed=8, as_of=AS_OF)
     expected = _plant(mongo)
     resources = {"mongo": mongo, "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path))}
-    result = dg.materialize([raw_opportunities, raw_opportunities_quarantine], resources=resources, raise_on_error=False)
+    result = dg.materialize([raw_opportunities, raw_opportunities_quarantine], resources=resources,
+                            raise_on_error=False)
     assert result.success  # a warning check does not fail the run
     frame = result.output_for_node("raw_opportunities")
     assert len(frame) == 500 and frame["numero_opportunidad"].is_unique

@@ -101,9 +101,11 @@ def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
     from_views = dashboard.summary(dashboard.figures(engine))
     pipeline = rf.expected_pipeline(preds)
     closed = rf.expected_closed(preds)
-    for key, want in {"expected_open_tcv": pipeline["expected_tcv"].sum(), "open_opportunities": len(preds[
-            preds["outcome"] == "open"]), "won_tcv": closed.loc["won", "tcv"], "lost_opportunities":
-            closed.loc["lost", "opportunities"], "regions": len(rf.expected_by_region(preds)), "model_versions": 2}.items():
+    expected = {"expected_open_tcv": pipeline["expected_tcv"].sum(),
+                "open_opportunities": len(preds[preds["outcome"] == "open"]), "won_tcv": closed.loc["won", "tcv"],
+                "lost_opportunities": closed.loc["lost", "opportunities"],
+                "regions": len(rf.expected_by_region(preds)), "model_versions": 2}
+    for key, want in expected.items():
         assert meta[key] == pytest.approx(want, rel=1e-9), key
         assert from_views[key] == pytest.approx(want, rel=1e-9), key
     assert meta["current_model"] == versions[1]

@@ -17,8 +17,7 @@ from sqlalchemy.schema import (
     SetTableComment,
 )
 
-from salespred_assets.core.schema import DEFAULT_SCHEMA as S
-from salespred_assets.core.schema import DatasetSchema
+from salespred_assets.core.schema import DEFAULT_SCHEMA as S, DatasetSchema
 from salespred_assets.sql import tables, views, writer
 
 # The dialect an mssql+pyodbc URL gives (qmark parameters, as pyodbc sends them); no connection is made.

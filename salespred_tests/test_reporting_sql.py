@@ -13,8 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from salespred_assets import dashboard
-from salespred_assets.core.schema import DEFAULT_SCHEMA as S
-from salespred_assets.core.schema import DatasetSchema
+from salespred_assets.core.schema import DEFAULT_SCHEMA as S, DatasetSchema
 from salespred_assets.errors import SalespredError
 from salespred_assets.sql import model_versions, tables, views, writer
 from salespred_assets.sql.resource import make_engine
@@ -95,7 +94,7 @@ def test_views_match_pandas(engine, scored_frames):
     assert set(pipeline["period_rule"]) == {views.PERIOD_RULE}
     assert pd.Timestamp(pipeline["as_of"].max()).replace(tzinfo=None) == \
         pd.Timestamp(second["scored_at"].max()).tz_convert("UTC").replace(tzinfo=None)
-    assert dict(zip(pipeline["horizon_order"], pipeline["horizon"]))[2] == "next 3 months"
+    assert dict(zip(pipeline["horizon_order"], pipeline["horizon"], strict=True))[2] == "next 3 months"
 
     by_month = views.read(engine, views.EXPECTED_BY_CLOSE_MONTH)
     assert (by_month["close_month_key"] == by_month["close_year"] * 100 + by_month["close_month"]).all()
@@ -109,7 +108,7 @@ def test_views_match_pandas(engine, scored_frames):
     assert "Sofía Herrera" in set(matrix.index.get_level_values("seller_name"))  # accents survive every dialect
 
     quality = views.read(engine, views.MODEL_QUALITY).set_index("model_version")
-    for preds, entry in zip((first, second), registry.itertuples()):
+    for preds, entry in zip((first, second), registry.itertuples(), strict=True):
         row = quality.loc[entry.model_version]
         assert row["predictions_recorded"] == len(preds)
         assert row["roc_auc"] == pytest.approx(entry.roc_auc, rel=1e-12)  # DOUBLE everywhere, not FLOAT

@@ -74,7 +74,7 @@ def test_one_row_against_its_client_context_equals_the_batch_row(data):
 
 
 def test_lookup_encoding_equals_the_fitted_pipeline(data):
-    frame, features, model = data
+    _frame, features, model = data
     sample = features.iloc[::7].copy()
     sample.iloc[0, sample.columns.get_loc("industrias")] = "IN-99"  # a code the encoder never saw
     expected = model.pipeline.named_steps["pre"].transform(sample[model.spec.columns])

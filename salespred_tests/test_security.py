@@ -36,8 +36,7 @@ from salespred_assets.app.main import create_app
 from salespred_assets.mongo.resource import OPPORTUNITIES, SELLERS, MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.sql.resource import SqlResource, make_engine
-from salespred_tests.app_fixtures import LIMITS, SECRET, new_client, valid_payload
-from salespred_tests.app_fixtures import SELLERS as APP_SELLERS
+from salespred_tests.app_fixtures import LIMITS, SECRET, SELLERS as APP_SELLERS, new_client, valid_payload
 from salespred_tests.conftest import REPO, wait_for
 from salespred_tests.helpers import AS_OF, build_test_resources, materialize_all
 
@@ -169,7 +168,8 @@ def test_no_password_or_hash_leaves_mongodb(platform, reliability):
                      saved.headers.get("location", "/"), "/dashboard"]
             api = ["/api/me", "/api/opportunities?limit=100", f"/api/opportunities/{number}",
                    f"/api/opportunities/{number}/prediction", "/api/codes", "/healthz"]
-            responses = [created, saved, *[client.get(u) for u in pages], *[client.get(u, headers=headers) for u in api]]
+            responses = [created, saved, *[client.get(u) for u in pages],
+                         *[client.get(u, headers=headers) for u in api]]
             p.responses += [_dump(r) for r in responses]
         for path in ("/openapi.json", "/docs", "/login"):
             p.responses.append(_dump(client.get(path)))
@@ -397,7 +397,8 @@ def test_sql_statements_carry_values_only_as_bound_parameters(platform, reliabil
     for seller in p.mongo.db[SELLERS].find({}, {"_id": 0, "password_hash": 0}):
         values |= {str(v) for v in seller.values() if v}
     values = {v for v in values if len(v) >= 5}  # short values (NV-1, ana) also spell SQL words
-    pasted = [(s[:200], sorted(v for v in values if v in s)[:3]) for s, _ in p.statements if any(v in s for v in values)]
+    pasted = [(s[:200], sorted(v for v in values if v in s)[:3]) for s, _ in p.statements
+              if any(v in s for v in values)]
     bound = [params for _, params in p.statements if BOBBY[2] in json.dumps(params, default=str)]
     engine = sa.create_engine(p.sql_url)
     names = set(sa.inspect(engine).get_table_names())
@@ -460,13 +461,14 @@ def test_no_sql_is_built_by_pasting_values_in_the_source(reliability):
     unreviewed = [f for f in found if (f[0], f[1]) not in REVIEWED_DYNAMIC_SQL]
     reliability.record(SECTION, "no SQL built by pasting values (source)", **{
         "files read": len(list(PACKAGE.rglob("*.py"))), "dynamic SQL texts": len(found),
-        "each reviewed (identifiers or code constants only)": len(found) - len(unreviewed), "unreviewed": len(unreviewed)})
+        "each reviewed (identifiers or code constants only)": len(found) - len(unreviewed),
+        "unreviewed": len(unreviewed)})
     assert not unreviewed, ("SQL text built from pieces: bind values as parameters (sa.text(...) with :names, or "
                             "SQLAlchemy constructs); if only quoted identifiers are pasted, add the function to "
                             f"REVIEWED_DYNAMIC_SQL with why: {unreviewed}")
     # The detector finds what it must.
-    planted = "def f(conn, name):\n    conn.execute(f\"SELECT * FROM t WHERE name = '{name}'\")\n" \
-              "    conn.execute('DELETE FROM t WHERE id = %s' % name)\n"
+    planted = ("def f(conn, name):\n    conn.execute(f\"SELECT * FROM t WHERE name = '{name}'\")\n"
+               "    conn.execute('DELETE FROM t WHERE id = %s' % name)\n")
     (probe := Path(os.environ.get("TMPDIR", "/tmp")) / f"sqlprobe_{uuid.uuid4().hex[:8]}").mkdir()
     try:
         (probe / "m.py").write_text(planted)

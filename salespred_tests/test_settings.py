@@ -7,14 +7,17 @@ import pytest
 from salespred_assets.settings import mask_url
 
 
+# The passwords below are fakes, there to show that they are masked (hence `scan-secrets: allow`).
 @pytest.mark.parametrize(("url", "masked"), [
     ("mongodb://app:s3cr3t@db.example.com:27017/sales?authSource=admin",
      "mongodb://app:***@db.example.com:27017/sales?authSource=admin"),
-    ("mongodb+srv://app:p%40ss@cluster0.abcde.mongodb.net/?retryWrites=true",  # scan-secrets: allow (a fake, to show it is masked)
+    ("mongodb+srv://app:p%40ss@cluster0.abcde.mongodb.net/?retryWrites=true",  # scan-secrets: allow
      "mongodb+srv://app:***@cluster0.abcde.mongodb.net/?retryWrites=true"),
-    ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),  # scan-secrets: allow (a fake, to show it is masked)
-    ("postgresql+psycopg://sales:pw@pg/salespred", "postgresql+psycopg://sales:***@pg/salespred"),  # scan-secrets: allow (a fake, to show it is masked)
-    ("mssql+pyodbc://sa:Str0ng!@sql/db?driver=ODBC+Driver+18+for+SQL+Server&TrustServerCertificate=yes",  # scan-secrets: allow (a fake, to show it is masked)
+    ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),  # scan-secrets: allow
+    ("postgresql+psycopg://sales:pw@pg/salespred",  # scan-secrets: allow
+     "postgresql+psycopg://sales:***@pg/salespred"),
+    (("mssql+pyodbc://sa:Str0ng!@sql/db"  # scan-secrets: allow
+      "?driver=ODBC+Driver+18+for+SQL+Server&TrustServerCertificate=yes"),
      "mssql+pyodbc://sa:***@sql/db?driver=ODBC+Driver+18+for+SQL+Server&TrustServerCertificate=yes"),
     ("mysql+pyodbc://root:@127.0.0.1:3306/test?driver=MariaDB+Unicode", "mysql+pyodbc://root:***@127.0.0.1:3306/test?driver=MariaDB+Unicode"),
     ("postgresql://pg/db?password=topsecret&sslmode=require", "postgresql://pg/db?password=***&sslmode=require"),

@@ -33,14 +33,16 @@ MAX_BYTES = 1_000_000
 TOKEN_PATTERNS: dict[str, re.Pattern[str]] = {
     "private key": re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"),
     "AWS access key id": re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),
-    "AWS secret access key": re.compile(r"(?i)aws.{0,20}secret.{0,20}[=:][ \t]*[\"']?[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])"),
+    "AWS secret access key": re.compile(r"(?i)aws.{0,20}secret.{0,20}[=:][ \t]*[\"']?[A-Za-z0-9/+]{40}"
+                                        r"(?![A-Za-z0-9/+])"),
     "GitHub token": re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})"),
     "Slack token": re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
     "Google API key": re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])"),
     "Stripe live key": re.compile(r"\b[sr]k_live_[0-9A-Za-z]{24,}"),
 }
 
-SECRET_WORDS = r"(?:password|passwd|pwd|secret|secret_key|token|api[_-]?key|access[_-]?key|private[_-]?key|auth[_-]?key)"
+SECRET_WORDS = (r"(?:password|passwd|pwd|secret|secret_key|token|api[_-]?key|access[_-]?key|private[_-]?key"
+                r"|auth[_-]?key)")
 ASSIGNMENT = re.compile(
     r"(?i)(?<![A-Za-z0-9_.\-${])(?P<key>[A-Za-z0-9_.\-]*" + SECRET_WORDS + r")[\"']?[ \t]*(?P<op>:=|=|:)[ \t]*"
     r"(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^\s,;#)}\]]+)"

@@ -32,10 +32,14 @@ router = APIRouter(prefix="/api")
 bearer = HTTPBearer(auto_error=False, description="A token from POST /api/auth/token")
 M = TypeVar("M", bound=BaseModel)
 
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"}}
-INVALID: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut, "description": "Bad input: a message for each field; nothing was written"}}
-DOWN: dict[int | str, dict[str, Any]] = {503: {"model": ErrorOut, "description": "MongoDB (or Redis, for tokens) is unavailable; nothing was written"}}
-MISSING: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown, or another seller's opportunity (the same answer)"}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing, invalid, expired or revoked token"}}
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "Bad input: a message for each field; nothing was written"}}
+DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorOut, "description": "MongoDB (or Redis, for tokens) is unavailable; nothing was written"}}
+MISSING: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "Unknown, or another seller's opportunity (the same answer)"}}
 
 
 def ctx_of(request: Request) -> AppContext:

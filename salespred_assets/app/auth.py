@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -251,10 +252,8 @@ class LoginLimiter:
 
     def succeeded(self, username: str, client: str) -> None:
         key = self._keys(username, client)[0][0]
-        try:
+        with contextlib.suppress(redis_lib.RedisError):
             self.redis.client.delete(key)
-        except redis_lib.RedisError:
-            pass
         with self._lock:
             self._local.pop(key, None)
 

@@ -43,7 +43,8 @@ async def sales_dashboard(request: Request) -> Response:
     lang = pages.lang_of(request)
     text = _messages(lang)
     if viewer.role != "manager":
-        return pages.render(request, "error.html", 403, **pages.page_context(request, viewer), message=text["forbidden"])
+        return pages.render(request, "error.html", 403, **pages.page_context(request, viewer),
+                            message=text["forbidden"])
     try:
         # The seller x stage matrix shows the manager's team; the other tiles are company-wide.
         html = await run_in_threadpool(dashboard.render_dashboard, _sql(request).engine, lang, sellers=viewer.team,

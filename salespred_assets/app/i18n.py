@@ -77,7 +77,8 @@ _ES: dict[str, str] = {
     "detail.changed": "Etapa cambiada a {stage}.",
     "change.closed": "La oportunidad está cerrada ({stage}); una oportunidad cerrada no se puede cambiar.",
     "change.conflict": "Otra persona cambió la oportunidad mientras tanto. Vuelva a cargarla e intente de nuevo.",
-    "change.custom_schema": "Los datos cargados siguen otro esquema; aquí solo se cambian oportunidades con la forma original.",
+    "change.custom_schema": ("Los datos cargados siguen otro esquema; aquí solo se cambian oportunidades con la "
+                             "forma original."),
     "stage.S1": "S1", "stage.S2": "S2", "stage.S3": "S3", "stage.S4": "S4", "stage.S5": "S5", "stage.S6": "S6",
     "stage.Won": "Ganada",
     "stage.Lost": "Perdida",
@@ -87,7 +88,8 @@ _ES: dict[str, str] = {
     "list.empty": "Todavía no hay oportunidades.",
     "list.more": "Ver más",
     "error.not_found": "No existe esa oportunidad o no tiene acceso a ella.",
-    "error.unavailable": "El servicio no está disponible en este momento ({service}). Intente de nuevo en unos segundos; no se guardó nada.",
+    "error.unavailable": ("El servicio no está disponible en este momento ({service}). Intente de nuevo en unos "
+                          "segundos; no se guardó nada."),
     "error.csrf": "El formulario caducó. Vuelva a cargar la página e intente de nuevo.",
     "error.title": "Error",
     "error.back": "Volver",
@@ -193,7 +195,8 @@ _EN: dict[str, str] = {
     "detail.changed": "Stage changed to {stage}.",
     "change.closed": "The opportunity is closed ({stage}); a closed opportunity cannot be changed.",
     "change.conflict": "Someone else changed the opportunity meanwhile. Reload it and try again.",
-    "change.custom_schema": "The loaded data follows another schema; only opportunities of the original shape change here.",
+    "change.custom_schema": ("The loaded data follows another schema; only opportunities of the original shape "
+                             "change here."),
     "stage.S1": "S1", "stage.S2": "S2", "stage.S3": "S3", "stage.S4": "S4", "stage.S5": "S5", "stage.S6": "S6",
     "stage.Won": "Won",
     "stage.Lost": "Lost",
@@ -203,7 +206,8 @@ _EN: dict[str, str] = {
     "list.empty": "No opportunities yet.",
     "list.more": "Show more",
     "error.not_found": "That opportunity does not exist or you have no access to it.",
-    "error.unavailable": "The service is unavailable right now ({service}). Try again in a few seconds; nothing was saved.",
+    "error.unavailable": ("The service is unavailable right now ({service}). Try again in a few seconds; nothing "
+                          "was saved."),
     "error.csrf": "The form expired. Reload the page and try again.",
     "error.title": "Error",
     "error.back": "Back",

@@ -88,7 +88,8 @@ def create_app(mongo: MongoResource | None = None, redis: RedisResource | None =
     @app.get("/docs", include_in_schema=False)
     def docs() -> Response:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="salespred seller app API",
-                                   swagger_js_url="/swagger/swagger-ui-bundle.js", swagger_css_url="/swagger/swagger-ui.css",
+                                   swagger_js_url="/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/swagger/swagger-ui.css",
                                    swagger_favicon_url="/swagger/favicon-32x32.png")
     app.include_router(api.router)
     app.include_router(pages.router)

@@ -50,7 +50,8 @@ class OpportunityIn(BaseModel):
         "contract_years": 2, "margen_ganancia": 0.18, "fecha_cierre_oportunidad": "2030-06-30"}})
 
     cliente: str = Field(max_length=16, pattern=CLIENT_PATTERN,
-                         description="Client code: `CL-` and digits; stored zero-padded to 5 digits (CL-42 -> CL-00042)")
+                         description="Client code: `CL-` and digits; stored zero-padded to 5 digits "
+                                     "(CL-42 -> CL-00042)")
     unidad_negocio: str = Field(max_length=8, description="Business unit, one of BU-00 .. BU-10")
     tipos: str = Field(max_length=8, description="Opportunity type, one of TY-00 .. TY-05")
     regiones: str = Field(max_length=8, description="Region, one of RE-00 .. RE-03")
@@ -63,7 +64,8 @@ class OpportunityIn(BaseModel):
         description="Contract years (the capture form's 'Años'); only used to compute TCV = ACV x years when "
                     "`tcv` is omitted. Not stored.")
     tcv: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False, validate_default=True,
-                              description="Total contract value, USD; at least ACV. Omit it to use ACV x contract_years")
+                              description="Total contract value, USD; at least ACV. Omit it to use ACV x "
+                                          "contract_years")
     margen_ganancia: float = Field(ge=0, le=1, allow_inf_nan=False, description="Profit margin, a fraction in [0, 1]")
     fecha_cierre_oportunidad: dt.date = Field(description="Expected close date, YYYY-MM-DD, today or later")
 
@@ -89,7 +91,8 @@ class OpportunityIn(BaseModel):
             if acv is not None and years is not None:
                 return float(acv) * years
             if "acv" in info.data and "contract_years" in info.data:  # both valid, years not given
-                raise PydanticCustomError("tcv_missing", "required (or give contract_years to compute it as ACV x years)")
+                raise PydanticCustomError("tcv_missing",
+                                          "required (or give contract_years to compute it as ACV x years)")
             return None  # the error on acv or contract_years says what to fix
         if acv is not None and value < acv:
             raise PydanticCustomError(
@@ -111,7 +114,8 @@ class OpportunityChange(BaseModel):
     etapas: str | None = Field(default=None, max_length=8,
                                description="Stage: S1 .. S6 (open), or Won / Lost, which close the opportunity: its "
                                            "close date becomes today and `edad_oferta` its final duration in days")
-    acv: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="Annual contract value, USD")
+    acv: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False,
+                              description="Annual contract value, USD")
     tcv: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False,
                               description="Total contract value, USD; at least ACV (the new one, or the stored one)")
     margen_ganancia: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
@@ -125,7 +129,8 @@ class OpportunityChange(BaseModel):
     def _known_stage(cls, value: str | None) -> str | None:
         if value is not None and value not in DEFAULT_SCHEMA.stages:
             raise PydanticCustomError("stage_unknown", "unknown stage; choose one of {stages}",
-                                      {"stages": ", ".join(DEFAULT_SCHEMA.open + DEFAULT_SCHEMA.won + DEFAULT_SCHEMA.lost)})
+                                      {"stages": ", ".join(DEFAULT_SCHEMA.open + DEFAULT_SCHEMA.won
+                                                           + DEFAULT_SCHEMA.lost)})
         return value
 
     @field_validator("tcv")
@@ -189,7 +194,8 @@ class Prediction(BaseModel):
         None, description="`open`, or the final outcome of a closed opportunity")
     prediction_basis: Literal["model", "outcome"] | None = Field(
         None, description="`model`: an open opportunity, predicted; `outcome`: a closed one, whose fields below hold "
-                          "its outcome (`predicted_won` says whether it was won; probability, score and grade are null)")
+                          "its outcome (`predicted_won` says whether it was won; probability, score and grade are "
+                          "null)")
     probability: float | None = Field(description="Calibrated probability of winning, 0..1 (null once closed)")
     predicted_won: bool = Field(description="True: likely won; False: likely lost (the model's threshold); "
                                             "for a closed opportunity, whether it was won")
@@ -218,7 +224,8 @@ class CaptureOut(BaseModel):
 
 class ChangeOut(BaseModel):
     numero_opportunidad: str
-    opportunity: dict[str, Any] = Field(description="The document as stored in MongoDB after the change (without `_id`)")
+    opportunity: dict[str, Any] = Field(
+        description="The document as stored in MongoDB after the change (without `_id`)")
     changes: dict[str, dict[str, Any]] = Field(
         description="What changed, `{field: {\"from\": old, \"to\": new}}` (empty: nothing did, nothing was written)")
     history_id: str | None = Field(None, description="The entry in the opportunity history (None: nothing changed)")

@@ -14,6 +14,7 @@ read, so a concurrent change is refused (409) rather than overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -130,10 +131,8 @@ def _insert(ctx: AppContext, doc: dict[str, Any]) -> None:
     except AutoReconnect:
         # The connection dropped mid-write: the server may or may not have stored it. Retry once with
         # the same _id; a duplicate _id proves the first attempt landed.
-        try:
+        with contextlib.suppress(DuplicateKeyError):
             coll.insert_one(doc)
-        except DuplicateKeyError:
-            pass
 
 
 def _record_capture(ctx: AppContext, doc: dict[str, Any], seller: str) -> None:

@@ -33,9 +33,9 @@ def servers_from_environment(home: Path) -> Servers:
 
 
 def run(scale_name: str = "full", out_dir: Path = Path("."), only: list[str] | None = None,
-        progress=print) -> list[StageResult]:  # noqa: ANN001
+        progress=print) -> list[StageResult]:
     scale = SCALES[scale_name]
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     names = only or list(STAGES)
     unknown = sorted(set(names) - set(STAGES))
     if unknown:

@@ -38,7 +38,8 @@ class Figure:
     def text(self, digits: int = 3) -> str:
         if len(self.values) == 1:
             return f"{_fmt(self.median, digits)} {self.unit}"
-        return f"{_fmt(self.median, digits)} {self.unit} ({_fmt(self.low, digits)}–{_fmt(self.high, digits)}, n={len(self.values)})"
+        return (f"{_fmt(self.median, digits)} {self.unit} "
+                f"({_fmt(self.low, digits)}–{_fmt(self.high, digits)}, n={len(self.values)})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "unit": self.unit, "median": self.median, "min": self.low, "max": self.high,
@@ -215,9 +216,10 @@ def scale_limits(results: list[StageResult]) -> list[str]:
     if batch and size:
         rows = [f for r in results if r.name == "incremental" for f in r.figures if f.name.startswith("at ")]
         worst = max(f.median for f in rows)
-        lines.append(f"- A batch of {size.median:,.0f} new opportunities costs at most {worst:.1f} s here, about the same "
-                     "at either collection size (the ratio below), so batch runs one after another absorb about "
-                     f"{size.median * 60 / worst:,.0f} new or changed opportunities a minute on one machine.")
+        lines.append(f"- A batch of {size.median:,.0f} new opportunities costs at most {worst:.1f} s here, "
+                     "about the same at either collection size (the ratio below), so batch runs one after another "
+                     f"absorb about {size.median * 60 / worst:,.0f} new or changed opportunities a minute on one "
+                     "machine.")
     if len(lines) == 3:
         lines.append("- (no full-refresh or incremental figures in this run)")
     return lines
@@ -228,11 +230,11 @@ def markdown(data: dict[str, Any], results: list[StageResult]) -> str:
     lines = [
         "# salespred benchmarks",
         "",
-        f"Written by `salespred bench --scale {data['scale']}` on {data['date']} (UTC). Every figure below comes from "
-        "a run: a median over repeated runs with its range, and every comparison is a ratio of two "
-        "measurements taken side by side in the same run. A run of some stages (`--only`) keeps the other "
-        "stages of the previous report: each stage says when, and on which commit, it was measured. "
-        "Regenerate with `make bench`.",
+        (f"Written by `salespred bench --scale {data['scale']}` on {data['date']} (UTC). Every figure below comes "
+         "from a run: a median over repeated runs with its range, and every comparison is a ratio of two "
+         "measurements taken side by side in the same run. A run of some stages (`--only`) keeps the other "
+         "stages of the previous report: each stage says when, and on which commit, it was measured. "
+         "Regenerate with `make bench`."),
         "",
         f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, Python {m['python']}.",
         "",

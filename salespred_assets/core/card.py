@@ -32,7 +32,8 @@ def params_table(params: dict[str, Any]) -> str:
 
 def backtest_table(summary: dict[str, Any], yardstick: bool = True) -> str:
     """Markdown: per group (pipeline, new), the forest's figures and the yardstick's."""
-    lines = ["| group | model | n | win rate | mean probability | ROC AUC | accuracy | Brier |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| group | model | n | win rate | mean probability | ROC AUC | accuracy | Brier |",
+             "|---|---|---|---|---|---|---|---|"]
     sources = [("forest", summary["metrics"])] + ([("HistGradientBoosting", summary["yardstick"])]
                                                   if yardstick and summary.get("yardstick") else [])
     for group in ("new", "pipeline"):
@@ -45,7 +46,8 @@ def backtest_table(summary: dict[str, Any], yardstick: bool = True) -> str:
 
 
 def forecast_table(summary: dict[str, Any]) -> str:
-    lines = ["| horizon | opportunities | expected wins | actual wins | expected won amount | actual won amount | error |",
+    lines = [("| horizon | opportunities | expected wins | actual wins | expected won amount | actual won amount "
+              "| error |"),
              "|---|---|---|---|---|---|---|"]
     for row in summary["forecast"]:
         err = row.get("amount_error")

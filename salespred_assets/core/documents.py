@@ -46,7 +46,9 @@ def records_frame(records: Iterable[Mapping[str, Any]], schema: DatasetSchema) -
     # Column by column, as objects: no type is guessed here (validate decides), and a list or a document
     # in a field stays one value.
     ids = (row.get(SOURCE_ID) for row in rows)
-    data = {SOURCE_ID: np.fromiter((None if v is None or v != v else str(v) for v in ids), dtype=object, count=len(rows))}
+    # `v != v` is true only for a NaN, of whichever numeric type the driver returned.
+    data = {SOURCE_ID: np.fromiter((None if v is None or v != v else str(v) for v in ids),  # noqa: PLR0124
+                                   dtype=object, count=len(rows))}
     for c in schema.fields:
         data[c] = np.fromiter((row.get(c) for row in rows), dtype=object, count=len(rows))
     return pd.DataFrame(data, dtype=object, copy=False)
@@ -57,7 +59,7 @@ _NUMERIC_KINDS = {"floating", "integer", "mixed-integer-float", "empty"}
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (type(value) is float and value != value) or value is pd.NaT
+    return value is None or (type(value) is float and math.isnan(value)) or value is pd.NaT
 
 
 def _finite_number(value: Any) -> bool:
@@ -131,7 +133,8 @@ def _dates(arr: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray
         if fast is not None and (np.datetime_as_string(fast, unit="D") == np.array(texts, dtype=str)).all():
             parsed[present] = fast
             return parsed.astype("datetime64[ns]"), np.zeros(len(arr), dtype=bool)
-    parsed[present] = np.array([_date(v) or _NAT for v in values], dtype="datetime64[D]") if present.size else parsed[present]
+    parsed[present] = (np.array([_date(v) or _NAT for v in values], dtype="datetime64[D]") if present.size
+                       else parsed[present])
     return parsed.astype("datetime64[ns]"), ~missing & np.isnat(parsed)
 
 

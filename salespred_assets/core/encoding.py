@@ -29,15 +29,15 @@ class LookupEncoder:
     def __init__(self, pre: ColumnTransformer) -> None:
         steps: list[_Step] = []
         for name, transformer, columns in pre.transformers_:
-            if name == "remainder" or isinstance(transformer, str) and transformer == "drop":
+            if name == "remainder" or (isinstance(transformer, str) and transformer == "drop"):
                 continue
-            if isinstance(transformer, str) and transformer == "passthrough" or (
+            if (isinstance(transformer, str) and transformer == "passthrough") or (
                     isinstance(transformer, FunctionTransformer) and transformer.func is None):  # fitted passthrough
                 steps += [_Step(c, None, np.nan) for c in columns]
             elif isinstance(transformer, OrdinalEncoder):
                 unknown = float(transformer.unknown_value)
                 steps += [_Step(c, {v: float(i) for i, v in enumerate(cats)}, unknown)
-                          for c, cats in zip(columns, transformer.categories_)]
+                          for c, cats in zip(columns, transformer.categories_, strict=True)]
             else:
                 raise TypeError(f"no lookup form for {type(transformer).__name__} ({name})")
         self.steps = steps

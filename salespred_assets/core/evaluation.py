@@ -66,7 +66,8 @@ def metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
 
 def original_spec(schema: DatasetSchema) -> FeatureSpec:
     """The export's own fields, as the original model used them (final-at-close ones included)."""
-    categorical = [*schema.categorical, *([schema.seller] if schema.seller and schema.seller not in schema.categorical else [])]
+    seller = [schema.seller] if schema.seller and schema.seller not in schema.categorical else []
+    categorical = [*schema.categorical, *seller]
     numeric = [*schema.numeric, *([schema.amount] if schema.amount and schema.amount not in schema.numeric else [])]
     return FeatureSpec(tuple(categorical), tuple(numeric))
 
@@ -111,5 +112,6 @@ def evaluate(frame: pd.DataFrame, schema: DatasetSchema, config: SearchConfig | 
                 model.transform(X_tr.iloc[keep]), y_tr.to_numpy()[keep])
         hgb = metrics(y_te.to_numpy(), fitted.predict_proba(model.transform(X_te))[:, 1], 0.5)
         seconds["yardstick_s"] = time.perf_counter() - started
-    test = pd.DataFrame({"id": id_te.to_numpy(), "y_true": y_te.to_numpy(), "probability": prob, "raw_probability": raw})
+    test = pd.DataFrame({"id": id_te.to_numpy(), "y_true": y_te.to_numpy(), "probability": prob,
+                         "raw_probability": raw})
     return Evaluation(trained, result, raw_result, hgb, test, seconds)

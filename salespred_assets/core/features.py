@@ -200,7 +200,8 @@ def client_history(frame: pd.DataFrame | Mapping[str, pd.Series], ctx: pd.DataFr
     mine, theirs = codes[:n], codes[n:]
     ctx_created = _days(ctx[schema.created])
     valid = ~np.isnat(ctx_created)
-    closed_on = _days(ctx[schema.close]) if schema.close else np.full(len(ctx_created), np.datetime64("NaT"), "datetime64[D]")
+    closed_on = (_days(ctx[schema.close]) if schema.close
+                 else np.full(len(ctx_created), np.datetime64("NaT"), "datetime64[D]"))
     # Every day any key is built from (creations, close dates, the moments scored) lies in [lo, lo + span):
     # a day outside it would spill into the next client's key range.
     all_days = np.concatenate([day(ctx_created[valid]), day(closed_on[~np.isnat(closed_on)]), day(created),

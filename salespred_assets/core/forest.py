@@ -29,7 +29,7 @@ class PathExplainer:
         self.n_features = int(forest.n_features_in_)
         self.n_threads = max(1, n_threads)
         self.positive = int(np.flatnonzero(forest.classes_ == 1)[0]) if 1 in forest.classes_ else 1
-        p1s, rows, tables = zip(*(self._leaf_table(t) for t in self.trees))
+        p1s, rows, tables = zip(*(self._leaf_table(t) for t in self.trees), strict=True)
         counts = np.array([t.node_count for t in self.trees])
         node_offset = np.r_[0, np.cumsum(counts)[:-1]]
         leaf_offset = np.r_[0, np.cumsum([tab.shape[0] for tab in tables])[:-1]]
@@ -38,8 +38,9 @@ class PathExplainer:
         # Children of node i at 2i (right) and 2i + 1 (left, taken when the value is <= the threshold);
         # a leaf is its own child, so a walk can take one more step from any node without a test.
         own = np.arange(int(counts.sum()), dtype=np.int64)
-        left = np.concatenate([t.children_left + o for t, o in zip(self.trees, node_offset)]).astype(np.int64)
-        right = np.concatenate([t.children_right + o for t, o in zip(self.trees, node_offset)]).astype(np.int64)
+        with_offsets = list(zip(self.trees, node_offset, strict=True))
+        left = np.concatenate([t.children_left + o for t, o in with_offsets]).astype(np.int64)
+        right = np.concatenate([t.children_right + o for t, o in with_offsets]).astype(np.int64)
         leaf = np.concatenate([t.children_left < 0 for t in self.trees])
         self.children = np.stack([np.where(leaf, own, right), np.where(leaf, own, left)], axis=1).ravel()
         self.feature = np.concatenate([np.maximum(t.feature, 0) for t in self.trees]).astype(np.int64)
@@ -47,17 +48,18 @@ class PathExplainer:
         # Where a missing value (NaN) goes at each split, as the fitted tree decided.
         self.missing_left = np.concatenate([np.asarray(t.missing_go_to_left, dtype=bool) for t in self.trees])
         self.p1 = np.concatenate(p1s)
-        self.leaf_row = np.concatenate([np.where(r >= 0, r + o, -1) for r, o in zip(rows, leaf_offset)]).astype(np.int64)
+        self.leaf_row = np.concatenate([np.where(r >= 0, r + o, -1)
+                                        for r, o in zip(rows, leaf_offset, strict=True)]).astype(np.int64)
         self.table = np.concatenate(tables)
         self.node_offset = self.roots
         self.max_depth = max(int(t.max_depth) for t in self.trees)
         self.bias = float(np.mean(self.p1[self.roots]))
 
-    def _node_p1(self, tree) -> np.ndarray:  # noqa: ANN001
+    def _node_p1(self, tree) -> np.ndarray:
         v = tree.value[:, 0, :]
         return v[:, self.positive] / v.sum(axis=1)
 
-    def _leaf_table(self, tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+    def _leaf_table(self, tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(p1 per node, row of each node in the leaf table, contributions per leaf as float32)."""
         p1 = self._node_p1(tree)
         left, right, feature = tree.children_left, tree.children_right, tree.feature
@@ -113,7 +115,8 @@ class PathExplainer:
         prob = np.empty(n)
         contrib = np.empty((n, self.n_features), dtype=np.float64)
         with ThreadPoolExecutor(self.n_threads) as pool:  # the compiled apply releases the GIL
-            for (lo, hi), (p, c) in zip(bounds, pool.map(lambda b: self._explain_chunk(X[b[0]:b[1]]), bounds)):
+            chunks = pool.map(lambda b: self._explain_chunk(X[b[0]:b[1]]), bounds)
+            for (lo, hi), (p, c) in zip(bounds, chunks, strict=True):
                 prob[lo:hi], contrib[lo:hi] = p, c
         return prob, contrib
 

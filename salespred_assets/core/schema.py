@@ -244,7 +244,8 @@ def load_schema(path: str | Path | None) -> DatasetSchema:
     try:
         raw = tomllib.loads(text) if p.suffix.lower() == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise SalespredError(f"schema file {p} is not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {exc}") from exc
+        kind = "TOML" if p.suffix == ".toml" else "YAML"
+        raise SalespredError(f"schema file {p} is not valid {kind}: {exc}") from exc
     if not isinstance(raw, dict):
         raise SalespredError(f"schema file {p} must hold a mapping of keys")
     return DatasetSchema.from_dict(raw, source=str(p))

@@ -47,8 +47,8 @@ def train_production(frame: pd.DataFrame, schema: DatasetSchema, config: SearchC
     fit_started = time.perf_counter()
     rows = training_rows(frame, schema, changes=changes, limit=config.max_rows)
     final = train(rows.X, rows.y, feature_spec(schema), rows.rows, config, params=params).model
-    seconds = {**{f"backtest_{k}": v for k, v in bt.seconds.items()}, "production_fit_s": time.perf_counter() - fit_started,
-               "total_s": time.perf_counter() - started}
+    seconds = {**{f"backtest_{k}": v for k, v in bt.seconds.items()},
+               "production_fit_s": time.perf_counter() - fit_started, "total_s": time.perf_counter() - started}
     new = bt.predictions[(bt.predictions["group"] == "new") & (bt.predictions["outcome"] != "open")]
     y_new, p_new = (new["outcome"] == "won").to_numpy(int), new["probability"].to_numpy()
     figures = {

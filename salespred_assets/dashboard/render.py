@@ -8,9 +8,8 @@ and the figures are embedded as JSON (``<script type="application/json" id="figu
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from html import escape
-from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -30,7 +29,8 @@ TEXT: dict[str, dict[str, str]] = {
         "h5": "in 12+ months",
         "horizon": "Close date", "by_month": "Expected TCV by close month", "by_region": "Expected TCV by region",
         "matrix": "Open pipeline by seller and stage", "seller": "Seller", "count": "Nr. op.", "tcv": "TCV",
-        "total": "Total", "quality": "Model quality over versions (backtest: new opportunities scored as at capture)", "version": "Version", "trained": "Trained",
+        "total": "Total", "quality": "Model quality over versions (backtest: new opportunities scored as at capture)",
+        "version": "Version", "trained": "Trained",
         "status": "Status", "roc_auc": "ROC AUC", "accuracy": "Accuracy", "brier": "Brier",
         "predictions": "Predictions recorded", "unavailable": "Not available: the data has no field for this tile.",
         "empty": "No data yet.", "current": "current",
@@ -46,7 +46,9 @@ TEXT: dict[str, dict[str, str]] = {
         "h3": "en 3-5 meses", "h4": "en 6-11 meses", "h5": "en 12 meses o más",
         "by_month": "TCV esperado por mes de cierre", "by_region": "TCV esperado por región",
         "matrix": "Cartera abierta por vendedor y etapa", "seller": "Vendedor", "count": "Nr. op.", "tcv": "TCV",
-        "total": "Total", "quality": "Calidad del modelo por versión (backtest: oportunidades nuevas puntuadas al capturarlas)", "version": "Versión", "trained": "Entrenado",
+        "total": "Total",
+        "quality": "Calidad del modelo por versión (backtest: oportunidades nuevas puntuadas al capturarlas)",
+        "version": "Versión", "trained": "Entrenado",
         "status": "Estado", "roc_auc": "ROC AUC", "accuracy": "Exactitud", "brier": "Brier",
         "predictions": "Predicciones registradas",
         "unavailable": "No disponible: los datos no tienen un campo para este panel.", "empty": "Aún no hay datos.",
@@ -87,7 +89,8 @@ def _tile(data: Any, t: dict[str, str], draw: Callable[[Any, dict[str, str]], st
 
 
 def _closed(f: dict[str, Any], t: dict[str, str]) -> str:
-    items = [svg.Item(t[r], f[r]["tcv"], f"closed.{r}.tcv", svg.WON if r == "won" else svg.LOST) for r in ("won", "lost")]
+    items = [svg.Item(t[r], f[r]["tcv"], f"closed.{r}.tcv", svg.WON if r == "won" else svg.LOST)
+             for r in ("won", "lost")]
     counts = " · ".join(f"{t[r]}: " + _value(f"closed.{r}.opportunities", f[r]["opportunities"],
                                                f"{f[r]['opportunities']:,}") for r in ("won", "lost"))
     return svg.bars(items, t["closed"]) + f'<p class="note">{t["count"]} {counts}</p>'
@@ -102,10 +105,12 @@ def _pipeline(p: dict[str, Any], t: dict[str, str]) -> str:
                     f"<td>{_value(key + '.expected_tcv', h['expected_tcv'], svg.compact(h['expected_tcv']))}</td></tr>")
     note = t["pipeline_note"].format(n=f"{p['opportunities']:,}", tcv=svg.compact(p["tcv"]))
     as_of = f'<p class="note">{escape(t["as_of"].format(when=p["as_of"][:10]))}</p>' if p["as_of"] else ""
+    kpi = _value("pipeline.expected_tcv", p["expected_tcv"], svg.compact(p["expected_tcv"]))
     return (f'<div class="headline">{t["headline"]}</div>'
-            f'<div class="kpi">{_value("pipeline.expected_tcv", p["expected_tcv"], svg.compact(p["expected_tcv"]))}</div>'
+            f'<div class="kpi">{kpi}</div>'
             f'<p class="note">{escape(note)}</p><p class="note" data-rule="{escape(p["period_rule"])}">'
-            f'{escape(t["rule"])}</p>{as_of}<table><thead><tr><th>{t["horizon"]}</th><th>{t["count"]}</th><th>{t["tcv"]} × p</th></tr></thead>'
+            f'{escape(t["rule"])}</p>{as_of}<table><thead><tr><th>{t["horizon"]}</th><th>{t["count"]}</th>'
+            f'<th>{t["tcv"]} × p</th></tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
@@ -138,10 +143,13 @@ def _matrix(m: dict[str, Any], t: dict[str, str]) -> str:
                        f"<td>{_value(f'{prefix}.{s}.tcv', c['tcv'], svg.compact(c['tcv']))}</td>")
         return "".join(out)
 
+    def seller_totals(r: dict[str, Any]) -> str:
+        key = "matrix." + r["seller"]
+        return (f"<td class='tot'>{_value(key + '.opportunities', r['opportunities'], str(r['opportunities']))}</td>"
+                f"<td class='tot'>{_value(key + '.tcv', r['tcv'], svg.compact(r['tcv']))}</td>")
+
     body = "".join(
-        f"<tr><td>{escape(r['seller_name'])}</td>{cells('matrix.' + r['seller'], r['cells'])}"
-        f"<td class='tot'>{_value('matrix.' + r['seller'] + '.opportunities', r['opportunities'], str(r['opportunities']))}</td>"
-        f"<td class='tot'>{_value('matrix.' + r['seller'] + '.tcv', r['tcv'], svg.compact(r['tcv']))}</td></tr>"
+        f"<tr><td>{escape(r['seller_name'])}</td>{cells('matrix.' + r['seller'], r['cells'])}{seller_totals(r)}</tr>"
         for r in m["rows"])
     foot = (f"<tr><td>{t['total']}</td>{cells('matrix.total', m['totals'])}"
             f"<td>{_value('matrix.total.opportunities', m['opportunities'], str(m['opportunities']))}</td>"
@@ -170,7 +178,8 @@ def _quality(versions: list[dict[str, Any]], t: dict[str, str]) -> str:
         f"{' (' + t['current'] + ')' if v['is_current'] else ''}</td><td>{escape((v['trained_at'] or '')[:16])}</td>"
         f"<td>{escape(v['status'])}</td><td>{fmt(v['roc_auc'])}</td><td>{fmt(v['accuracy'])}</td>"
         f"<td>{fmt(v['brier'])}</td><td>{v['predictions_recorded']:,}</td></tr>" for v in reversed(versions))
-    table = (f"<div class='scroll'><table><thead><tr><th>{t['version']}</th><th>{t['trained']}</th><th>{t['status']}</th>"
+    table = (f"<div class='scroll'><table><thead><tr><th>{t['version']}</th><th>{t['trained']}</th>"
+             f"<th>{t['status']}</th>"
              f"<th>{t['roc_auc']}</th><th>{t['accuracy']}</th><th>{t['brier']}</th><th>{t['predictions']}</th></tr>"
              f"</thead><tbody>{rows}</tbody></table></div>")
     return chart + legend + table

@@ -61,7 +61,8 @@ def bars(items: Sequence[Item], label: str, width: int = 260, height: int = 200)
         x = n * slot + (slot - bar_w) / 2
         y = height - bottom - h
         parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{item.color}" '
-                     f'{_attr(item.figure, item.value)}><title>{escape(item.label)}: {compact(item.value)}</title></rect>'
+                     f'{_attr(item.figure, item.value)}>'
+                     f'<title>{escape(item.label)}: {compact(item.value)}</title></rect>'
                      f'<text x="{x + bar_w / 2:.1f}" y="{y - 5:.1f}" text-anchor="middle" class="v">'
                      f'{compact(item.value)}</text>'
                      f'<text x="{x + bar_w / 2:.1f}" y="{height - 6}" text-anchor="middle">{escape(item.label)}</text>')

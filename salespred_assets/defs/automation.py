@@ -126,7 +126,7 @@ def new_opportunities(context: dg.SensorEvaluationContext, mongo: MongoResource)
                 for b in plan.batches]
     if plan.resync:
         context.log.warning(plan.resync)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         requests.append(dg.RunRequest(run_key=f"resync-{stamp}", job_name=rescore_job.name,
                                       tags={"salespred/trigger": "change-stream-resync"}))
     keys = [b.key for b in plan.batches]
@@ -162,7 +162,7 @@ def retrain_on_drift(context: dg.SensorEvaluationContext,
     cooldown_h = settings.positive_number(settings.ENV_DRIFT_COOLDOWN, 6)
     trained = meta.get("model_trained_at")
     if trained:
-        age_h = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(str(trained))).total_seconds() / 3600
+        age_h = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(str(trained))).total_seconds() / 3600
         if age_h < cooldown_h:
             return dg.SkipReason(f"drift of model {version} (max PSI {max_psi:.3f}), but it was trained {age_h:.1f} h "
                                  f"ago, within the {cooldown_h:g} h cooldown")

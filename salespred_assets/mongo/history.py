@@ -97,7 +97,7 @@ def entry(opportunity: str, changes: Mapping[str, Mapping[str, Any]], source: st
     if source not in SOURCES:
         raise ValueError(f"history source must be one of {SOURCES}, not {source!r}")
     return {"_id": entry_id or new_id(source), "opportunity": str(opportunity),
-            "at": at or dt.datetime.now(dt.timezone.utc), "source": source,
+            "at": at or dt.datetime.now(dt.UTC), "source": source,
             "changes": {f: {"from": c.get("from"), "to": c.get("to")} for f, c in changes.items()},
             "seller": seller}
 
@@ -259,6 +259,6 @@ def _event_time(event: Mapping[str, Any]) -> dt.datetime:
     """When the change was committed: the event's wall time (MongoDB 6.0+), else its cluster time."""
     wall = event.get("wallTime")
     if isinstance(wall, dt.datetime):
-        return wall if wall.tzinfo else wall.replace(tzinfo=dt.timezone.utc)
+        return wall if wall.tzinfo else wall.replace(tzinfo=dt.UTC)
     cluster = event.get("clusterTime")
-    return cluster.as_datetime() if cluster is not None else dt.datetime.now(dt.timezone.utc)
+    return cluster.as_datetime() if cluster is not None else dt.datetime.now(dt.UTC)

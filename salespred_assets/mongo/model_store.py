@@ -63,7 +63,7 @@ def save(db: Database, model: WinModel, card: str = "") -> str:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def load(db: Database, version: str) -> WinModel:
@@ -151,8 +151,9 @@ def set_current(db: Database, version: str, reason: str, action: str = "gate") -
          "$push": {"history": {"version": version, "at": now, "reason": reason, "action": action}}},
         upsert=True, return_document=ReturnDocument.BEFORE)
     previous = before["version"] if before else None
-    db[REGISTRY].update_one({"_id": version}, {"$set": {"status": "promoted", "promoted_at": now},
-                                               "$push": {"history": {"event": "promoted", "at": now, "reason": reason}}})
+    db[REGISTRY].update_one({"_id": version},
+                            {"$set": {"status": "promoted", "promoted_at": now},
+                             "$push": {"history": {"event": "promoted", "at": now, "reason": reason}}})
     if previous and previous != version:
         db[REGISTRY].update_one({"_id": previous}, {"$set": {"status": "retired"},
                                                     "$push": {"history": {"event": "retired", "at": now,

@@ -127,7 +127,7 @@ class MongoResource(dg.ConfigurableResource):
         """Documents in natural order, in batches (decoded from raw BSON batches)."""
         import bson
 
-        projection = {f: 1 for f in fields} if fields else None
+        projection = dict.fromkeys(fields, 1) if fields else None
         cursor = self.db[OPPORTUNITIES].find_raw_batches(query or {}, projection, batch_size=batch_size)
         for chunk in cursor:
             yield bson.decode_all(chunk)
@@ -147,7 +147,7 @@ class MongoResource(dg.ConfigurableResource):
             try:
                 for chunk in self.db[OPPORTUNITIES].find_raw_batches(query or {}, batch_size=batch_size):
                     batches.put(chunk)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread, which raises it
                 failure.append(exc)
             finally:
                 batches.put(None)

@@ -81,8 +81,8 @@ def bucket_of(number: str) -> str:
     return f"{zlib.crc32(number.encode()) % BUCKETS:02d}"
 
 
-VALUE_COLUMNS = ["outcome", "prediction_basis", "probability", "predicted_won", "score", "grade", "factors_for", "factors_against",
-                 "model_version", "scored_at"]
+VALUE_COLUMNS = ["outcome", "prediction_basis", "probability", "predicted_won", "score", "grade", "factors_for",
+                 "factors_against", "model_version", "scored_at"]
 _ENTRY_ORDER = sorted(VALUE_COLUMNS, key=lambda c: c.startswith("factors_"))  # the long factor lists last
 
 
@@ -104,7 +104,7 @@ def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = N
                 column = column.round(6)
             columns.append(column.astype(str).tolist() if name.startswith("factors_") else _json_column(column))
     template = "{" + ",".join(f'"{name}":%s' for name in names) + "}"
-    return frame[id_column].astype(str).tolist(), [template % row for row in zip(*columns)]
+    return frame[id_column].astype(str).tolist(), [template % row for row in zip(*columns, strict=True)]
 
 
 def _json_column(column: pd.Series) -> list[str]:
@@ -169,7 +169,7 @@ class PredictionCache:
 
     def _write(self, gen: int, ids: list[str], values: list[str]) -> None:
         by_bucket: dict[str, dict[str, str]] = defaultdict(dict)
-        for number, value in zip(ids, values):
+        for number, value in zip(ids, values, strict=True):
             by_bucket[bucket_of(number)][number] = value
         pipe = self.r.pipeline(transaction=False)
         queued = 0
@@ -209,7 +209,8 @@ class PredictionCache:
             return {"generation": self.current_generation(), "written": 0}
         for start in range(0, len(ids), UPSERT_ENTRIES):
             args: list[str | int] = [f"{self.ns}:pred:", self.ttl_s]
-            for number, value in zip(ids[start:start + UPSERT_ENTRIES], values[start:start + UPSERT_ENTRIES]):
+            chunk = slice(start, start + UPSERT_ENTRIES)
+            for number, value in zip(ids[chunk], values[chunk], strict=True):
                 args += (bucket_of(number), number, value)
             gen = self._upsert(keys=[self.current_key], args=args)
             if gen is None:

@@ -35,5 +35,5 @@ class RedisCacheIOManager(dg.ConfigurableIOManager):
         cache = self.redis.cache()
         ids = list(cache.live_ids())
         rows = [{"opportunity_id": number, **json.loads(raw)}
-                for number, raw in zip(ids, cache.get_many(ids)) if raw is not None]
+                for number, raw in zip(ids, cache.get_many(ids), strict=True) if raw is not None]
         return pd.DataFrame(rows)

@@ -27,7 +27,7 @@ def make_engine(url: str) -> Engine:
 
     if backend == "sqlite":
         @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_connection, _record):
             cur = dbapi_connection.cursor()
             # WAL: readers keep seeing the previous table while a write transaction runs.
             cur.execute("PRAGMA journal_mode=WAL")
@@ -36,7 +36,7 @@ def make_engine(url: str) -> Engine:
 
     if parsed.get_driver_name() == "pyodbc" and backend in ("mysql", "mariadb"):
         @sa.event.listens_for(engine, "connect")
-        def _odbc_encoding(dbapi_connection, _record):  # noqa: ANN001
+        def _odbc_encoding(dbapi_connection, _record):
             # MariaDB's ODBC driver double-encodes non-ASCII text in SQL strings otherwise.
             dbapi_connection.setencoding(encoding="utf-16le")
 

@@ -23,8 +23,8 @@ FACT_MODEL_SWITCH = "fact_model_switch"
 # Long text (JSON): TEXT elsewhere, NVARCHAR(max) on SQL Server (its NTEXT is deprecated).
 LONG_TEXT = sa.UnicodeText().with_variant(mssql.NVARCHAR(), "mssql")
 
-PREDICTION_COLUMNS = ["probability", "predicted_won", "score", "grade", "factors_for", "factors_against", "prediction_basis",
-                      "model_version", "scored_at"]
+PREDICTION_COLUMNS = ["probability", "predicted_won", "score", "grade", "factors_for", "factors_against",
+                      "prediction_basis", "model_version", "scored_at"]
 
 
 def _input_column(name: str, schema: DatasetSchema, primary: bool = False) -> sa.Column:
@@ -50,7 +50,8 @@ def fact_opportunity(metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHE
         sa.Column("factors_for", LONG_TEXT, nullable=False, comment="JSON: top 3 features raising the probability"),
         sa.Column("factors_against", LONG_TEXT, nullable=False, comment="JSON: top 3 features lowering it"),
         sa.Column("prediction_basis", sa.String(8), nullable=False,
-                  comment="'model' (open: a prediction) or 'outcome' (closed: the prediction columns hold its outcome)"),
+                  comment="'model' (open: a prediction) or 'outcome' (closed: the prediction columns hold its "
+                          "outcome)"),
         sa.Column("model_version", sa.String(40), nullable=False, comment="model version that scored the row"),
         sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, comment="when it was scored (UTC)"),
     ]
@@ -98,10 +99,12 @@ def dim_model_version(metadata: sa.MetaData) -> sa.Table:
         sa.Column("promoted_at", sa.DateTime(timezone=True), nullable=True, comment="its latest promotion (UTC)"),
         sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True,
                   comment="its latest retirement: another version replaced it (UTC)"),
-        sa.Column("roc_auc", sa.Double, nullable=True, comment="backtest ROC AUC: new opportunities scored as at capture"),
+        sa.Column("roc_auc", sa.Double, nullable=True,
+                  comment="backtest ROC AUC: new opportunities scored as at capture"),
         sa.Column("accuracy", sa.Double, nullable=True, comment="backtest accuracy at the model's threshold"),
         sa.Column("brier", sa.Double, nullable=True, comment="backtest Brier score (lower is better)"),
-        sa.Column("f1", sa.Double, nullable=True, comment="F1 of 'won' (original protocol only; empty for backtested versions)"),
+        sa.Column("f1", sa.Double, nullable=True,
+                  comment="F1 of 'won' (original protocol only; empty for backtested versions)"),
         sa.Column("threshold", sa.Double, nullable=True, comment="probability from which it predicts 'won'"),
         sa.Column("training_rows", sa.Integer, nullable=True, comment="closed opportunities it learned from"),
         sa.Column("hyperparameters", LONG_TEXT, nullable=False, comment="JSON: the forest's hyperparameters"),
@@ -120,9 +123,12 @@ def fact_prediction_history(metadata: sa.MetaData) -> sa.Table:
                   comment="the opportunity number (the fact table's id)"),
         sa.Column("model_version", sa.String(40), primary_key=True, comment="model version that scored it"),
         sa.Column("scored_at", sa.DateTime(timezone=True), primary_key=True, comment="when it was scored (UTC)"),
-        sa.Column("probability", sa.Double, nullable=True, comment="calibrated probability that it is won (empty once closed)"),
-        sa.Column("score", sa.SmallInteger, nullable=True, comment="1-99: the probability in percent (empty once closed)"),
-        sa.Column("grade", sa.String(1), nullable=True, comment="A >= 0.75 > B >= 0.50 > C >= 0.25 > D (empty once closed)"),
+        sa.Column("probability", sa.Double, nullable=True,
+                  comment="calibrated probability that it is won (empty once closed)"),
+        sa.Column("score", sa.SmallInteger, nullable=True,
+                  comment="1-99: the probability in percent (empty once closed)"),
+        sa.Column("grade", sa.String(1), nullable=True,
+                  comment="A >= 0.75 > B >= 0.50 > C >= 0.25 > D (empty once closed)"),
         sa.Column("outcome", sa.String(8), nullable=False, comment="won, lost or open when it was scored"),
         sa.Index(f"ix_{FACT_PREDICTION_HISTORY}_run", "model_version", "scored_at"),
         sa.Index(f"ix_{FACT_PREDICTION_HISTORY}_scored_at", "scored_at"),

@@ -116,7 +116,7 @@ def _clean_records(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
         else:
             arr = s.astype(object).where(s.notna(), None).to_numpy()
         out_cols.append(arr)
-    return list(zip(*out_cols)) if out_cols else []
+    return list(zip(*out_cols, strict=True)) if out_cols else []
 
 
 def _iso_text(values: pd.Series) -> np.ndarray:
@@ -141,12 +141,11 @@ def _copy_postgres(conn: Connection, table: sa.Table, frame: pd.DataFrame, colum
     cols = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in columns)
     name = conn.dialect.identifier_preparer.format_table(table)
     raw = conn.connection.driver_connection
-    with raw.cursor() as cur:
-        with cur.copy(f"COPY {name} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')") as copy:
-            view = buf.getvalue()
-            step = 8 << 20
-            for start in range(0, len(view), step):
-                copy.write(view[start:start + step])
+    with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')") as copy:
+        view = buf.getvalue()
+        step = 8 << 20
+        for start in range(0, len(view), step):
+            copy.write(view[start:start + step])
 
 
 def insert_frame(conn: Connection, table: sa.Table, frame: pd.DataFrame) -> int:
@@ -162,7 +161,7 @@ def insert_frame(conn: Connection, table: sa.Table, frame: pd.DataFrame) -> int:
     stmt = table.insert()
     for start in range(0, len(frame), BATCH_ROWS):
         rows = _clean_records(frame.iloc[start:start + BATCH_ROWS], columns)
-        conn.execute(stmt, [dict(zip(columns, r)) for r in rows])
+        conn.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows])
     return len(frame)
 
 
@@ -228,8 +227,9 @@ def append_rows(engine: Engine, table: sa.Table, frame: pd.DataFrame, key: Seque
         held = _held_keys(conn, table, fresh, key)
         if held:
             ids = fresh[key[0]].astype(str)
-            batch = list(zip(*[_key_values(fresh[c]) for c in key[1:]])) if len(key) > 1 else [()] * len(fresh)
-            mask = [(b, i) not in held for b, i in zip(batch, ids)]
+            batch = (list(zip(*[_key_values(fresh[c]) for c in key[1:]], strict=True)) if len(key) > 1
+                     else [()] * len(fresh))
+            mask = [(b, i) not in held for b, i in zip(batch, ids, strict=True)]
             fresh = fresh[mask]
         inserted = insert_frame(conn, table, fresh)
     return {"deleted": 0, "inserted": inserted, "skipped": len(frame) - inserted}
@@ -263,7 +263,7 @@ def _held_keys(conn: Connection, table: sa.Table, frame: pd.DataFrame, key: Sequ
 
 def held_keys_statement(table: sa.Table, key: Sequence[str], batch: Sequence[Any], ids: Sequence[str]) -> sa.Select:
     """Which of ``ids`` the table holds for the batch values (``key[1:]`` = ``batch``); bound parameters only."""
-    return sa.select(table.c[key[0]]).where(*[table.c[c] == v for c, v in zip(key[1:], batch)],
+    return sa.select(table.c[key[0]]).where(*[table.c[c] == v for c, v in zip(key[1:], batch, strict=True)],
                                             table.c[key[0]].in_(ids))
 
 

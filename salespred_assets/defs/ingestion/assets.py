@@ -56,5 +56,5 @@ def sellers(mongo: MongoResource) -> dg.Output[pd.DataFrame]:
     """Sellers without any password or hash: nothing downstream ever sees one."""
     mongo.ping()
     frame = mongo.read_sellers()
-    return dg.Output(frame, metadata={"dagster/row_count": len(frame),
-                                      "titles": counts_md(frame["title"], "title") if len(frame) else dg.MetadataValue.md("none")})
+    titles = counts_md(frame["title"], "title") if len(frame) else dg.MetadataValue.md("none")
+    return dg.Output(frame, metadata={"dagster/row_count": len(frame), "titles": titles})

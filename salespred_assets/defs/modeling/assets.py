@@ -76,8 +76,8 @@ def win_model(context: dg.AssetExecutionContext, config: TrainingConfig, raw_opp
     entry = model_store.registry_entry(mongo.db, current) if current else None
     if entry is not None:
         try:
-            current_figures = gate_backtest(raw_opportunities, schema, summary["as_of"], entry["info"]["params"], search,
-                                            changes=changes)
+            current_figures = gate_backtest(raw_opportunities, schema, summary["as_of"], entry["info"]["params"],
+                                            search, changes=changes)
         except (SalespredError, KeyError, TypeError, ValueError) as exc:
             context.log.warning(f"could not backtest the current model {current}: {exc}")
             current_figures = None
@@ -140,7 +140,8 @@ def gate_verdict(info: dict) -> tuple[bool, str, dict]:
     if gate.get("current_version") and not current:
         figures["note"] = "the current model could not be backtested (see the win_model log): floor only"
     if auc is None or brier is None:
-        return False, "the backtest's new opportunities hold one outcome only: nothing to judge the candidate on", figures
+        return (False, "the backtest's new opportunities hold one outcome only: nothing to judge the candidate on",
+                figures)
     if auc < required:
         return False, f"backtest ROC AUC {auc:.4f} below the required {required:.4f}", figures
     if brier_limit is not None and brier > brier_limit:
@@ -160,7 +161,8 @@ def promotion_gate(mongo: MongoResource) -> dg.AssetCheckResult:
     passed, reason, figures = gate_verdict(latest["info"])
     if not passed:
         model_store.mark(db, latest["_id"], "rejected", reason)
-    return dg.AssetCheckResult(passed=passed, metadata={"candidate_version": latest["_id"], "reason": reason, **figures})
+    return dg.AssetCheckResult(passed=passed,
+                               metadata={"candidate_version": latest["_id"], "reason": reason, **figures})
 
 
 @dg.asset(group_name=GROUP, kinds={"mongodb"}, deps=[win_model], retry_policy=IO_RETRY)

@@ -69,7 +69,7 @@ def opportunity_features_unseen_categories(opportunity_features: pd.DataFrame,
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={
             "current_model": version, "features_the_model_needs_but_the_data_lacks": ", ".join(missing)})
     pre = model.pipeline.named_steps["pre"]
-    known = dict(zip(model.spec.categorical, pre.named_transformers_["categorical"].categories_)) \
+    known = dict(zip(model.spec.categorical, pre.named_transformers_["categorical"].categories_, strict=True)) \
         if model.spec.categorical else {}
     any_unseen = np.zeros(len(opportunity_features), dtype=bool)
     rows = []

@@ -38,7 +38,8 @@ def opportunity_drift(config: DriftConfig, raw_opportunities: pd.DataFrame, oppo
         return dg.Output(drift.compare({}, opportunity_features), metadata={
             "model_version": version or "none", "reference": why, "action": "none", "max_psi": 0.0})
     schema = mongo.schema()
-    created = (pd.Series(raw_opportunities[schema.created].to_numpy(dtype="datetime64[D]").astype("int64").astype(float))
+    created = (pd.Series(raw_opportunities[schema.created].to_numpy(dtype="datetime64[D]")
+                         .astype("int64").astype(float))
                if schema.created else None)
     mask = drift.recent_rows(created, opportunity_features["outcome"] == "open", config.recent_days,
                              config.min_recent_rows)
@@ -62,6 +63,6 @@ def opportunity_drift(config: DriftConfig, raw_opportunities: pd.DataFrame, oppo
         "features_to_watch": ", ".join(table.loc[table["band"] == "watch", "feature"]) or "none",
         "action": {"act": "retrain", "watch": "watch"}.get(drift.band(max_psi), "none"),
         "thresholds": f"watch >= {drift.WATCH}, act (retrain) >= {drift.ACT}",
-        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "psi_by_feature": md(table, max_rows=40),
     })

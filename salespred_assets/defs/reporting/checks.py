@@ -125,11 +125,13 @@ def reporting_views_reconcile(sql: SqlResource, mongo: MongoResource) -> dg.Asse
     return dg.AssetCheckResult(passed=passed, metadata=metadata)
 
 
-_EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|@import|url\(\s*["']?(?:https?:)?//""", re.IGNORECASE)
+_EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|@import|url\(\s*["']?(?:https?:)?//""",
+                       re.IGNORECASE)
 
 
 @dg.asset_check(asset=sales_dashboard, blocking=False,
-                description="The dashboard page exists and is self-contained: no script, style or image from the network.")
+                description="The dashboard page exists and is self-contained: no script, style or image from the "
+                            "network.")
 def sales_dashboard_self_contained() -> dg.AssetCheckResult:
     path = dashboard_dir() / DASHBOARD_FILE
     if not path.exists():

@@ -28,7 +28,8 @@ def predictions_complete(opportunity_predictions: pd.DataFrame, raw_opportunitie
     is_open = (preds["outcome"] == "open").to_numpy()
     prob = preds["probability"].to_numpy(dtype=float)
     out_of_range = int(np.sum(is_open & (~np.isfinite(prob) | (prob < 0) | (prob > 1))))
-    closed_with_prediction = int(np.sum(~is_open & (np.isfinite(prob) | (preds["prediction_basis"] != "outcome").to_numpy())))
+    predicted = np.isfinite(prob) | (preds["prediction_basis"] != "outcome").to_numpy()
+    closed_with_prediction = int(np.sum(~is_open & predicted))
     versions = preds["model_version"].nunique()
     return dg.AssetCheckResult(
         passed=missing == 0 and out_of_range == 0 and closed_with_prediction == 0 and versions <= 1,

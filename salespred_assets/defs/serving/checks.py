@@ -9,7 +9,8 @@ from salespred_assets.defs.serving.assets import prediction_cache
 from salespred_assets.redis_cache.resource import RedisResource
 
 
-@dg.asset_check(asset=prediction_cache, additional_ins={"opportunity_predictions": dg.AssetIn("opportunity_predictions")},
+@dg.asset_check(asset=prediction_cache,
+                additional_ins={"opportunity_predictions": dg.AssetIn("opportunity_predictions")},
                 description="Every scored opportunity is cached, all by the same model version.")
 def prediction_cache_coverage(opportunity_predictions: pd.DataFrame, redis: RedisResource) -> dg.AssetCheckResult:
     cache = redis.cache()
@@ -26,5 +27,6 @@ def prediction_cache_coverage(opportunity_predictions: pd.DataFrame, redis: Redi
         passed=missing == 0 and versions <= {expected_version},
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"scored": len(ids), "missing_in_cache": missing, "coverage": 1 - missing / max(len(ids), 1),
-                  "generation": gen if gen is not None else "none", "model_versions": ", ".join(sorted(map(str, versions)))},
+                  "generation": gen if gen is not None else "none",
+                  "model_versions": ", ".join(sorted(map(str, versions)))},
     )
