@@ -340,6 +340,7 @@ def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:
     mongo = _mongo()
     sql = SqlResource(url=settings.get(settings.ENV_SQL) or "")
     redis = RedisResource(url=settings.get(settings.ENV_REDIS) or "")
+    sql_rows: int | str
     try:
         sql_rows = writer.count_rows(sql.engine, tables.FACT_OPPORTUNITY)
     except Exception as exc:  # noqa: BLE001 - a summary line, not a failure

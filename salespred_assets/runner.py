@@ -67,17 +67,16 @@ def materialize(job_name: str = "full_refresh", run_config: dict | None = None, 
         instance = dg.DagsterInstance.ephemeral() if ephemeral else dg.DagsterInstance.get()
     if processes:
         job = dg.build_reconstructable_job(__name__, "job_by_name", reconstructable_args=(job_name,))
-        result = dg.execute_job(job, instance=instance, run_config=run_config or {}, raise_on_error=False)
-        return _outcome(result)
+        return _outcome(dg.execute_job(job, instance=instance, run_config=run_config or {}, raise_on_error=False))
     definitions = defs if resources is None else build_definitions(resources=resources)
-    job = definitions.resolve_job_def(job_name)
+    job_def = definitions.resolve_job_def(job_name)
     if partition_key is not None:
-        partitions = job.partitions_def
+        partitions = job_def.partitions_def
         if isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name \
                 and not instance.has_dynamic_partition(partitions.name, partition_key):
             instance.add_dynamic_partitions(partitions.name, [partition_key])
-    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config or {},
-                                    partition_key=partition_key)
+    result = job_def.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config or {},
+                                        partition_key=partition_key)
     return _outcome(result)
 
 

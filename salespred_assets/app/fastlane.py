@@ -77,7 +77,8 @@ class FastLane:
             return None
         subject = ctx.tokens.subject(stored)
         viewer = roster.viewer(subject) if subject and raw is not None else None
-        if viewer is None or first_string(raw, "seller") not in viewer.team:  # written first: cheap to read
+        # The seller is written first in a cached entry: cheap to read.
+        if viewer is None or raw is None or first_string(raw, "seller") not in viewer.team:
             return None
         return raw
 

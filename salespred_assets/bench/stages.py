@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import functools
 import io
 import os
 import random
@@ -218,7 +219,7 @@ def prediction_frame(rows: int, seed: int = 5) -> pd.DataFrame:
     frame["predicted_won"] = np.where(closed, frame["outcome"] == "won", p >= 0.5)
     frame["score"] = pd.array(np.where(closed, pd.NA, np.clip(np.rint(p * 100), 1, 99).astype(int)), dtype="Int64")
     grade = np.where(p >= 0.75, "A", np.where(p >= 0.5, "B", np.where(p >= 0.25, "C", "D"))).astype(object)
-    frame["grade"] = pd.array(np.where(closed, None, grade), dtype="str")
+    frame["grade"] = pd.array(np.where(closed, np.array(None, dtype=object), grade), dtype="str")
     frame["factors_for"] = np.where(closed, "[]",
                                     '[{"feature":"tipos","label":"tipos","value":"TY-00","effect":0.1203}]')
     frame["factors_against"] = np.where(closed, "[]",
@@ -305,28 +306,27 @@ def stage_sql(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageRes
     r.figure("rows", "", [rows])
     dialects: list[tuple[str, Callable[[], Any]]] = [("SQLite", lambda: _sqlite_url(servers))]
     if servers.postgres_url:
-        dialects.insert(0, ("PostgreSQL", lambda: scratch_database(servers.postgres_url, "bench_sql")))
+        dialects.insert(0, ("PostgreSQL", functools.partial(scratch_database, servers.postgres_url, "bench_sql")))
     else:
         r.notes.append("PostgreSQL: skipped (set SALESPRED_BENCH_POSTGRES_URL or SALESPRED_TEST_POSTGRES_URL).")
     if servers.mariadb_url:
-        dialects.append(("MariaDB (pyodbc)", lambda: scratch_database(servers.mariadb_url, "bench_sql")))
+        dialects.append(("MariaDB (pyodbc)", functools.partial(scratch_database, servers.mariadb_url, "bench_sql")))
     else:
         r.notes.append("MariaDB: skipped (set SALESPRED_BENCH_MARIADB_URL or SALESPRED_TEST_MARIADB_URL).")
     for label, make in dialects:
         with make() as url:
             engine = sa.create_engine(url)
             table = tables.fact_opportunity(sa.MetaData())
-            # Each closure binds this dialect's engine and table (default arguments), not the loop's last ones.
-            ours = repeat(lambda engine=engine, table=table: writer.write(engine, table, frame, mode="replace"),
-                          scale.repeats)
-            to_sql = repeat(lambda engine=engine: frame.to_sql("bench_to_sql", engine, if_exists="replace",
-                                                               index=False), scale.repeats)
+            # partial binds this dialect's engine and table now (a closure would read the loop's variables).
+            ours = repeat(functools.partial(writer.write, engine, table, frame, mode="replace"), scale.repeats)
+            to_sql = repeat(functools.partial(frame.to_sql, "bench_to_sql", engine, if_exists="replace", index=False),
+                            scale.repeats)
             r.figure(f"{label}: salespred write (replace, one transaction)", "rows/s", [rows / s for s in ours])
             r.figure(f"{label}: pandas to_sql, default settings (the original's method)", "rows/s",
                      [rows / s for s in to_sql])
             r.figure(f"{label}: ours / to_sql", "×", [b / a for a, b in zip(ours, to_sql, strict=True)])
             if label == "PostgreSQL":
-                bare = repeat(lambda engine=engine: _bare_copy(engine, frame), scale.repeats)
+                bare = repeat(functools.partial(_bare_copy, engine, frame), scale.repeats)
                 r.figure("PostgreSQL: bare COPY of the same frame", "rows/s", [rows / s for s in bare])
                 ratio = [b / a for a, b in zip(ours, bare, strict=True)]
                 r.figure("PostgreSQL: ours / bare COPY", "×", ratio)
@@ -363,6 +363,7 @@ def _bare_copy(engine: sa.engine.Engine, frame: pd.DataFrame) -> None:
         buf = io.StringIO()
         frame.to_csv(buf, index=False, header=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         raw = conn.connection.driver_connection
+        assert raw is not None  # an open connection has its driver's connection
         with raw.cursor() as cur, cur.copy(f"COPY bench_copy ({', '.join(cols)}) FROM STDIN WITH (FORMAT csv)") as copy:
             copy.write(buf.getvalue())
 
@@ -522,10 +523,11 @@ def stage_single_row(servers: Servers, scale: Scale, state: dict[str, Any]) -> S
     r = StageResult("single_row", "Scoring with the production forest")
     from salespred_assets.core.scoring import score
 
-    model, frame = state.get("reference_model"), state.get("reference_frame")
+    model = state.get("reference_model")
     if model is None:
         r.skipped = "needs the model of the training stage (reference data absent)"
         return r
+    frame = state["reference_frame"]  # set with the model
     schema = DEFAULT_SCHEMA
     open_rows = frame[~frame["etapas"].isin(["Won", "Lost"])]
     picks = open_rows.sample(min(scale.single_rows, len(open_rows)), random_state=1,
@@ -629,8 +631,8 @@ def stage_incremental(servers: Servers, scale: Scale, state: dict[str, Any]) -> 
             start += len(new)
             mongo.insert_opportunities(new)
             key = batches.range_key(str(lo), str(new[-1]["_id"]))
-            seconds, result = timed(lambda mongo=mongo, engine=engine, redis=redis, key=key:
-                                    batches.score_batch(mongo, engine, redis, key))
+            # partial binds this size's servers and this batch's key now (a closure would read the loop's variables).
+            seconds, result = timed(functools.partial(batches.score_batch, mongo, engine, redis, key))
             assert result.scored + result.quarantined == scale.new_docs, result
             times.append(seconds)
         engine.dispose()
@@ -707,7 +709,9 @@ def stage_app(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageRes
         return r
     mongo = servers.mongo("bench_small")
     user, password = _bench_seller(mongo)
-    number = mongo.db[OPPORTUNITIES].find_one({"numero_vendedor": "NV-0"}, sort=[("_id", 1)])["numero_opportunidad"]
+    first = mongo.db[OPPORTUNITIES].find_one({"numero_vendedor": "NV-0"}, sort=[("_id", 1)])
+    assert first is not None, "the full-refresh stage loaded NV-0's opportunities"
+    number = first["numero_opportunidad"]
     workers = usable_cores()
     url = f"/api/opportunities/{number}/prediction"
     with app_server(servers, "bench_small", servers.home / "app", workers=1) as (base, _):

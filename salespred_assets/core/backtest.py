@@ -165,7 +165,8 @@ def backtest(frame: pd.DataFrame, schema: DatasetSchema, as_of: np.datetime64 | 
         raise SalespredError("a backtest needs the schema's creation and close dates (dates.created, dates.close): "
                              "without them nothing says what was known when, nor when an outcome was decided, and "
                              "salespred quotes only backtested figures; add them to the export and its schema file")
-    as_of = default_as_of(frame, schema) if as_of is None else np.datetime64(as_of, "D")
+    # numpy accepts a datetime64 with a unit; its stubs have no overload for that pair.
+    as_of = default_as_of(frame, schema) if as_of is None else np.datetime64(as_of, "D")  # type: ignore[call-overload]
     created = frame[schema.created].to_numpy(dtype="datetime64[D]")
     if not (created < as_of).any() or not (created >= as_of).any():
         raise SalespredError(f"as-of date {as_of} leaves nothing before or nothing after it "

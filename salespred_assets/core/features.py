@@ -287,7 +287,8 @@ def snapshots(frame: pd.DataFrame, schema: DatasetSchema, ages: tuple[int, ...] 
         label_.append(y_np[keep])
     snap = Snapshots(np.concatenate(rows), np.concatenate(at), np.concatenate(label_))
     if before is not None:
-        keep = snap.at < np.datetime64(before, "D")
+        # numpy accepts a datetime64 with a unit; its stubs have no overload for that pair.
+        keep = snap.at < np.datetime64(before, "D")  # type: ignore[call-overload]
         snap = Snapshots(snap.rows[keep], snap.at[keep], snap.y[keep])
     return snap
 

@@ -54,8 +54,9 @@ def score(model: WinModel, frame: pd.DataFrame, schema: DatasetSchema, *, contex
     for field in schema.fields:
         if field in series:
             data[field] = series[field].array
-    won, lost = set(schema.won), set(schema.lost)
-    outcomes = ["won" if s in won else "lost" if s in lost else "open" for s in series[schema.stage].tolist()]
+    won_stages, lost_stages = set(schema.won), set(schema.lost)
+    outcomes = ["won" if s in won_stages else "lost" if s in lost_stages else "open"
+                for s in series[schema.stage].tolist()]
     data["outcome"] = _text(outcomes)
     closed = np.fromiter((o != "open" for o in outcomes), dtype=bool, count=len(outcomes))
     open_rows = np.flatnonzero(~closed)
@@ -67,8 +68,8 @@ def score(model: WinModel, frame: pd.DataFrame, schema: DatasetSchema, *, contex
     for name, values in predicted.items():
         data[name] = _text(values) if name in TEXT_OUTPUTS else values
     data["prediction_basis"] = _text(np.where(closed, "outcome", "model"))
-    at = np.datetime64(scored_at.astimezone(dt.UTC).replace(tzinfo=None), "us")
-    data["scored_at"] = pd.array(np.full(len(frame), at), dtype=SCORED_AT)
+    stamp = np.datetime64(scored_at.astimezone(dt.UTC).replace(tzinfo=None), "us")
+    data["scored_at"] = pd.array(np.full(len(frame), stamp), dtype=SCORED_AT)
     return pd.DataFrame(data, copy=False)
 
 

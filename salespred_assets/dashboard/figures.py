@@ -127,7 +127,7 @@ def figures(engine: Engine, sellers: Collection[str] | None = None) -> dict[str,
         if not present & set(views.NAMES):
             raise views.ViewError("no reporting view exists yet: materialise the reporting_views asset "
                                    "(or run `salespred demo --once`)")
-        out = {}
+        out: dict[str, Any] = {}
         for tile, (name, shape) in TILES.items():
             if name not in present:
                 out[tile] = None

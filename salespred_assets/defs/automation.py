@@ -17,6 +17,7 @@ that the production instance's run queue limits (training: one at a time; databa
 """
 
 import datetime as dt
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dagster as dg
 
@@ -31,6 +32,9 @@ from salespred_assets.defs.scoring.assets import new_opportunity_scores, opportu
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
+
+if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the type
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 WORKLOAD = "salespred/workload"
 BATCHES = dg.AssetSelection.assets(new_opportunity_scores)
@@ -63,11 +67,15 @@ monitor_drift_job = dg.define_asset_job(
 JOBS = [retrain_job, rescore_job, score_new_opportunities_job, monitor_drift_job]
 
 
-def _status(kind: type) -> object:
+_Status = TypeVar("_Status", dg.DefaultScheduleStatus, dg.DefaultSensorStatus)
+
+
+def _status(kind: type[_Status]) -> _Status:
     return kind.RUNNING if settings.automation_enabled() else kind.STOPPED
 
 
-def schedule_from_env(name: str, job: object, env: str, default: str, description: str) -> dg.ScheduleDefinition:
+def schedule_from_env(name: str, job: "UnresolvedAssetJobDefinition", env: str, default: str,
+                      description: str) -> dg.ScheduleDefinition:
     cron = settings.get(env) or default
     timezone = settings.get(settings.ENV_TIMEZONE) or "UTC"
     try:
@@ -155,7 +163,7 @@ def new_opportunities(context: dg.SensorEvaluationContext, mongo: MongoResource)
 def retrain_on_drift(context: dg.SensorEvaluationContext,
                      asset_event: dg.EventLogEntry) -> dg.RunRequest | dg.SkipReason:
     mat = asset_event.asset_materialization
-    meta = {k: getattr(v, "value", v) for k, v in (mat.metadata if mat else {}).items()}
+    meta: dict[str, Any] = {k: getattr(v, "value", v) for k, v in (mat.metadata if mat else {}).items()}
     version, max_psi = str(meta.get("model_version", "none")), float(meta.get("max_psi") or 0.0)
     if meta.get("action") != "retrain":
         return dg.SkipReason(f"drift of model {version}: max PSI {max_psi:.3f} is below {drift.ACT}")

@@ -48,7 +48,8 @@ def _object_id_texts(column: pa.ChunkedArray) -> np.ndarray:
 def _documents(chunk: bytes, positions: np.ndarray) -> list[dict[str, Any]]:
     """Decode only the documents at ``positions`` (each BSON document starts with its int32 length)."""
     wanted = set(positions.tolist())
-    out, offset, index = [], 0, 0
+    out: list[dict[str, Any]] = []
+    offset, index = 0, 0
     while offset < len(chunk) and len(out) < len(wanted):
         size = struct.unpack_from("<i", chunk, offset)[0]
         if index in wanted:

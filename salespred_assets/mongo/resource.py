@@ -96,8 +96,10 @@ class MongoResource(dg.ConfigurableResource):
     def ensure_indexes(self) -> None:
         db = self.db
         db[OPPORTUNITIES].create_index(DEFAULT_SCHEMA.id, name="numero_opportunidad_1")
-        db[OPPORTUNITIES].create_index(DEFAULT_SCHEMA.client, name="cliente_1")
-        db[OPPORTUNITIES].create_index(DEFAULT_SCHEMA.seller, name="numero_vendedor_1")
+        client, seller = DEFAULT_SCHEMA.client, DEFAULT_SCHEMA.seller
+        assert client and seller  # the default schema names both
+        db[OPPORTUNITIES].create_index(client, name="cliente_1")
+        db[OPPORTUNITIES].create_index(seller, name="numero_vendedor_1")
         db[OPPORTUNITY_HISTORY].create_index([("opportunity", 1), ("at", 1)], name=HISTORY_INDEX)
         self._keep_before_images()
         db[SELLERS].create_index("username", unique=True, name="username_unique")
@@ -190,7 +192,9 @@ class MongoResource(dg.ConfigurableResource):
         return len(ops)
 
     # ---- the active data contract ----------------------------------------------------------
-    def schema(self) -> DatasetSchema:
+    # Shadows pydantic's deprecated BaseModel.schema() classmethod, on purpose: `mongo.schema()` is this
+    # project's name for the data contract (a rename would touch every caller).
+    def schema(self) -> DatasetSchema:  # type: ignore[override]
         """The schema of the loaded data (set by `salespred seed --schema`); default: the seed's shape.
 
         Read at most every few seconds per process: the seller app asks on every request.
@@ -214,6 +218,7 @@ class MongoResource(dg.ConfigurableResource):
         """Atomically take the next number (one server-side $inc: never reused, even under races)."""
         doc = self.db[COUNTERS].find_one_and_update({"_id": name}, {"$inc": {"seq": 1}}, upsert=True,
                                                      return_document=pymongo.ReturnDocument.AFTER)
+        assert doc is not None  # upsert=True with ReturnDocument.AFTER always returns the document
         return int(doc["seq"])
 
     # ---- sellers -------------------------------------------------------------------------

@@ -123,6 +123,11 @@ def _json_column(column: pd.Series) -> list[str]:
     return encoded[codes].tolist()
 
 
+def _str(value: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -265,13 +270,13 @@ class PredictionCache:
         gen = self.current_generation()
         if gen is None:
             return []
-        return (field.decode() for key in self.bucket_keys(gen) for field in self.r.hkeys(key))
+        return (_str(field) for key in self.bucket_keys(gen) for field in self.r.hkeys(key))
 
     def stats(self) -> dict[str, Any]:
         gen = self.current_generation()
         if gen is None:
             return {"generation": None, "keys": 0}
-        meta = {k.decode(): v.decode() for k, v in self.r.hgetall(self.meta_key(gen)).items()}
+        meta = {_str(k): _str(v) for k, v in self.r.hgetall(self.meta_key(gen)).items()}
         pipe = self.r.pipeline(transaction=False)
         for key in self.bucket_keys(gen):
             pipe.hlen(key)

@@ -162,9 +162,11 @@ class PipelinedRedis:
             hello.append(("AUTH", *([p["username"]] if p.get("username") else []), p["password"]))
         if p.get("db"):
             hello.append(("SELECT", str(p["db"])))
+        transport = protocol.transport
+        assert transport is not None  # connection_made has run: create_connection returned
         for command in hello:  # sent before any caller's command, so replies stay in order
             self._waiting.append((loop.create_future(), time.monotonic()))
-            protocol.transport.write(_pack(command))
+            transport.write(_pack(command))
             try:
                 await self._waiting[-1][0]
             except redis.RedisError as exc:

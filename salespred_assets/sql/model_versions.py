@@ -34,8 +34,7 @@ def _utc(value: Any) -> pd.Timestamp | None:
 
 
 def _last(events: Iterable[Mapping[str, Any]], kind: str) -> pd.Timestamp | None:
-    times = [_utc(e.get("at")) for e in events if e.get("event") == kind]
-    times = [t for t in times if t is not None]
+    times = [t for e in events if e.get("event") == kind and (t := _utc(e.get("at"))) is not None]
     return max(times) if times else None
 
 

@@ -65,4 +65,4 @@ class SqlResource(dg.ConfigurableResource):
             with self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except SQLAlchemyError as exc:
-            raise ServiceUnavailable("SQL database", url, exc.orig if getattr(exc, "orig", None) else exc) from exc
+            raise ServiceUnavailable("SQL database", url, getattr(exc, "orig", None) or exc) from exc

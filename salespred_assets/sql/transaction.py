@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -18,9 +19,16 @@ from sqlalchemy.engine import Connection, Engine
 def begin(engine: Engine) -> Iterator[Connection]:
     """``engine.begin()``, with an explicit ``BEGIN`` on SQLite so that DDL joins the transaction."""
     with engine.begin() as conn:
-        if conn.dialect.name == "sqlite" and not conn.connection.driver_connection.in_transaction:
+        if conn.dialect.name == "sqlite" and not _driver(conn).in_transaction:
             conn.exec_driver_sql("BEGIN")
         yield conn
+
+
+def _driver(conn: Connection) -> Any:
+    """The DBAPI connection under ``conn`` (there is one while ``conn`` is open)."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    return raw
 
 
 def transactional_ddl(dialect_name: str) -> bool:

@@ -213,7 +213,7 @@ def ddl(dialect_name: str, name: str, select: sa.Select) -> list[sa.ExecutableDD
     """The statements that create or replace one view on ``dialect_name``."""
     if dialect_name in ("mysql", "mariadb", "mssql"):
         return [CreateView(select, name, or_replace=True)]  # MariaDB: OR REPLACE; SQL Server: OR ALTER
-    return [DropView(sa.table(name), if_exists=True), CreateView(select, name)]
+    return [DropView(sa.Table(name, sa.MetaData()), if_exists=True), CreateView(select, name)]
 
 
 def _comment(conn: Connection, name: str) -> None:
@@ -254,7 +254,7 @@ def existing(conn: Connection) -> set[str]:
 
 def drop(conn: Connection, names: Iterable[str]) -> None:
     for name in names:
-        conn.execute(DropView(sa.table(name), if_exists=True))
+        conn.execute(DropView(sa.Table(name, sa.MetaData()), if_exists=True))
 
 
 def create(conn: Connection, schema: DatasetSchema, names: Iterable[str] | None = None) -> dict[str, list[str]]:

@@ -141,6 +141,7 @@ def _copy_postgres(conn: Connection, table: sa.Table, frame: pd.DataFrame, colum
     cols = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in columns)
     name = conn.dialect.identifier_preparer.format_table(table)
     raw = conn.connection.driver_connection
+    assert raw is not None  # an open connection has its driver's connection
     with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')") as copy:
         view = buf.getvalue()
         step = 8 << 20
@@ -249,8 +250,10 @@ def _held_keys(conn: Connection, table: sa.Table, frame: pd.DataFrame, key: Sequ
         return set()
     first, rest = key[0], list(key[1:])
     ids = frame[first].astype(str)
-    batches = pd.DataFrame({c: _key_values(frame[c]) for c in rest}, index=frame.index) if rest else None
-    groups = batches.groupby(rest, sort=False).groups.items() if rest else [((), frame.index)]
+    groups: Iterable[tuple[Any, Any]] = [((), frame.index)]
+    if rest:
+        batches = pd.DataFrame({c: _key_values(frame[c]) for c in rest}, index=frame.index)
+        groups = batches.groupby(rest, sort=False).groups.items()
     held: set[tuple] = set()
     for values, index in groups:
         values = values if isinstance(values, tuple) else (values,)

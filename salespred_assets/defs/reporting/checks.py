@@ -90,7 +90,7 @@ def fact_prediction_history_has_latest_scoring(sql: SqlResource, mongo: MongoRes
     )
 
 
-def _close(a: float, b: float) -> bool:
+def _close(a: float | None, b: float | None) -> bool:
     return math.isclose(float(a or 0.0), float(b or 0.0), rel_tol=1e-9, abs_tol=1e-6)
 
 

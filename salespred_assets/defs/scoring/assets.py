@@ -1,5 +1,7 @@
 """Scoring: every opportunity scored by the promoted model, with its reasons; new ones in batches."""
 
+from typing import Any
+
 import dagster as dg
 import pandas as pd
 
@@ -26,7 +28,7 @@ def opportunity_predictions(raw_opportunities: pd.DataFrame, opportunity_feature
     preds = score(model, raw_opportunities, schema, features=opportunity_features[feature_spec(schema).columns])
     preds.attrs["schema"] = schema.to_dict()
     open_rows = preds[preds["outcome"] == "open"]
-    metadata = {
+    metadata: dict[str, Any] = {
         "dagster/row_count": len(preds),
         "model_version": model.version,
         "open_opportunities": len(open_rows),

@@ -56,7 +56,8 @@ def new_opportunity_scores_landed(context: dg.AssetCheckExecutionContext, mongo:
     joined = fact.outerjoin(history, sa.and_(history.c.opportunity_id == key,
                                              history.c.model_version == fact.c.model_version,
                                              history.c.scored_at == fact.c.scored_at))
-    in_sql, without_history, sql_versions = 0, 0, set()
+    in_sql, without_history = 0, 0
+    sql_versions: set[str] = set()
     with sql.engine.connect() as conn:
         for start in range(0, len(numbers), writer.IN_CHUNK):
             chunk = numbers[start:start + writer.IN_CHUNK]
