@@ -41,8 +41,10 @@ docs: $(STAMP)
 docs-build: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
 
+# ruff (rules and line length in pyproject.toml [tool.ruff]) and mypy ([tool.mypy]); .pre-commit-config.yaml runs both.
 lint: $(STAMP)
-	$(BIN)/ruff check salespred_assets salespred_tests
+	$(BIN)/ruff check salespred_assets salespred_tests scripts
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .salespred .pytest_cache
