@@ -150,6 +150,29 @@ def test_promotion_refuses_what_it_cannot_do(mongo):
     assert model_store.current_version(mongo.db) == rejected.version
 
 
+def test_the_registry_records_the_gates_verdict_when_it_stores_a_candidate(mongo, monkeypatch):
+    """The model IO manager's path: a candidate that fails the promotion gate is stored ``rejected`` with the
+    reason (the ``promotion_gate`` check only reports it); one that passes stays a candidate."""
+    from salespred_assets.core.model import WinModel
+
+    monkeypatch.setenv("SALESPRED_GATE_AUC_FLOOR", "0.7")
+    loading.seed_synthetic(mongo, 300, seed=5, as_of=AS_OF)
+    trained = train_current_model(mongo, promote=False)
+
+    def candidate(version: str, roc_auc: float) -> WinModel:
+        info = {**trained.info, "version": version, "metrics": {"roc_auc": roc_auc, "brier": 0.2}}
+        info.pop("gate", None)
+        return WinModel(trained.pipeline, trained.calibrator, trained.threshold, trained.spec, info)
+
+    version, passed, reason = model_store.register_candidate(mongo.db, candidate("20990101-000000-low", 0.69))
+    entry = model_store.registry_entry(mongo.db, version)
+    assert not passed and reason == "backtest ROC AUC 0.6900 below the required 0.7000"
+    assert entry["status"] == "rejected"
+    assert [(e["event"], e.get("reason")) for e in entry["history"]] == [("trained", None), ("rejected", reason)]
+    version, passed, reason = model_store.register_candidate(mongo.db, candidate("20990101-000000-ok", 0.71))
+    assert passed and model_store.registry_entry(mongo.db, version)["status"] == "candidate"
+
+
 def test_model_list_on_the_command_line(mongo, monkeypatch):
     loading.seed_synthetic(mongo, 300, seed=6, as_of=AS_OF)
     current = train_current_model(mongo)

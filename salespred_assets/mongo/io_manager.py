@@ -10,12 +10,13 @@ from salespred_assets.mongo.resource import MongoResource
 
 
 class MongoModelIOManager(dg.ConfigurableIOManager):
-    """Stores :class:`WinModel` outputs as registry candidates; loads the newest trained version."""
+    """Stores :class:`WinModel` outputs as registry candidates, with the promotion gate's verdict (a candidate that
+    fails it is recorded ``rejected``); loads the newest trained version."""
 
     mongo: MongoResource
 
     def handle_output(self, context: dg.OutputContext, obj: WinModel) -> None:
-        version = model_store.save(self.mongo.db, obj, card=str(obj.info.get("card", "")))
+        version, _, _ = model_store.register_candidate(self.mongo.db, obj, card=str(obj.info.get("card", "")))
         context.add_output_metadata({"model_version": version, "stored_in": "MongoDB GridFS bucket 'models'"})
 
     def load_input(self, context: dg.InputContext) -> WinModel:

@@ -17,6 +17,8 @@ import skops.io as sio
 from pymongo import ReturnDocument
 from pymongo.database import Database
 
+from salespred_assets import settings
+from salespred_assets.core import gate
 from salespred_assets.core.features import FeatureSpec
 from salespred_assets.core.model import WinModel
 from salespred_assets.errors import SalespredError
@@ -60,6 +62,22 @@ def save(db: Database, model: WinModel, card: str = "") -> str:
         "history": [{"event": "trained", "at": _now()}],
     }, upsert=True)
     return model.version
+
+
+def gate_verdict(info: dict[str, Any]) -> tuple[bool, str, dict[str, Any]]:
+    """The promotion gate's (passed, reason, figures) for a candidate's info, with the configured ROC AUC floor."""
+    return gate.verdict(info, settings.gate_auc_floor(gate.AUC_FLOOR))
+
+
+def register_candidate(db: Database, model: WinModel, card: str = "") -> tuple[str, bool, str]:
+    """Store a trained candidate and record the promotion gate's verdict on it: one that fails is ``rejected``,
+    with the reason (``production_model`` promotes only the newest candidate not rejected, and ``salespred model
+    promote`` needs ``--force`` for it). Returns (version, passed, reason)."""
+    version = save(db, model, card)
+    passed, reason, _ = gate_verdict(_json_safe(model.info))
+    if not passed:
+        mark(db, version, "rejected", reason)
+    return version, passed, reason
 
 
 def _now() -> dt.datetime:

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from salespred_assets import settings
 from salespred_assets.core import card, plots
 from salespred_assets.core.features import build_features, feature_spec
 from salespred_assets.core.model import SearchConfig, WinModel
@@ -21,11 +20,6 @@ from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.sql import model_versions, tables
 
 GROUP = "modeling"
-# Promotion gate, on the same backtest for both: a candidate must reach 98% of the current model's ROC
-# AUC, this floor, and a Brier score no worse than the current model's by more than BRIER_SLACK.
-RELATIVE_AUC = 0.98
-AUC_FLOOR = 0.70
-BRIER_SLACK = 0.005
 
 
 class TrainingConfig(dg.Config):
@@ -118,51 +112,6 @@ def _search_md(table: pd.DataFrame) -> str:
     if table.empty:
         return "no search (fixed hyperparameters)"
     return markdown_table(table.sort_values("holdout_roc_auc", ascending=False), max_rows=15)
-
-
-def gate_verdict(info: dict) -> tuple[bool, str, dict]:
-    """(passed, reason, figures) for a candidate's info: both models on the same backtest (see win_model)."""
-    candidate = info["metrics"]
-    gate = info.get("gate") or {}
-    current = gate.get("current") or {}
-    floor = settings.gate_auc_floor(AUC_FLOOR)
-    auc, brier = candidate.get("roc_auc"), candidate.get("brier")
-    current_auc, current_brier = current.get("roc_auc"), current.get("brier")
-    required = max(floor, RELATIVE_AUC * float(current_auc)) if current_auc is not None else floor
-    brier_limit = float(current_brier) + BRIER_SLACK if current_brier is not None else None
-    figures = {"backtest_as_of": gate.get("as_of") or info.get("backtest", {}).get("as_of", "none"),
-               "candidate_roc_auc": _number(auc), "candidate_brier": _number(brier),
-               "current_version": gate.get("current_version") or "none",
-               "current_roc_auc": _number(current_auc) if current else "none",
-               "current_brier": _number(current_brier) if current else "none",
-               "required_roc_auc": required, "brier_limit": brier_limit if brier_limit is not None else "none",
-               "relative_rule": RELATIVE_AUC, "absolute_floor": floor}
-    if gate.get("current_version") and not current:
-        figures["note"] = "the current model could not be backtested (see the win_model log): floor only"
-    if auc is None or brier is None:
-        return (False, "the backtest's new opportunities hold one outcome only: nothing to judge the candidate on",
-                figures)
-    if auc < required:
-        return False, f"backtest ROC AUC {auc:.4f} below the required {required:.4f}", figures
-    if brier_limit is not None and brier > brier_limit:
-        return False, (f"backtest Brier score {brier:.4f} above the current model's "
-                       f"{brier_limit - BRIER_SLACK:.4f} + {BRIER_SLACK}"), figures
-    return True, "passed", figures
-
-
-@dg.asset_check(asset=win_model, blocking=True, description=(
-    f"Promotion gate, candidate and current model on the same backtest: ROC AUC >= {RELATIVE_AUC} x the current "
-    f"model's and >= {AUC_FLOOR}, Brier score <= the current model's + {BRIER_SLACK}."))
-def promotion_gate(mongo: MongoResource) -> dg.AssetCheckResult:
-    db = mongo.db
-    latest = db[model_store.REGISTRY].find_one({}, sort=[("trained_at", -1)])
-    if latest is None:
-        return dg.AssetCheckResult(passed=False, metadata={"reason": "no candidate in the registry"})
-    passed, reason, figures = gate_verdict(latest["info"])
-    if not passed:
-        model_store.mark(db, latest["_id"], "rejected", reason)
-    return dg.AssetCheckResult(passed=passed,
-                               metadata={"candidate_version": latest["_id"], "reason": reason, **figures})
 
 
 @dg.asset(group_name=GROUP, kinds={"mongodb"}, deps=[win_model], retry_policy=IO_RETRY)

@@ -1,4 +1,5 @@
-"""Checks on the model inputs (ranges, categories the current model never saw) and on the model that scores."""
+"""Checks on the model inputs (ranges, categories the current model never saw), on the candidate (the promotion
+gate) and on the model that scores."""
 
 import time
 
@@ -6,9 +7,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from salespred_assets.core import gate
 from salespred_assets.core.features import feature_spec
 from salespred_assets.defs.common import md
-from salespred_assets.defs.modeling.assets import fact_model_switch, opportunity_features, production_model
+from salespred_assets.defs.modeling.assets import fact_model_switch, opportunity_features, production_model, win_model
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.sql import tables, writer
@@ -89,6 +91,20 @@ def opportunity_features_unseen_categories(opportunity_features: pd.DataFrame,
                   "share_rows_with_unseen_category": share, "warn_above": UNSEEN_ROWS_WARN,
                   "by_feature": md(table, max_rows=40)},
     )
+
+
+@dg.asset_check(asset=win_model, blocking=True, description=(
+    f"Promotion gate, candidate and current model on the same backtest: ROC AUC >= {gate.RELATIVE_AUC} x the current "
+    f"model's and >= {gate.AUC_FLOOR}, Brier score <= the current model's + {gate.BRIER_SLACK}."))
+def promotion_gate(mongo: MongoResource) -> dg.AssetCheckResult:
+    """Reports the gate's verdict on the newest candidate; blocking, so a rejected one is never promoted. It only
+    reads: the registry recorded the verdict when it stored the candidate (model_store.register_candidate)."""
+    latest = mongo.db[model_store.REGISTRY].find_one({}, sort=[("trained_at", -1)])
+    if latest is None:
+        return dg.AssetCheckResult(passed=False, metadata={"reason": "no candidate in the registry"})
+    passed, reason, figures = model_store.gate_verdict(latest["info"])
+    return dg.AssetCheckResult(passed=passed,
+                               metadata={"candidate_version": latest["_id"], "reason": reason, **figures})
 
 
 @dg.asset_check(asset=production_model, blocking=True,
