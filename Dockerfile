@@ -20,8 +20,12 @@ WORKDIR /src
 # Metadata first, so that a code change does not invalidate the dependency layer's inputs twice.
 COPY pyproject.toml constraints.txt README.md LICENSE ./
 COPY salespred_assets ./salespred_assets
+# The installed package has no pyproject.toml beside it: dg.load_from_defs_folder (salespred_assets/definitions.py)
+# finds the project's [tool.dg] configuration in the nearest directory above the package that holds one, which in
+# the image is /opt/venv. The check runs from / so that it loads the installed package, not the sources in /src.
 RUN pip install -c constraints.txt ".[${EXTRAS}]" \
- && python -c "import salespred_assets.definitions, dagster_postgres, dagster_docker"
+ && cp pyproject.toml /opt/venv/pyproject.toml \
+ && cd / && python -c "import salespred_assets.definitions as d, dagster_postgres, dagster_docker; d.defs()"
 
 # ---- runtime: the virtual environment, system ODBC drivers, and a non-root user
 FROM ${PYTHON_IMAGE} AS runtime

@@ -1,50 +1,50 @@
-"""Everything Dagster loads: one place that assembles assets, checks, jobs, automation and resources."""
+"""Everything Dagster loads: the ``defs`` folder, merged with the resources and the step executor.
+
+``dg.load_from_defs_folder`` imports every module under ``salespred_assets/defs/`` and collects what each defines
+at module level (assets, the external collections' AssetSpecs, checks, jobs, schedules, sensors), so a new file
+there needs no edit here. It reads the project configuration, ``[tool.dg]`` in ``pyproject.toml``, from the nearest
+directory above this package that has one: the checkout's root, or ``/opt/venv`` in the image (see the Dockerfile).
+"""
 
 from __future__ import annotations
 
+import functools
+import pkgutil
+from pathlib import Path
+
 import dagster as dg
 
-from salespred_assets.defs import automation
-from salespred_assets.defs.common import IO_RETRY
-from salespred_assets.defs.ingestion import assets as ingestion, checks as ingestion_checks
-from salespred_assets.defs.modeling import assets as modeling, checks as modeling_checks
-from salespred_assets.defs.monitoring import assets as monitoring, checks as monitoring_checks
-from salespred_assets.defs.reporting import assets as reporting, checks as reporting_checks
-from salespred_assets.defs.scoring import assets as scoring, checks as scoring_checks
-from salespred_assets.defs.serving import assets as serving, checks as serving_checks
+import salespred_assets.defs
 from salespred_assets.resources import build_resources
 
-ASSET_MODULES = [ingestion, modeling, scoring, reporting, serving, monitoring]
-CHECK_MODULES = [ingestion_checks, modeling, modeling_checks, scoring_checks, reporting_checks, serving_checks,
-                 monitoring_checks]
-
-full_refresh_job = dg.define_asset_job(
-    "full_refresh", selection=automation.EVERYTHING,  # every asset but the new-opportunity batches
-    op_retry_policy=IO_RETRY,  # checks read the databases too
-    description="Read every opportunity, retrain, promote if the gate passes, rescore, and refresh SQL and Redis.",
-)
-
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 # Runs (as deployed, and `salespred materialize --processes`) execute each step in a process of its own. The
 # processes fork from a server that has imported the code location once, so a step starts at once instead of
-# importing Dagster, pandas and scikit-learn again: about six seconds of CPU for each of some forty steps.
+# importing Dagster, pandas and scikit-learn again: about six seconds of CPU for each of some forty steps. The
+# server imports this module and every module of the defs folder (found, not listed), which the loader reads.
+PRELOAD = ["salespred_assets.definitions",
+           *(m.name for m in pkgutil.walk_packages(salespred_assets.defs.__path__, "salespred_assets.defs."))]
 STEP_EXECUTOR = dg.multiprocess_executor.configured(
-    {"start_method": {"forkserver": {"preload_modules": ["salespred_assets.definitions"]}}}, name="step_processes")
+    {"start_method": {"forkserver": {"preload_modules": PRELOAD}}}, name="step_processes")
 
 
 def build_definitions(environment: str | None = None, resources: dict[str, object] | None = None) -> dg.Definitions:
     """The code location; ``resources`` replaces the environment's (tests, benchmarks)."""
-    return dg.Definitions(
-        # The external MongoDB collections are AssetSpecs, which module loading does not pick up.
-        assets=[*dg.load_assets_from_modules(ASSET_MODULES), ingestion.opportunities_collection,
-                ingestion.sellers_collection],
-        asset_checks=dg.load_asset_checks_from_modules(CHECK_MODULES),
-        jobs=[full_refresh_job, *automation.JOBS],
-        schedules=automation.SCHEDULES,
-        sensors=automation.SENSORS,
-        resources=resources if resources is not None else build_resources(environment),
-        executor=STEP_EXECUTOR,
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=PACKAGE_DIR),
+        dg.Definitions(resources=resources if resources is not None else build_resources(environment),
+                       executor=STEP_EXECUTOR),
     )
 
 
-defs = build_definitions()
+@functools.cache
+def environment_definitions() -> dg.Definitions:
+    """The code location with the environment's resources, built once per process (each step's process asks)."""
+    return build_definitions()
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What ``dagster`` and ``dg`` load: workspace.yaml, [tool.dagster], the image's gRPC code server."""
+    return environment_definitions()

@@ -40,9 +40,9 @@ class RunOutcome:
 
 def job_by_name(name: str) -> Any:
     """The job ``name`` of the code location: what each step's process rebuilds in a multiprocess run."""
-    from salespred_assets.definitions import defs
+    from salespred_assets.definitions import environment_definitions
 
-    return defs.resolve_job_def(name)
+    return environment_definitions().resolve_job_def(name)
 
 
 def materialize(job_name: str = "full_refresh", run_config: dict | None = None, ephemeral: bool = False,
@@ -57,7 +57,7 @@ def materialize(job_name: str = "full_refresh", run_config: dict | None = None, 
     """
     import dagster as dg
 
-    from salespred_assets.definitions import build_definitions, defs
+    from salespred_assets.definitions import build_definitions, environment_definitions
 
     if processes and (ephemeral or resources is not None or partition_key is not None):
         raise ValueError("a multiprocess run needs the persistent instance, the environment's resources, no partition")
@@ -68,7 +68,7 @@ def materialize(job_name: str = "full_refresh", run_config: dict | None = None, 
     if processes:
         job = dg.build_reconstructable_job(__name__, "job_by_name", reconstructable_args=(job_name,))
         return _outcome(dg.execute_job(job, instance=instance, run_config=run_config or {}, raise_on_error=False))
-    definitions = defs if resources is None else build_definitions(resources=resources)
+    definitions = environment_definitions() if resources is None else build_definitions(resources=resources)
     job_def = definitions.resolve_job_def(job_name)
     if partition_key is not None:
         partitions = job_def.partitions_def

@@ -41,12 +41,12 @@ def build_test_resources(mongo: MongoResource, redis: RedisResource, sql_url: st
 
 
 def all_assets_and_checks() -> tuple[list, list]:
-    from salespred_assets.definitions import defs
+    from salespred_assets.definitions import environment_definitions
 
-    graph = defs.resolve_asset_graph()
-    assets = list(defs.assets or [])
-    checks = list(defs.asset_checks or [])
-    del graph
+    defs = environment_definitions()
+    # The folder loader lists an asset once for each module that imports it: each object once, in order.
+    assets = list({id(a): a for a in defs.assets or []}.values())
+    checks = list({id(c): c for c in defs.asset_checks or []}.values())
     return assets, checks
 
 

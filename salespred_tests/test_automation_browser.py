@@ -27,8 +27,9 @@ TIMEOUT_MS = 30_000
 
 
 def _expected() -> dict:
-    from salespred_assets.definitions import defs
+    from salespred_assets.definitions import environment_definitions
 
+    defs = environment_definitions()
     graph = defs.resolve_asset_graph()
     checks: dict[str, list[str]] = defaultdict(list)
     for key in graph.asset_check_keys:

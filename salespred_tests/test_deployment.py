@@ -413,7 +413,7 @@ def test_production_instance_stores_runs_in_postgres(dagster_database: str, monk
     from dagster_docker import DockerRunLauncher
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-    from salespred_assets.definitions import defs
+    from salespred_assets.definitions import environment_definitions
 
     url = sa.engine.make_url(dagster_database)
     monkeypatch.setenv("DAGSTER_PG_HOST", url.host or "127.0.0.1")
@@ -429,7 +429,7 @@ def test_production_instance_stores_runs_in_postgres(dagster_database: str, monk
         assert instance.run_launcher.networks == ["salespred"]
         queue = instance.get_concurrency_config().run_queue_config
         assert queue.max_concurrent_runs == dagster_yaml()["concurrency"]["runs"]["max_concurrent_runs"]
-        run = instance.create_run_for_job(job_def=defs.resolve_job_def("full_refresh"),
+        run = instance.create_run_for_job(job_def=environment_definitions().resolve_job_def("full_refresh"),
                                           tags={"salespred/workload": "database-heavy"})
         assert instance.get_run_by_id(run.run_id).tags["salespred/workload"] == "database-heavy"
     finally:

@@ -3,6 +3,7 @@
 - ``new_opportunities`` (sensor, every 30 s): finds new and changed opportunities (see
   :mod:`salespred_assets.batches`), adds one ``opportunity_batches`` partition per batch and launches
   ``score_new_opportunities`` for it, with the batch key as ``run_key`` (never the same batch twice).
+- ``full_refresh`` (job): every asset but the new-opportunity batches (``salespred materialize`` runs it).
 - ``retrain`` (job; "retrain now" in the UI) and ``nightly_retrain`` (its schedule, cron from
   ``SALESPRED_RETRAIN_CRON``): fresh data, a candidate model, the blocking promotion gate, and, if the
   candidate passes, its promotion and everything downstream (SQL, the Redis cache, reports, drift).
@@ -47,6 +48,11 @@ RESCORE = (dg.AssetSelection.assets(raw_opportunities, opportunity_features, sel
                                     fact_model_switch)
            | dg.AssetSelection.assets(opportunity_predictions).downstream()) - BATCHES
 
+full_refresh_job = dg.define_asset_job(
+    "full_refresh", selection=EVERYTHING,  # every asset but the new-opportunity batches
+    op_retry_policy=IO_RETRY,  # checks read the databases too
+    description="Read every opportunity, retrain, promote if the gate passes, rescore, and refresh SQL and Redis.",
+)
 retrain_job = dg.define_asset_job(
     "retrain", selection=RETRAIN, op_retry_policy=IO_RETRY, tags={WORKLOAD: "training"},
     description="Retrain now: read every opportunity, train a candidate, and promote it only if the blocking "
@@ -63,8 +69,6 @@ score_new_opportunities_job = dg.define_asset_job(
 monitor_drift_job = dg.define_asset_job(
     "monitor_drift", selection=dg.AssetSelection.assets(raw_opportunities, opportunity_features, opportunity_drift),
     op_retry_policy=IO_RETRY, description="Measure how far recent opportunities drifted from the training data.")
-
-JOBS = [retrain_job, rescore_job, score_new_opportunities_job, monitor_drift_job]
 
 
 _Status = TypeVar("_Status", dg.DefaultScheduleStatus, dg.DefaultSensorStatus)
@@ -177,6 +181,3 @@ def retrain_on_drift(context: dg.SensorEvaluationContext,
     return dg.RunRequest(run_key=f"drift-{version}",
                          tags={"salespred/trigger": "drift", "salespred/drift_psi": f"{max_psi:.3f}"})
 
-
-SCHEDULES = [nightly_retrain, drift_monitor]
-SENSORS = [new_opportunities, retrain_on_drift]
