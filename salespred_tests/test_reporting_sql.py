@@ -283,3 +283,42 @@ def test_a_history_table_from_before_closed_outcomes_is_migrated_in_place(engine
                                         "grade": None, "outcome": "won"}])
     kept = writer.read_table(engine, tables.FACT_PREDICTION_HISTORY).set_index("opportunity_id")
     assert kept.loc["OP-1", "probability"] == 0.5 and pd.isna(kept.loc["OP-2", "probability"])
+
+
+def _has_statistics(engine: sa.Engine, table: str) -> bool:
+    """Whether the database holds planner statistics for ``table`` (read where each dialect keeps them)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            query = "SELECT count(*) FROM pg_stats WHERE tablename = :t"
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            query = ("SELECT count(*) FROM mysql.innodb_table_stats WHERE database_name = DATABASE() "
+                     "AND table_name = :t AND n_rows >= 1000")
+        else:
+            if not sa.inspect(conn).has_table("sqlite_stat1"):
+                return False
+            query = "SELECT count(*) FROM sqlite_stat1 WHERE tbl = :t"
+        return bool(conn.execute(sa.text(query), {"t": table}).scalar())
+
+
+def test_a_bulk_write_leaves_fresh_planner_statistics(engine):
+    """Bulk-filled tables get statistics in the same write: without them PostgreSQL planned the fact tables'
+    anti join as a quadratic nested loop. A small write leaves the statistics to the database."""
+    small = rf.sellers_frame()
+    result = writer.write(engine, tables.dim_seller(sa.MetaData()), small)
+    assert "statistics_refreshed" not in result
+    if engine.dialect.name == "sqlite":  # SQLite gathers none by itself: nothing was analysed
+        assert not _has_statistics(engine, tables.DIM_SELLER)
+    n = writer.STATISTICS_ROWS
+    bulk = pd.DataFrame({"numero_vendedor": [f"NV-{i}" for i in range(n)], "username": [f"u{i}" for i in range(n)],
+                         "first_name": "Ana", "last_name": "Pérez", "title": "Vendedor", "full_name": "Ana Pérez"})
+    result = writer.write(engine, tables.dim_seller(sa.MetaData()), bulk)
+    assert result["inserted"] == n and result["statistics_refreshed"] == 1
+    assert _has_statistics(engine, tables.DIM_SELLER)
+
+
+def test_each_dialect_has_its_statistics_statement():
+    assert writer.statistics_statement("mssql", "[fact_opportunity]") == "UPDATE STATISTICS [fact_opportunity]"
+    assert writer.statistics_statement("postgresql", '"t"') == 'ANALYZE "t"'
+    assert writer.statistics_statement("mariadb", "`t`") == "ANALYZE TABLE `t`"
+    with pytest.raises(SalespredError, match="no statistics statement for the oracle dialect"):
+        writer.statistics_statement("oracle", "t")

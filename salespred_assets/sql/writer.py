@@ -189,7 +189,35 @@ def write(engine: Engine, table: sa.Table, frame: pd.DataFrame, mode: str = "rep
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
         raise WriteFailed(f"writing {len(frame)} rows to {table.name} ({mode}, {engine.dialect.name}) failed and was "
                           f"rolled back; the table keeps its previous rows: {detail}") from exc
+    if result["inserted"] + result["deleted"] >= STATISTICS_ROWS:
+        refresh_statistics(engine, table)
+        result["statistics_refreshed"] = 1
     return {**result, **ddl}
+
+
+# A write that changes at least this many rows refreshes the table's planner statistics at once. A table
+# filled in bulk has none until autovacuum's analyze gets to it, and meanwhile PostgreSQL plans joins on it
+# as if it were tiny: the check that joins the two fact tables walked a whole index once per row.
+STATISTICS_ROWS = 10_000
+
+
+def statistics_statement(dialect_name: str, quoted_table: str) -> str:
+    """The statement that refreshes one table's planner statistics on a dialect."""
+    statements = {"postgresql": "ANALYZE {}", "mysql": "ANALYZE TABLE {}", "mariadb": "ANALYZE TABLE {}",
+                  "mssql": "UPDATE STATISTICS {}", "sqlite": "ANALYZE {}"}
+    if dialect_name not in statements:
+        raise SalespredError(f"no statistics statement for the {dialect_name} dialect")
+    return statements[dialect_name].format(quoted_table)
+
+
+def refresh_statistics(engine: Engine, table: sa.Table) -> None:
+    """Refresh ``table``'s statistics after its write committed (MariaDB's ANALYZE TABLE commits implicitly)."""
+    name = engine.dialect.identifier_preparer.quote(table.name)
+    with engine.connect() as conn:
+        result = conn.exec_driver_sql(statistics_statement(engine.dialect.name, name))
+        if result.returns_rows:  # MariaDB answers with a status table; read it so the connection is free
+            result.fetchall()
+        conn.commit()
 
 
 class WriteFailed(SalespredError):
