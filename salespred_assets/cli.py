@@ -42,7 +42,7 @@ def services() -> None:
 @services.command("up")
 def services_up() -> None:
     """Start the embedded services that are not configured elsewhere (reuses running ones)."""
-    from salespred_assets import services as svc
+    from salespred_assets.embedded import services as svc
 
     for name in ("mongo", "redis"):
         uri = svc.resolve(name)
@@ -53,7 +53,7 @@ def services_up() -> None:
 @services.command("down")
 def services_down() -> None:
     """Stop the embedded services this project started (nothing else)."""
-    from salespred_assets import services as svc
+    from salespred_assets.embedded import services as svc
 
     for name in ("mongo", "redis"):
         stopped = svc.stop(name)
@@ -63,7 +63,7 @@ def services_down() -> None:
 @services.command("status")
 def services_status() -> None:
     """Each service's URI (passwords masked) and whether it answers."""
-    from salespred_assets import services as svc
+    from salespred_assets.embedded import services as svc
 
     rows = svc.describe()
     for row in rows:
@@ -300,7 +300,8 @@ def batches_run(key: str) -> None:
 @click.option("--app-port", default=APP_PORT, show_default=True)
 def demo(once, n, dagster_port, app_port) -> None:
     """Start services, load demo data if empty, materialise everything, then serve the UIs."""
-    from salespred_assets import loading, runner, services as svc
+    from salespred_assets import loading, runner
+    from salespred_assets.embedded import services as svc
     from salespred_assets.mongo.resource import OPPORTUNITIES
 
     for name in ("mongo", "redis"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from salespred_assets.memo import Expiring
+from salespred_assets.core.memo import Expiring
 
 
 def test_expired_value_is_computed_once_for_concurrent_callers():

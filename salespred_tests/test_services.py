@@ -11,7 +11,7 @@ import pymongo
 import pytest
 import redis
 
-from salespred_assets import services
+from salespred_assets.embedded import services
 
 pytestmark = pytest.mark.integration
 

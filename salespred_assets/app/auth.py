@@ -36,9 +36,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from salespred_assets import settings
 from salespred_assets.core.jsonhead import first_string
+from salespred_assets.core.memo import Expiring
 from salespred_assets.core.passwords import verify_password
 from salespred_assets.errors import SalespredError
-from salespred_assets.memo import Expiring
 from salespred_assets.mongo.resource import SELLERS, MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
 

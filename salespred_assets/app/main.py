@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from salespred_assets import services, settings
+from salespred_assets import settings
 from salespred_assets.app import api, auth, dashboard, fastlane, pages
 from salespred_assets.app.context import (
     MAX_BODY_BYTES,
@@ -35,6 +35,7 @@ from salespred_assets.app.context import (
     Unavailable,
 )
 from salespred_assets.app.models import field_errors
+from salespred_assets.embedded import services
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
 

@@ -9,9 +9,10 @@ import time
 import traceback
 from pathlib import Path
 
-from salespred_assets import services, settings
+from salespred_assets import settings
 from salespred_assets.bench.harness import StageResult, kept_stages, write_report
 from salespred_assets.bench.stages import SCALES, STAGES, Servers
+from salespred_assets.embedded import services
 
 
 def servers_from_environment(home: Path) -> Servers:

@@ -29,11 +29,11 @@ from pydantic import Field
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
-from salespred_assets import services
 from salespred_assets.core.documents import SOURCE_ID, Validated, combine, validate
+from salespred_assets.core.memo import Expiring
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
+from salespred_assets.embedded import services
 from salespred_assets.errors import ServiceUnavailable
-from salespred_assets.memo import Expiring
 from salespred_assets.mongo.extract import batch_frame
 
 OPPORTUNITIES = "opportunities"

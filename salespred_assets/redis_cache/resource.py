@@ -8,7 +8,7 @@ import dagster as dg
 import redis
 from pydantic import Field
 
-from salespred_assets import services
+from salespred_assets.embedded import services
 from salespred_assets.errors import ServiceUnavailable
 from salespred_assets.redis_cache.cache import PredictionCache
 from salespred_assets.redis_cache.pipelined import PipelinedRedis

@@ -10,7 +10,7 @@ from pydantic import Field
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from salespred_assets import services
+from salespred_assets.embedded import services
 from salespred_assets.errors import ServiceUnavailable
 
 
