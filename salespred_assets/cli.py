@@ -259,7 +259,8 @@ def batches_plan(rows: int) -> None:
     """Cut every opportunity into _id-range batches and register them as partitions, ready to launch."""
     import dagster as dg
 
-    from salespred_assets import batches, runner
+    from salespred_assets import runner
+    from salespred_assets.scoring import batches
 
     keys = batches.tile(_mongo(), rows)
     runner.prepare_dagster_home()
@@ -279,7 +280,8 @@ def batches_plan(rows: int) -> None:
 @click.argument("key")
 def batches_run(key: str) -> None:
     """Score one batch in-process (recorded in the Dagster instance): KEY is '<lo>-<hi>' or 'chg-<digest>'."""
-    from salespred_assets import batches, runner
+    from salespred_assets import runner
+    from salespred_assets.scoring import batches
 
     batches.parse_range(key)  # a malformed key fails here, with the accepted forms
     outcome = runner.materialize("score_new_opportunities", partition_key=key)

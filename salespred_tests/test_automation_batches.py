@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from bson import ObjectId
 from click.testing import CliRunner
 
-from salespred_assets import batches, loading, runner
+from salespred_assets import loading, runner
 from salespred_assets.cli import cli
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.defs import automation
@@ -31,6 +31,7 @@ from salespred_assets.defs.automation import new_opportunities
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.scoring import batches
 from salespred_assets.sql import tables, writer
 from salespred_assets.sql.resource import make_engine
 from salespred_tests import reporting_fixtures as rf

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from salespred_assets import loading, scoring_service
+from salespred_assets import loading
 from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.scoring import online
 from salespred_tests.helpers import AS_OF, train_current_model
 
 pytestmark = pytest.mark.integration
@@ -25,9 +26,9 @@ def trained(mongo):
 def test_batch_and_single_scoring_agree(mongo, redis_resource, trained):
     model, frame = trained
     number = frame.loc[frame["etapas"] == "S3", "numero_opportunidad"].iloc[0]
-    first, source = scoring_service.prediction_for(mongo, redis_resource, number)
+    first, source = online.prediction_for(mongo, redis_resource, number)
     assert source == "model"
-    again, source = scoring_service.prediction_for(mongo, redis_resource, number)
+    again, source = online.prediction_for(mongo, redis_resource, number)
     assert source == "cache" and again == first
     # The same opportunity scored in the batch path (client facts over the whole collection).
     from salespred_assets.core.scoring import score
@@ -42,29 +43,29 @@ def test_callers_see_only_their_sellers_predictions(mongo, redis_resource, train
     row = frame.iloc[42]
     number, owner = row["numero_opportunidad"], row["numero_vendedor"]
     other = "NV-9" if owner != "NV-9" else "NV-8"
-    assert scoring_service.prediction_for(mongo, redis_resource, number, sellers={other}) == (None, "missing")
-    mine, source = scoring_service.prediction_for(mongo, redis_resource, number, sellers={owner})
+    assert online.prediction_for(mongo, redis_resource, number, sellers={other}) == (None, "missing")
+    mine, source = online.prediction_for(mongo, redis_resource, number, sellers={owner})
     assert source == "model" and mine["seller"] == owner
     # Cached now: a hit for its seller, and still nothing for anyone else, without asking MongoDB.
-    assert scoring_service.prediction_for(mongo, redis_resource, number, sellers={owner})[1] == "cache"
-    assert scoring_service.prediction_for(mongo, redis_resource, number, sellers={other}) == (None, "missing")
+    assert online.prediction_for(mongo, redis_resource, number, sellers={owner})[1] == "cache"
+    assert online.prediction_for(mongo, redis_resource, number, sellers={other}) == (None, "missing")
 
 
 def test_redis_down_falls_back_to_the_model(mongo, trained):
     _, frame = trained
     number = frame.loc[frame["etapas"].str.startswith("S"), "numero_opportunidad"].iloc[0]  # an open one
     dead = RedisResource(url="redis://127.0.0.1:1/0", timeout_s=0.2)
-    prediction, source = scoring_service.prediction_for(mongo, dead, number)
+    prediction, source = online.prediction_for(mongo, dead, number)
     assert source == "model" and 0.0 <= prediction["probability"] <= 1.0
 
 
 def test_unknown_and_invalid_documents(mongo, redis_resource, trained):
-    assert scoring_service.prediction_for(mongo, redis_resource, "OP-99999999") == (None, "missing")
+    assert online.prediction_for(mongo, redis_resource, "OP-99999999") == (None, "missing")
     mongo.db[OPPORTUNITIES].insert_one({"numero_opportunidad": "OP-BAD", "etapas": "S1"})
     with pytest.raises(ValueError, match="cannot be scored"):
-        scoring_service.prediction_for(mongo, redis_resource, "OP-BAD")
+        online.prediction_for(mongo, redis_resource, "OP-BAD")
     docs = [{"numero_opportunidad": "OP-X"}]
-    preds, quarantine = scoring_service.score_documents(mongo, docs)
+    preds, quarantine = online.score_documents(mongo, docs)
     assert preds.empty and "missing" in quarantine["reason"].iloc[0]
     assert validate(records_frame(docs, mongo.schema()), mongo.schema()).frame.empty
 
@@ -82,7 +83,7 @@ def test_a_batch_reports_only_its_own_bad_documents(mongo, trained):
     bad = dict(good, numero_opportunidad="OP-NEW-2", acv="lots")
     odd = dict(good, numero_opportunidad=["OP-NEW-3"])  # not even hashable: set aside, never a crash
     mongo.db[OPPORTUNITIES].insert_one(dict(odd, numero_opportunidad={"n": 3}))
-    preds, quarantine = scoring_service.score_documents(mongo, [good, bad, odd])
+    preds, quarantine = online.score_documents(mongo, [good, bad, odd])
     assert preds["opportunity_id"].tolist() == ["OP-NEW-1"]
     assert quarantine["id"].tolist() == ["OP-NEW-2", "['OP-NEW-3']"]
     assert quarantine["reason"].tolist() == ["acv: not a finite number", "numero_opportunidad: not a non-empty text"]

@@ -3,7 +3,7 @@
 A capture takes the next number from MongoDB's atomic counter (never "highest plus one"), writes one
 document in exactly the shape the pipeline reads (the same as :mod:`salespred_assets.core.synthetic`),
 then scores it with the current model and writes the prediction to the Redis cache
-(:func:`salespred_assets.scoring_service.predict_document`). Look-ups always filter by what the caller
+(:func:`salespred_assets.scoring.online.predict_document`). Look-ups always filter by what the caller
 may see, so another seller's opportunity and an unknown number are indistinguishable.
 
 A capture and every later change made here are recorded in the opportunity history
@@ -31,7 +31,6 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from salespred_assets import scoring_service
 from salespred_assets.app.auth import Viewer
 from salespred_assets.app.context import (
     AppContext,
@@ -45,6 +44,7 @@ from salespred_assets.core.schema import DEFAULT_SCHEMA, OPEN_STAGES
 from salespred_assets.mongo import history
 from salespred_assets.mongo.model_store import NoModel
 from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_COUNTER
+from salespred_assets.scoring import online
 
 log = logging.getLogger("salespred.app")
 
@@ -115,7 +115,7 @@ def capture(ctx: AppContext, viewer: Viewer, data: OpportunityIn) -> Captured:
     _record_capture(ctx, doc, viewer.number)
     stored = {k: v for k, v in doc.items() if k != "_id"}
     try:
-        prediction = scoring_service.predict_document(ctx.mongo, ctx.redis, doc, schema)
+        prediction = online.predict_document(ctx.mongo, ctx.redis, doc, schema)
         return Captured(number, stored, prediction, "model", None)
     except Exception as exc:  # noqa: BLE001 - the document is stored; never turn that into a failure
         log.warning("captured %s but could not predict it: %s", number, exc)
@@ -170,7 +170,7 @@ def prediction(ctx: AppContext, viewer: Viewer, number: str) -> tuple[dict[str, 
     if not NUMBER.match(number):
         raise NotFound(number)
     try:
-        value, source = scoring_service.prediction_for(ctx.mongo, ctx.redis, number, sellers=viewer.team)
+        value, source = online.prediction_for(ctx.mongo, ctx.redis, number, sellers=viewer.team)
     except NoModel as exc:
         raise Unavailable("model", str(exc)) from exc
     if value is None:
@@ -307,7 +307,7 @@ def _record_change(ctx: AppContext, number: str, changes: dict[str, dict], selle
 
 def _rescore(ctx: AppContext, doc: dict[str, Any]) -> tuple[dict[str, Any] | None, str, str | None]:
     try:
-        return scoring_service.predict_document(ctx.mongo, ctx.redis, doc, DEFAULT_SCHEMA), "model", None
+        return online.predict_document(ctx.mongo, ctx.redis, doc, DEFAULT_SCHEMA), "model", None
     except Exception as exc:  # noqa: BLE001 - the change is stored; never turn that into a failure
         log.warning("changed %s but could not predict it: %s", doc.get(DEFAULT_SCHEMA.id), exc)
         return None, "unavailable", _reason(exc)

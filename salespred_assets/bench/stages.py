@@ -608,7 +608,7 @@ def stage_incremental(servers: Servers, scale: Scale, state: dict[str, Any]) -> 
 
     from bson import ObjectId
 
-    from salespred_assets import batches
+    from salespred_assets.scoring import batches
 
     if "sql_small" not in state:
         r.skipped = "needs the full-refresh stage (a trained model, SQL and cache)"

@@ -1,7 +1,7 @@
 """Automation: the jobs, schedules and sensors that keep the platform current without anyone clicking.
 
 - ``new_opportunities`` (sensor, every 30 s): finds new and changed opportunities (see
-  :mod:`salespred_assets.batches`), adds one ``opportunity_batches`` partition per batch and launches
+  :mod:`salespred_assets.scoring.batches`), adds one ``opportunity_batches`` partition per batch and launches
   ``score_new_opportunities`` for it, with the batch key as ``run_key`` (never the same batch twice).
 - ``full_refresh`` (job): every asset but the new-opportunity batches (``salespred materialize`` runs it).
 - ``retrain`` (job; "retrain now" in the UI) and ``nightly_retrain`` (its schedule, cron from
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import dagster as dg
 
-from salespred_assets import batches, settings
+from salespred_assets import settings
 from salespred_assets.core import drift
 from salespred_assets.defs.common import IO_RETRY
 from salespred_assets.defs.ingestion.assets import raw_opportunities, sellers
@@ -33,6 +33,7 @@ from salespred_assets.defs.scoring.assets import new_opportunity_scores, opportu
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.scoring import batches
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the type
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition

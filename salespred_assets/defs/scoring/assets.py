@@ -5,7 +5,6 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from salespred_assets import batches
 from salespred_assets.core.features import feature_spec
 from salespred_assets.core.scoring import score
 from salespred_assets.defs.common import IO_RETRY, counts_md, md
@@ -14,6 +13,7 @@ from salespred_assets.defs.modeling.assets import production_model
 from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.scoring import batches
 from salespred_assets.sql.resource import SqlResource
 
 GROUP = "scoring"
@@ -42,7 +42,7 @@ def opportunity_predictions(raw_opportunities: pd.DataFrame, opportunity_feature
 
 # One partition per batch of new or changed opportunities, added by the new-opportunity sensor (or by
 # `salespred batches plan` to fan a full rescore out): the key is the batch's _id range, "<lo>-<hi>", or
-# "chg-<digest>" for changed documents (see salespred_assets/batches.py).
+# "chg-<digest>" for changed documents (see salespred_assets/scoring/batches.py).
 opportunity_batches = dg.DynamicPartitionsDefinition(name=batches.PARTITIONS)
 
 

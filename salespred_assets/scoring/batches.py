@@ -37,7 +37,7 @@ Entries are keyed by the event's resume token and only inserted when absent, so 
 records nothing twice; they are written before the cursor moves, so a tick that fails records again.
 
 **Scoring a batch** (:func:`score_batch`, the ``new_opportunity_scores`` asset's run) reads only that
-batch's documents (an ``_id`` range or ``_id`` lookups), scores them through :mod:`scoring_service`
+batch's documents (an ``_id`` range or ``_id`` lookups), scores them through :mod:`scoring.online`
 (client facts from MongoDB), upserts their ``fact_opportunity`` rows (one transaction), appends their
 ``fact_prediction_history`` rows and writes their keys into the live Redis generation. Nothing else is
 read or rewritten, so its cost follows the batch, not the collection.
@@ -60,12 +60,12 @@ from bson import ObjectId
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
-from salespred_assets import scoring_service
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo import history, model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE, MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.scoring import online
 from salespred_assets.sql import tables, writer
 
 log = logging.getLogger("salespred.batches")
@@ -357,7 +357,7 @@ def _score_once(mongo: MongoResource, engine: sa.engine.Engine, redis: RedisReso
 
     started = time.perf_counter()
     model = model_store.load(mongo.db, version)
-    preds, quarantine = scoring_service.score_documents(mongo, docs, model=model, schema=schema)
+    preds, quarantine = online.score_documents(mongo, docs, model=model, schema=schema)
     seconds["score_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -385,7 +385,7 @@ def _score_once(mongo: MongoResource, engine: sa.engine.Engine, redis: RedisReso
         seconds["history_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        cache_keys = scoring_service.cache_predictions(redis, preds, schema)
+        cache_keys = online.cache_predictions(redis, preds, schema)
         generation = redis.cache().current_generation()
         seconds["cache_s"] = time.perf_counter() - started
         scored_at = pd.Timestamp(preds["scored_at"].iloc[0]).isoformat()
