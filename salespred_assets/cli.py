@@ -205,7 +205,7 @@ def model() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
 def model_list(as_json: bool) -> None:
     """Every version, newest first; '*' marks the one that scores."""
-    from salespred_assets import lifecycle
+    from salespred_assets.registry import lifecycle
 
     rows = lifecycle.versions(_mongo())
     if as_json:
@@ -235,7 +235,7 @@ def _switched(result: dict) -> None:
 @click.option("--force", is_flag=True, help="Promote a version the promotion gate rejected.")
 def model_promote(version: str, force: bool) -> None:
     """Make VERSION the model that scores, then rescore SQL and the cache with it (no lookup misses)."""
-    from salespred_assets import lifecycle
+    from salespred_assets.registry import lifecycle
 
     _switched(lifecycle.promote(_mongo(), version, force=force))
 
@@ -243,7 +243,7 @@ def model_promote(version: str, force: bool) -> None:
 @model.command("rollback")
 def model_rollback() -> None:
     """Return to the previously current version, and rescore SQL and the cache with it."""
-    from salespred_assets import lifecycle
+    from salespred_assets.registry import lifecycle
 
     _switched(lifecycle.rollback(_mongo()))
 

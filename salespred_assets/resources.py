@@ -9,10 +9,10 @@ from __future__ import annotations
 import dagster as dg
 
 from salespred_assets import settings
-from salespred_assets.mongo.io_manager import MongoModelIOManager
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.io_manager import RedisCacheIOManager
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.registry.io_manager import MongoModelIOManager
 from salespred_assets.sql.io_manager import SqlIOManager
 from salespred_assets.sql.resource import SqlResource
 

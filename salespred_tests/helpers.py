@@ -9,9 +9,9 @@ import dagster as dg
 
 from salespred_assets.core.model import SearchConfig, WinModel
 from salespred_assets.core.training import fit
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.registry import model_store
 from salespred_assets.resources import wire
 from salespred_assets.sql.resource import SqlResource
 

@@ -15,7 +15,7 @@ from salespred_assets.cli import cli
 from salespred_assets.core.features import feature_spec
 from salespred_assets.core.schema import load_schema
 from salespred_assets.errors import SalespredError
-from salespred_assets.mongo import model_store
+from salespred_assets.registry import model_store
 from salespred_assets.sql import tables, writer
 from salespred_tests.crm_export import write_export
 from salespred_tests.helpers import build_test_resources, materialize_all

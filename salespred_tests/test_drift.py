@@ -17,8 +17,8 @@ from salespred_assets.core.model import SearchConfig
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.core.training import train_production
 from salespred_assets.defs.automation import retrain_on_drift
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.registry import model_store
 from salespred_tests.helpers import AS_OF, build_test_resources
 
 SPEC = FeatureSpec(categorical=("region",), numeric=("amount", "age_days", "client_prior_opportunities"))

@@ -27,7 +27,6 @@ import sqlalchemy as sa
 from salespred_assets import loading
 from salespred_assets.app.main import create_app
 from salespred_assets.core.scoring import score
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import (
     COUNTERS,
     OPPORTUNITIES,
@@ -36,6 +35,7 @@ from salespred_assets.mongo.resource import (
 )
 from salespred_assets.redis_cache.cache import OLD_GENERATION_GRACE_S
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.registry import model_store
 from salespred_assets.sql import tables, writer
 from salespred_assets.sql.resource import make_engine
 from salespred_tests.app_fixtures import (

@@ -182,7 +182,7 @@ def test_synthetic_data_has_a_learnable_signal_in_a_backtest():
 
 
 def test_the_promotion_gate_compares_candidate_and_current_on_the_same_backtest(monkeypatch):
-    from salespred_assets.mongo.model_store import gate_verdict
+    from salespred_assets.registry.model_store import gate_verdict
 
     monkeypatch.setenv("SALESPRED_GATE_AUC_FLOOR", "0.7")
     current = {"roc_auc": 0.80, "brier": 0.160}

@@ -16,11 +16,11 @@ import pytest
 import sqlalchemy as sa
 
 from salespred_assets import dashboard, loading, settings
-from salespred_assets.mongo import model_store
-from salespred_assets.mongo.io_manager import MongoModelIOManager
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.io_manager import RedisCacheIOManager
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.registry import model_store
+from salespred_assets.registry.io_manager import MongoModelIOManager
 from salespred_assets.sql import tables, views, writer
 from salespred_assets.sql.io_manager import SqlIOManager
 from salespred_assets.sql.resource import SqlResource, make_engine

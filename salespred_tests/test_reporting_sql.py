@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from salespred_assets import dashboard
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S, DatasetSchema
 from salespred_assets.errors import SalespredError
-from salespred_assets.sql import model_versions, tables, views, writer
+from salespred_assets.registry import model_versions
+from salespred_assets.sql import tables, views, writer
 from salespred_assets.sql.resource import make_engine
 from salespred_tests import reporting_fixtures as rf
 

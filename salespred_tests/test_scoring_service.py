@@ -7,9 +7,9 @@ import pytest
 
 from salespred_assets import loading
 from salespred_assets.core.documents import records_frame, validate
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.registry import model_store
 from salespred_assets.scoring import online
 from salespred_tests.helpers import AS_OF, train_current_model
 

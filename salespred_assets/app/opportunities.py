@@ -42,8 +42,8 @@ from salespred_assets.app.context import (
 from salespred_assets.app.models import OpportunityChange, OpportunityIn, today
 from salespred_assets.core.schema import DEFAULT_SCHEMA, OPEN_STAGES
 from salespred_assets.mongo import history
-from salespred_assets.mongo.model_store import NoModel
 from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_COUNTER
+from salespred_assets.registry.model_store import NoModel
 from salespred_assets.scoring import online
 
 log = logging.getLogger("salespred.app")

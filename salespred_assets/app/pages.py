@@ -22,7 +22,7 @@ from salespred_assets.app.models import (
     field_errors,
 )
 from salespred_assets.core.schema import CODE_SETS, DEFAULT_SCHEMA
-from salespred_assets.mongo.model_store import NoModel
+from salespred_assets.registry.model_store import NoModel
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))

@@ -31,8 +31,8 @@ from salespred_assets.defs.monitoring.assets import opportunity_drift
 from salespred_assets.defs.reporting.assets import dim_model_version, dim_seller
 from salespred_assets.defs.scoring.assets import new_opportunity_scores, opportunity_predictions
 from salespred_assets.errors import SalespredError
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.registry import model_store
 from salespred_assets.scoring import batches
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the type

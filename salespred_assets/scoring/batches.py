@@ -62,9 +62,10 @@ from pymongo.errors import OperationFailure
 
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
-from salespred_assets.mongo import history, model_store
+from salespred_assets.mongo import history
 from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE, MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.registry import model_store
 from salespred_assets.scoring import online
 from salespred_assets.sql import tables, writer
 

@@ -20,10 +20,10 @@ from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.core.model import WinModel
 from salespred_assets.core.schema import DatasetSchema
 from salespred_assets.core.scoring import ID, score
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES, MongoResource
 from salespred_assets.redis_cache.cache import serialize
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.registry import model_store
 
 log = logging.getLogger("salespred.scoring")
 CLIENT_CHUNK = 100

@@ -15,9 +15,10 @@ from salespred_assets.core.scoring import as_of_day, outcome
 from salespred_assets.core.training import gate_backtest, train_production
 from salespred_assets.defs.common import IO_RETRY, markdown_table, md
 from salespred_assets.errors import SalespredError
-from salespred_assets.mongo import history, model_store
+from salespred_assets.mongo import history
 from salespred_assets.mongo.resource import MongoResource
-from salespred_assets.sql import model_versions, tables
+from salespred_assets.registry import model_store, model_versions
+from salespred_assets.sql import tables
 
 GROUP = "modeling"
 

@@ -7,12 +7,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from salespred_assets.core import gate
 from salespred_assets.core.features import feature_spec
 from salespred_assets.defs.common import md
 from salespred_assets.defs.modeling.assets import fact_model_switch, opportunity_features, production_model, win_model
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.registry import gate, model_store
 from salespred_assets.sql import tables, writer
 from salespred_assets.sql.resource import SqlResource
 

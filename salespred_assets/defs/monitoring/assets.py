@@ -11,8 +11,8 @@ from salespred_assets.core import drift
 from salespred_assets.core.features import build_features
 from salespred_assets.defs.common import IO_RETRY, md
 from salespred_assets.defs.modeling.assets import production_model
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.registry import model_store
 
 GROUP = "monitoring"
 

@@ -9,9 +9,9 @@ import pandas as pd
 from salespred_assets import dashboard, settings
 from salespred_assets.defs.common import IO_RETRY, md
 from salespred_assets.defs.modeling.assets import production_model
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
-from salespred_assets.sql import model_versions, tables, views, writer
+from salespred_assets.registry import model_store, model_versions
+from salespred_assets.sql import tables, views, writer
 from salespred_assets.sql.resource import SqlResource
 
 GROUP = "reporting"

@@ -16,8 +16,8 @@ from salespred_assets.defs.reporting.assets import (
     reporting_views,
     sales_dashboard,
 )
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE, MongoResource
+from salespred_assets.registry import model_store
 from salespred_assets.sql import tables, views, writer
 from salespred_assets.sql.resource import SqlResource
 

@@ -10,9 +10,9 @@ from salespred_assets.core.scoring import score
 from salespred_assets.defs.common import IO_RETRY, counts_md, md
 from salespred_assets.defs.ingestion.assets import opportunities_collection
 from salespred_assets.defs.modeling.assets import production_model
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.registry import model_store
 from salespred_assets.scoring import batches
 from salespred_assets.sql.resource import SqlResource
 

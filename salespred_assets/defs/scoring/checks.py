@@ -9,9 +9,9 @@ import sqlalchemy as sa
 
 from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.defs.scoring.assets import new_opportunity_scores, opportunity_predictions
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.registry import model_store
 from salespred_assets.scoring import batches
 from salespred_assets.sql import tables, writer
 from salespred_assets.sql.resource import SqlResource

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from pymongo.database import Database
 from sqlalchemy.engine import Engine
 
-from salespred_assets.mongo import model_store
+from salespred_assets.registry import model_store
 from salespred_assets.sql import tables, writer
 
 METRIC_COLUMNS = ("roc_auc", "accuracy", "brier", "f1")

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from salespred_assets.errors import SalespredError
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.registry import model_store
 from salespred_assets.runner import RunOutcome
 
 Rescore = Callable[[], RunOutcome]

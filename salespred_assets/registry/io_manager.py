@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 
 from salespred_assets.core.model import WinModel
-from salespred_assets.mongo import model_store
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.registry import model_store
 
 
 class MongoModelIOManager(dg.ConfigurableIOManager):

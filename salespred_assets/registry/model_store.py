@@ -18,10 +18,10 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from salespred_assets import settings
-from salespred_assets.core import gate
 from salespred_assets.core.features import FeatureSpec
 from salespred_assets.core.model import WinModel
 from salespred_assets.errors import SalespredError
+from salespred_assets.registry import gate
 
 REGISTRY = "model_registry"
 POINTER = "model_pointer"

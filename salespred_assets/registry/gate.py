@@ -2,7 +2,7 @@
 
 Both models are scored on the same backtest (see ``win_model``): the candidate must reach ``RELATIVE_AUC`` of the
 current model's ROC AUC and the absolute floor, and its Brier score may be worse than the current model's by at most
-``BRIER_SLACK``. The registry (``mongo.model_store.register_candidate``) records the verdict when it stores a
+``BRIER_SLACK``. The registry (``registry.model_store.register_candidate``) records the verdict when it stores a
 candidate; the ``promotion_gate`` check reports it.
 """
 
