@@ -86,9 +86,9 @@ def seed(n, csv_path, sellers_path, schema_path, seed, as_of, batch_size, replac
     """Load opportunities into MongoDB: synthetic (--synthetic N) or an export (--csv PATH)."""
     from tqdm import tqdm
 
-    from salespred_assets import loading
     from salespred_assets.core.schema import load_schema
     from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE
+    from salespred_assets.operations import loading
 
     if (n is None) == (csv_path is None):
         raise click.UsageError("give exactly one of --synthetic N or --csv PATH")
@@ -259,7 +259,7 @@ def batches_plan(rows: int) -> None:
     """Cut every opportunity into _id-range batches and register them as partitions, ready to launch."""
     import dagster as dg
 
-    from salespred_assets import runner
+    from salespred_assets.operations import runner
     from salespred_assets.scoring import batches
 
     keys = batches.tile(_mongo(), rows)
@@ -280,7 +280,7 @@ def batches_plan(rows: int) -> None:
 @click.argument("key")
 def batches_run(key: str) -> None:
     """Score one batch in-process (recorded in the Dagster instance): KEY is '<lo>-<hi>' or 'chg-<digest>'."""
-    from salespred_assets import runner
+    from salespred_assets.operations import runner
     from salespred_assets.scoring import batches
 
     batches.parse_range(key)  # a malformed key fails here, with the accepted forms
@@ -302,9 +302,9 @@ def batches_run(key: str) -> None:
 @click.option("--app-port", default=APP_PORT, show_default=True)
 def demo(once, n, dagster_port, app_port) -> None:
     """Start services, load demo data if empty, materialise everything, then serve the UIs."""
-    from salespred_assets import loading, runner
     from salespred_assets.embedded import services as svc
     from salespred_assets.mongo.resource import OPPORTUNITIES
+    from salespred_assets.operations import loading, runner
 
     for name in ("mongo", "redis"):
         svc.resolve(name)
@@ -334,8 +334,8 @@ def _ping_all() -> None:
 
 
 def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:
-    from salespred_assets import loading
     from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE
+    from salespred_assets.operations import loading
     from salespred_assets.redis_cache.resource import RedisResource
     from salespred_assets.sql import tables, writer
     from salespred_assets.sql.resource import SqlResource
@@ -382,7 +382,7 @@ def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:
 
 
 def _serve_forever(dagster_port: int, app_port: int) -> None:
-    from salespred_assets import runner
+    from salespred_assets.operations import runner
 
     env = dict(os.environ, DAGSTER_HOME=runner.prepare_dagster_home())
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
@@ -415,7 +415,7 @@ def _serve_forever(dagster_port: int, app_port: int) -> None:
                    "held per step), or all steps in this process (quickest for small data).")
 def materialize(job_name: str, processes: bool) -> None:
     """Run a job (recorded in the instance the Dagster UI shows)."""
-    from salespred_assets import runner
+    from salespred_assets.operations import runner
 
     outcome = runner.materialize(job_name, processes=processes)
     _summary(outcome, 0.0, DAGSTER_PORT, APP_PORT)

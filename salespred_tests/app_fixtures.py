@@ -17,10 +17,10 @@ from typing import Any, Self
 
 import pytest
 
-from salespred_assets import loading
 from salespred_assets.app.main import create_app
 from salespred_assets.core.model import WinModel
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.operations import loading
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_tests.conftest import free_port, wait_for
 from salespred_tests.helpers import AS_OF, train_current_model

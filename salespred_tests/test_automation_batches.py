@@ -23,13 +23,13 @@ import sqlalchemy as sa
 from bson import ObjectId
 from click.testing import CliRunner
 
-from salespred_assets import loading, runner
 from salespred_assets.cli import cli
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.defs import automation
 from salespred_assets.defs.automation import new_opportunities
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.operations import loading, runner
 from salespred_assets.registry import model_store
 from salespred_assets.scoring import batches
 from salespred_assets.sql import tables, writer

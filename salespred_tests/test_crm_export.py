@@ -10,11 +10,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from salespred_assets import loading
 from salespred_assets.cli import cli
 from salespred_assets.core.features import feature_spec
 from salespred_assets.core.schema import load_schema
 from salespred_assets.errors import SalespredError
+from salespred_assets.operations import loading
 from salespred_assets.registry import model_store
 from salespred_assets.sql import tables, writer
 from salespred_tests.crm_export import write_export

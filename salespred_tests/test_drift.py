@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salespred_assets import loading, runner
 from salespred_assets.core import drift
 from salespred_assets.core.features import FeatureSpec
 from salespred_assets.core.model import SearchConfig
@@ -18,6 +17,7 @@ from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.core.training import train_production
 from salespred_assets.defs.automation import retrain_on_drift
 from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.operations import loading, runner
 from salespred_assets.registry import model_store
 from salespred_tests.helpers import AS_OF, build_test_resources
 

@@ -24,7 +24,6 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from salespred_assets import loading
 from salespred_assets.app.main import create_app
 from salespred_assets.core.scoring import score
 from salespred_assets.mongo.resource import (
@@ -33,6 +32,7 @@ from salespred_assets.mongo.resource import (
     OPPORTUNITY_COUNTER,
     MongoResource,
 )
+from salespred_assets.operations import loading
 from salespred_assets.redis_cache.cache import OLD_GENERATION_GRACE_S
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.registry import model_store

@@ -25,9 +25,9 @@ import pymongo.monitoring
 import pytest
 from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
-from salespred_assets import loading
 from salespred_assets.app.main import create_app
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.operations import loading
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_tests import fuzz_payloads as fp
 from salespred_tests.app_fixtures import (

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from bson import ObjectId
 
-from salespred_assets import loading
 from salespred_assets.app import opportunities
 from salespred_assets.app.auth import load_viewer
 from salespred_assets.app.context import ChangeRefused
 from salespred_assets.mongo import history
 from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_HISTORY
+from salespred_assets.operations import loading
 from salespred_assets.scoring import batches
 from salespred_tests.app_fixtures import *  # noqa: F403 - the fixtures app, app_db, client (its __all__)
 from salespred_tests.app_fixtures import login_token, valid_payload

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from salespred_assets import loading
 from salespred_assets.core.schema import CODE_SETS
 from salespred_assets.mongo.resource import OPPORTUNITIES, MongoResource
+from salespred_assets.operations import loading
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_tests.conftest import free_port, wait_for
 from salespred_tests.helpers import AS_OF, train_current_model

@@ -13,8 +13,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from salespred_assets import loading
 from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE
+from salespred_assets.operations import loading
 from salespred_assets.sql import tables, writer
 from salespred_tests.helpers import AS_OF, build_test_resources, materialize_all
 

@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from salespred_assets import loading, runner
 from salespred_assets.cli import cli
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.errors import SalespredError
+from salespred_assets.operations import loading, runner
 from salespred_assets.registry import lifecycle, model_store
 from salespred_assets.sql import tables, writer
 from salespred_tests.helpers import AS_OF, build_test_resources, train_current_model

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from salespred_assets import loading
 from salespred_assets.core.schema import DEFAULT_SCHEMA
 from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.operations import loading
 from salespred_assets.registry import model_store
 from salespred_assets.sql import tables, writer
 from salespred_tests.helpers import AS_OF, build_test_resources, materialize_all

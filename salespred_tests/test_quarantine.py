@@ -5,10 +5,10 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from salespred_assets import loading
 from salespred_assets.defs.ingestion.assets import raw_opportunities
 from salespred_assets.defs.ingestion.checks import raw_opportunities_quarantine
 from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE
+from salespred_assets.operations import loading
 from salespred_tests.helpers import AS_OF
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from salespred_assets import dashboard, loading, settings
+from salespred_assets import dashboard, settings
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.operations import loading
 from salespred_assets.redis_cache.io_manager import RedisCacheIOManager
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.registry import model_store

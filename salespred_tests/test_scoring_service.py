@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from salespred_assets import loading
 from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.operations import loading
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.registry import model_store
 from salespred_assets.scoring import online

@@ -31,9 +31,10 @@ from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from salespred_assets import loading, settings
+from salespred_assets import settings
 from salespred_assets.app.main import create_app
 from salespred_assets.mongo.resource import OPPORTUNITIES, SELLERS, MongoResource
+from salespred_assets.operations import loading
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.sql.resource import SqlResource, make_engine
 from salespred_tests.app_fixtures import LIMITS, SECRET, SELLERS as APP_SELLERS, new_client, valid_payload

@@ -678,7 +678,7 @@ def app_server(servers: Servers, database: str, home: Path, workers: int | None 
 
 
 def _bench_seller(mongo: MongoResource) -> tuple[str, str]:
-    from salespred_assets import loading
+    from salespred_assets.operations import loading
 
     password = uuid.uuid4().hex
     loading.write_sellers(mongo, [{"numero_vendedor": "NV-0", "username": "bench", "password": password,

@@ -20,8 +20,8 @@ from typing import Any
 
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo.resource import MongoResource
+from salespred_assets.operations.runner import RunOutcome
 from salespred_assets.registry import model_store
-from salespred_assets.runner import RunOutcome
 
 Rescore = Callable[[], RunOutcome]
 
@@ -51,7 +51,7 @@ def previous_version(mongo: MongoResource) -> str | None:
 
 
 def _default_rescore() -> RunOutcome:
-    from salespred_assets import runner
+    from salespred_assets.operations import runner
 
     return runner.materialize("rescore")
 
