@@ -385,9 +385,9 @@ def _serve_forever(dagster_port: int, app_port: int) -> None:
     from salespred_assets.operations import runner
 
     env = dict(os.environ, DAGSTER_HOME=runner.prepare_dagster_home())
-    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
+    workspace = Path(__file__).resolve().parents[2] / "workspace.yaml"
     cmds = [[sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(dagster_port)]]
-    app = Path(__file__).resolve().parent / "app" / "main.py"
+    app = Path(__file__).resolve().parents[1] / "app" / "main.py"
     if app.exists():
         cmds.append([sys.executable, "-m", "salespred_assets.cli", "serve", "--port", str(app_port)])
     procs = [subprocess.Popen(c, env=env, start_new_session=True) for c in cmds]
@@ -505,6 +505,3 @@ def _as_service_error(exc: BaseException) -> ServiceUnavailable | None:
         return ServiceUnavailable("SQL database", settings.get(settings.ENV_SQL) or "embedded", exc.orig or exc)
     return None
 
-
-if __name__ == "__main__":
-    main()
