@@ -44,7 +44,7 @@ from salespred_assets.settings import mask_url, usable_cores
 from salespred_assets.sql import tables, writer
 
 SHARED_DATA = Path(os.environ.get("SALESPRED_SHARED_DATA",
-                                  Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+                                  Path(__file__).resolve().parents[3].parent / "shared" / "data"))
 REFERENCE_CSV = SHARED_DATA / "opportunities_seed.csv"
 SALESPRED = [sys.executable, "-m", "salespred_assets.cli"]
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
