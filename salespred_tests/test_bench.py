@@ -42,7 +42,7 @@ def test_the_suite_runs_at_smoke_scale(tmp_path, mongo_server, redis_url, monkey
 
 def test_peak_memory_counts_step_processes_forked_from_a_forkserver(tmp_path, monkeypatch):
     """Dagster's step processes are children of a forkserver that nobody waits for; their peak must count."""
-    from salespred_assets.bench import stages
+    from salespred_assets.bench.stages import common
 
     script = tmp_path / "forkserver_step.py"
     script.write_text(
@@ -55,6 +55,6 @@ def test_peak_memory_counts_step_processes_forked_from_a_forkserver(tmp_path, mo
         "    p = mp.get_context('forkserver').Process(target=step)\n"
         "    p.start()\n"
         "    p.join()\n")
-    monkeypatch.setattr(stages, "SALESPRED", [sys.executable, str(script)])
-    _, peak_mb, _ = stages.measured_run([], dict(os.environ))
+    monkeypatch.setattr(common, "SALESPRED", [sys.executable, str(script)])
+    _, peak_mb, _ = common.measured_run([], dict(os.environ))
     assert peak_mb >= 400, f"the step's 400 MB were not seen: peak {peak_mb:.0f} MB"

@@ -426,8 +426,8 @@ REVIEWED_DYNAMIC_SQL = {
                                   "by SQLAlchemy as a literal",
     ("sql/writer.py", "_allow_nulls"): "a NOT NULL relaxed in place: table, index and column names quoted by the "
                                        "dialect's preparer, column types compiled by SQLAlchemy from the declarations",
-    ("bench/stages/__init__.py", "scratch_database"): "benchmark scratch databases named by the benchmark (uuid)",
-    ("bench/stages/__init__.py", "_bare_copy"): "benchmark table and column names from the table declarations",
+    ("bench/stages/common.py", "scratch_database"): "benchmark scratch databases named by the benchmark (uuid)",
+    ("bench/stages/data.py", "_bare_copy"): "benchmark table and column names from the table declarations",
 }
 
 

@@ -1,0 +1,114 @@
+"""Pipeline stages: the full refresh and an incremental batch, each a `salespred` command in its own process."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from salespred_assets.bench.harness import StageResult, timed
+from salespred_assets.bench.stages.common import (
+    Scale,
+    Servers,
+    env_for,
+    measured_run,
+    scratch_database,
+    seed_collection,
+)
+from salespred_assets.core import synthetic
+from salespred_assets.redis_cache.resource import RedisResource
+
+
+def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageResult:
+    """Full refresh of the whole graph at both sizes (this also prepares the incremental and app stages)."""
+    r = StageResult("full_refresh", f"Full refresh of the graph at {scale.big_docs:,} opportunities")
+    if not state.get("seeded"):
+        seed_collection(servers, "bench_small", scale.small_docs)
+        seed_collection(servers, "bench_big", scale.big_docs)
+        state["seeded"] = True
+    for name, docs in (("small", scale.small_docs), ("big", scale.big_docs)):
+        sql_url = state.setdefault(f"sql_{name}", _pipeline_sql(servers, name, state))
+        home = servers.home / f"run-{name}"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        seconds, rss, _out = measured_run(["materialize", "--job", "full_refresh", "--processes"],
+                                         env_for(servers, f"bench_{name}", sql_url, scale.search, home))
+        if name == "big":
+            r.figure("wall", "min", [seconds / 60])
+            r.figure("peak memory of the run's largest process", "GB", [rss / 1024])
+            r.figure("throughput", "opportunities/s", [docs / seconds])
+            r.goal(f"full refresh at {docs:,} ≤ 15 min", seconds / 60, 15, "at_most", "min")
+            r.goal(f"peak memory at {docs:,} ≤ 6 GB", rss / 1024, 6, "at_most", "GB")
+        else:
+            r.figure(f"wall at {docs:,}", "s", [seconds])
+            r.figure(f"peak memory at {docs:,}", "GB", [rss / 1024])
+    from salespred_assets.core.model import SearchConfig
+
+    r.notes.append("`salespred materialize --processes` (Dagster's multiprocess executor, each step in its own "
+                   "process, as deployed runs execute; peak memory is the largest process of the run's tree): "
+                   "extract, features, the search (on a stratified sample of at most "
+                   f"{SearchConfig().max_rows:,} closed opportunities), scoring with explanations, "
+                   "SQL (fact table, history, views), the Redis generation swap and the dashboard. SQL: "
+                   + ("PostgreSQL." if servers.postgres_url else "SQLite."))
+    return r
+
+
+def _pipeline_sql(servers: Servers, name: str, state: dict[str, Any]) -> str:
+    if servers.postgres_url:
+        ctx = scratch_database(servers.postgres_url, f"bench_{name}")
+        url = ctx.__enter__()
+        state.setdefault("cleanups", []).append(lambda: ctx.__exit__(None, None, None))
+        return url
+    return f"sqlite:///{servers.home / f'pipeline-{name}.db'}"
+
+
+def stage_incremental(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageResult:
+    r = StageResult("incremental", f"Incremental scoring of {scale.new_docs:,} new opportunities")
+    import datetime as dt
+
+    from bson import ObjectId
+
+    from salespred_assets.scoring import batches
+
+    if "sql_small" not in state:
+        r.skipped = "needs the full-refresh stage (a trained model, SQL and cache)"
+        return r
+    per_size = {}
+    r.figure("new opportunities per batch", "", [scale.new_docs])
+    for name, docs in (("small", scale.small_docs), ("big", scale.big_docs)):
+        mongo = servers.mongo(f"bench_{name}")
+        engine = sa.create_engine(state[f"sql_{name}"])
+        redis = RedisResource(url=servers.redis_url_for(f"bench_{name}"))
+        start = mongo.count_opportunities()
+        times = []
+        for i in range(scale.repeats):
+            # A fresh second, so that the batch's _id range holds exactly the new documents (its lower
+            # bound is that second's smallest ObjectId; SecantusDB cannot scan _id backwards cheaply).
+            time.sleep(1.1)
+            lo = ObjectId.from_datetime(dt.datetime.now(dt.UTC))
+            new = [{"_id": ObjectId(), **d} for chunk in synthetic.generate(scale.new_docs, seed=100 + i, start=start)
+                   for d in chunk]
+            start += len(new)
+            mongo.insert_opportunities(new)
+            key = batches.range_key(str(lo), str(new[-1]["_id"]))
+            # partial binds this size's servers and this batch's key now (a closure would read the loop's variables).
+            seconds, result = timed(functools.partial(batches.score_batch, mongo, engine, redis, key))
+            assert result.scored + result.quarantined == scale.new_docs, result
+            times.append(seconds)
+        engine.dispose()
+        per_size[name] = times
+        r.figure(f"at {docs:,} documents: score, SQL upsert, history, cache", "s", times)
+    ratio = [b / a for a, b in zip(per_size["small"], per_size["big"], strict=True)]
+    r.figure(f"ratio at {scale.big_docs:,} / at {scale.small_docs:,}", "×", ratio)
+    r.goal(f"{scale.new_docs:,} new at {scale.big_docs:,} ≤ 5 s", float(np.median(per_size["big"])), 5, "at_most", "s")
+    r.goal(f"{scale.new_docs:,} new at {scale.small_docs:,} ≤ 5 s", float(np.median(per_size["small"])), 5,
+           "at_most", "s")
+    r.goal("cost ratio between the two sizes ≤ 1.5", float(np.median(ratio)), 1.5, "at_most", "×")
+    r.notes.append("The sensor's run path (`batches.score_batch`): an `_id` range read, client facts for the "
+                   "batch's clients only (indexed), an upsert of those rows, their history rows, and their keys "
+                   "in the live cache generation.")
+    return r
