@@ -17,6 +17,8 @@ Every setting has one name, read here and nowhere else:
 - ``SALESPRED_SENSOR_INTERVAL`` seconds between new-opportunity sensor ticks (default 30)
 - ``SALESPRED_DRIFT_COOLDOWN_HOURS`` drift triggers no retrain while the current model is younger (default 6)
 - ``SALESPRED_GATE_AUC_FLOOR`` the promotion gate's absolute floor for the backtest ROC AUC (default 0.70)
+- ``SALESPRED_HEALTH_TOKEN`` the operator's token: ``/healthz`` shows the servers' details only to a request
+  carrying it in ``X-Health-Token`` (unset: to nobody)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ ENV_SQL = "SALESPRED_SQL_URL"
 ENV_HOME = "SALESPRED_HOME"
 ENV_ENV = "SALESPRED_ENV"
 ENV_SECRET_KEY = "SALESPRED_SECRET_KEY"
+ENV_HEALTH_TOKEN = "SALESPRED_HEALTH_TOKEN"
 
 _loaded = False
 

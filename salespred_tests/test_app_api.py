@@ -352,3 +352,37 @@ def test_what_the_fast_lane_cannot_answer_goes_to_the_full_app(app, client, app_
     # Not GET: the full app answers (HEAD is not a route here).
     assert client.post(path, headers=luis).status_code == 405
     assert app.lane.answered == before + 1  # only marta's lookup before the revocation
+
+
+def test_healthz_tells_an_anonymous_caller_only_the_status(client, app_db: AppDB, monkeypatch):
+    monkeypatch.setenv("SALESPRED_HEALTH_TOKEN", "operator-token-123")
+    anonymous = client.get("/healthz")
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok"}
+    wrong = client.get("/healthz", headers={"X-Health-Token": "guess"})
+    assert wrong.json() == {"status": "ok"}
+    operator = client.get("/healthz", headers={"X-Health-Token": "operator-token-123"}).json()
+    assert operator["status"] == "ok" and operator["version"]
+    mongo, redis = operator["services"]["mongo"], operator["services"]["redis"]
+    assert mongo["status"] == redis["status"] == "ok" and mongo["version"] and redis["version"]
+    assert mongo["latency_ms"] >= 0 and redis["latency_ms"] >= 0
+    assert mongo["server"].startswith("127.0.0.1:") and redis["server"].startswith("127.0.0.1:")
+    monkeypatch.delenv("SALESPRED_HEALTH_TOKEN")  # no token configured: nobody gets the details
+    assert client.get("/healthz", headers={"X-Health-Token": "operator-token-123"}).json() == {"status": "ok"}
+
+
+def test_healthz_names_no_credentials_when_mongodb_is_down(app_db: AppDB, monkeypatch):
+    from salespred_assets.app.main import create_app
+    from salespred_assets.mongo.resource import MongoResource
+    from salespred_tests.app_fixtures import LIMITS, SECRET
+
+    dead = MongoResource(uri="mongodb://seller:s3cr3t-pw@127.0.0.1:9/?directConnection=true", timeout_ms=200)
+    app = create_app(dead, app_db.redis, SECRET, login_limits=LIMITS)
+    client = new_client(app)  # no lifespan: the app never reaches MongoDB at start
+    monkeypatch.setenv("SALESPRED_HEALTH_TOKEN", "operator-token-123")
+    anonymous = client.get("/healthz")
+    assert anonymous.status_code == 503 and anonymous.json() == {"status": "unavailable"}
+    operator = client.get("/healthz", headers={"X-Health-Token": "operator-token-123"})
+    assert operator.status_code == 503
+    mongo = operator.json()["services"]["mongo"]
+    assert mongo["status"] == "unavailable" and mongo["server"] == "127.0.0.1:9" and "MongoDB" in mongo["error"]
+    assert "s3cr3t" not in operator.text and "seller" not in operator.text
