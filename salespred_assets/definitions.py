@@ -24,7 +24,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # importing Dagster, pandas and scikit-learn again: about six seconds of CPU for each of some forty steps. The
 # server imports this module and every module of the defs folder (found, not listed), which the loader reads.
 PRELOAD = ["salespred_assets.definitions",
-           *(m.name for m in pkgutil.walk_packages(salespred_assets.defs.__path__, "salespred_assets.defs."))]
+           *(m.name for m in pkgutil.walk_packages(salespred_assets.defs.__path__, "salespred_assets.defs.")),
+           "salespred_assets.operations.warm"]  # last: builds the definitions once, before any step forks
 STEP_EXECUTOR = dg.multiprocess_executor.configured(
     {"start_method": {"forkserver": {"preload_modules": PRELOAD}}}, name="step_processes")
 
