@@ -37,8 +37,9 @@ def make_engine(url: str) -> Engine:
     if parsed.get_driver_name() == "pyodbc" and backend in ("mysql", "mariadb"):
         @sa.event.listens_for(engine, "connect")
         def _odbc_encoding(dbapi_connection, _record):
-            # MariaDB's ODBC driver double-encodes non-ASCII text in SQL strings otherwise.
-            dbapi_connection.setencoding(encoding="utf-16le")
+            # Text goes as UTF-8: sent as UTF-16, MariaDB's ODBC driver shifted the bytes of every row longer
+            # than the first one of an executemany (test_long_text_of_every_length_round_trips).
+            dbapi_connection.setencoding(encoding="utf-8")
 
     return engine
 
