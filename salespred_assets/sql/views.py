@@ -81,15 +81,18 @@ def _count() -> ColumnElement:
     return sa.func.count().label("opportunities")
 
 
-def _open_rows(fact: sa.Table, schema: DatasetSchema, *columns: ColumnElement) -> sa.Subquery:
+def _open_rows(fact: sa.Table, schema: DatasetSchema, *columns: ColumnElement,
+               source: sa.FromClause | None = None) -> sa.Subquery:
     """Open opportunities with their TCV and expected TCV, plus ``columns``: a derived table to group on.
 
     Grouping on a derived table's plain columns is valid on every dialect (SQL Server refuses
     sub-queries and mismatched expressions in GROUP BY).
     """
     amount = fact.c[str(schema.amount)]
-    return (sa.select(*columns, amount.label("tcv"), (amount * fact.c.probability).label("expected_tcv"))
-            .where(fact.c.outcome == "open").subquery("open_rows"))
+    select = sa.select(*columns, amount.label("tcv"), (amount * fact.c.probability).label("expected_tcv"))
+    if source is not None:
+        select = select.select_from(source)
+    return select.where(fact.c.outcome == "open").subquery("open_rows")
 
 
 def _sums(rows: sa.Subquery) -> list[ColumnElement]:
@@ -113,15 +116,18 @@ def open_pipeline(t: dict[str, sa.Table], schema: DatasetSchema) -> sa.Select | 
     if not schema.amount:
         return None
     fact = t[tables.FACT_OPPORTUNITY]
-    as_of = sa.select(sa.func.max(fact.c.scored_at)).scalar_subquery()
+    # The latest scoring as a one-row derived table joined once: as a scalar sub-query inside the horizon's
+    # CASE, PostgreSQL planned one full scan per mention (49 at 1,000,000 rows: 52 s instead of under 1 s).
+    latest = sa.select(sa.func.max(fact.c.scored_at).label("as_of")).subquery("latest")
+    source = fact.join(latest, sa.true())
     rule = sa.literal(PERIOD_RULE, sa.String).label("period_rule")
     if not schema.close:  # no close date: one row, the whole open pipeline
-        rows = _open_rows(fact, schema, as_of.label("as_of"))
+        rows = _open_rows(fact, schema, latest.c.as_of.label("as_of"), source=source)
         return sa.select(sa.literal(0).label("horizon_order"), sa.literal("all", sa.String).label("horizon"),
                          *_sums(rows), sa.func.max(rows.c.as_of).label("as_of"), rule)
-    ahead = _month_index(fact.c[schema.close]) - _month_index(as_of)
+    ahead = _month_index(fact.c[schema.close]) - _month_index(latest.c.as_of)
     order = sa.case(*[(ahead < low, o - 1) for o, _, low in HORIZONS[1:]], else_=HORIZONS[-1][0])
-    rows = _open_rows(fact, schema, order.label("horizon_order"), as_of.label("as_of"))
+    rows = _open_rows(fact, schema, order.label("horizon_order"), latest.c.as_of.label("as_of"), source=source)
     label = sa.case(*[(rows.c.horizon_order == o, sa.literal(name, sa.String)) for o, name, _ in HORIZONS])
     return (sa.select(rows.c.horizon_order, label.label("horizon"), *_sums(rows),
                       sa.func.max(rows.c.as_of).label("as_of"), rule)
