@@ -51,6 +51,7 @@ def reset(engine: sa.Engine) -> None:
         views.drop(conn, views.NAMES)
         for table in reversed(list(tables.all_tables(sa.MetaData()).values())):
             table.drop(conn, checkfirst=True)
+        tables.dashboard_figures(sa.MetaData()).drop(conn, checkfirst=True)
 
 
 # ---- the tiles, from the source frame, with pandas only ------------------------------------------------------

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from bson import ObjectId
 from click.testing import CliRunner
 
+from salespred_assets import dashboard
 from salespred_assets.cli import cli
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.defs import automation
@@ -38,6 +39,10 @@ from salespred_tests import reporting_fixtures as rf
 from salespred_tests.helpers import AS_OF, build_test_resources, train_current_model
 
 pytestmark = pytest.mark.integration
+
+
+def _dashboard_tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.RunRequest | dg.SkipReason:
+    return automation.dashboard_after_batches(dg.build_sensor_context(instance=instance, cursor=cursor))
 
 
 def _tick(instance: dg.DagsterInstance, mongo, cursor: str | None) -> dg.SensorResult:
@@ -150,6 +155,21 @@ def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sql
     rerun = runner.materialize("score_new_opportunities", resources=resources, instance=instance,
                                partition_key=by_kind["new"].partition_key)
     assert rerun.ok and _fact(sql_url)[0].shape == after.shape
+
+    # The dashboard's stored figures are the rescore's until the dashboard sensor's run stores them again.
+    engine = make_engine(sql_url)
+    stale = dashboard.figures(engine)
+    live = dashboard.from_snapshot(dashboard.snapshot(engine))
+    assert stale["pipeline"]["opportunities"] != live["pipeline"]["opportunities"]
+    request = _dashboard_tick(instance, None)
+    assert isinstance(request, dg.RunRequest) and request.job_name in (None, "refresh_dashboard")
+    assert runner.materialize("refresh_dashboard", resources=resources, instance=instance).ok
+    fresh = dashboard.figures(engine)
+    assert fresh["pipeline"] == live["pipeline"] and fresh["closed"] == live["closed"]
+    # One run however many batches ran; none while no batch has run since.
+    ctx = dg.build_sensor_context(instance=instance, cursor=None)
+    automation.dashboard_after_batches(ctx)
+    assert isinstance(_dashboard_tick(instance, ctx.cursor), dg.SkipReason)
 
 
 def test_a_full_rescore_tiles_every_document_into_range_batches(mongo, monkeypatch):

@@ -85,8 +85,13 @@ def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert checks == {"fact_opportunity_reconciles": True, "dim_seller_safe": True,
                       "dim_model_version_matches_registry": True, "fact_prediction_history_has_latest_scoring": True,
-                      "reporting_views_reconcile": True, "sales_dashboard_self_contained": True}
+                      "reporting_views_reconcile": True, "sales_dashboard_self_contained": True,
+                      "dashboard_figures_cover_the_views": True}
     assert _metadata(first, "reporting_views")["views"] == ", ".join(views.NAMES)
+    # The dashboard reads the stored figures: the same as reading every view now.
+    stored, live = dashboard.figures(engine), dashboard.from_snapshot(dashboard.snapshot(engine))
+    assert stored.pop("computed_at") and live.pop("computed_at")
+    assert stored == live and set(stored) == {"closed", "pipeline", "by_month", "by_region", "matrix", "model_quality"}
 
     # Model versions: the second is current, the first retired after one promotion.
     mv = writer.read_table(engine, tables.DIM_MODEL_VERSION).set_index("model_version")

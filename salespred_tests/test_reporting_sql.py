@@ -222,6 +222,17 @@ def test_non_ascii_text_round_trips(engine):
     assert stored.loc["NV-4", "full_name"] == "Sofía Herrera"
 
 
+def test_long_text_of_every_length_round_trips(engine):
+    # Rows longer than the first one came back byte-shifted from MariaDB's ODBC driver when text was sent
+    # as UTF-16 (the factors' JSON and the dashboard's stored figures are such rows).
+    values = [("Añó café ✓ 0123456789, " * 200)[:n] for n in (120, 300, 1500, 400, 3000, 800, 7)]
+    frame = pd.DataFrame({"view_name": [f"v{i}" for i in range(len(values))], "rows_json": values,
+                          "computed_at": pd.Timestamp("2026-11-30T12:00:00Z")})
+    writer.write(engine, tables.dashboard_figures(sa.MetaData()), frame)
+    stored = writer.read_table(engine, tables.DASHBOARD_FIGURES).set_index("view_name")["rows_json"]
+    assert [stored[f"v{i}"] for i in range(len(values))] == values
+
+
 def test_append_only_history_is_never_dropped(sqlite_url):
     engine = make_engine(sqlite_url)
     legacy = sa.Table(tables.FACT_PREDICTION_HISTORY, sa.MetaData(), sa.Column("opportunity_id", sa.String(64)))

@@ -4,7 +4,7 @@ A web route is one call: ``render_dashboard(engine, lang)``; the Dagster asset `
 writes the same page to ``$SALESPRED_HOME/dashboard/`` with the figures in its metadata.
 """
 
-from salespred_assets.dashboard.figures import figures, summary
+from salespred_assets.dashboard.figures import figures, from_snapshot, snapshot, summary
 from salespred_assets.dashboard.render import (
     CSS,
     LANGUAGES,
@@ -12,4 +12,4 @@ from salespred_assets.dashboard.render import (
     render_html,
 )
 
-__all__ = ["CSS", "LANGUAGES", "figures", "render_dashboard", "render_html", "summary"]
+__all__ = ["CSS", "LANGUAGES", "figures", "from_snapshot", "render_dashboard", "render_html", "snapshot", "summary"]

@@ -1,4 +1,4 @@
-"""The dashboard's figures, read from the reporting views (never from the tables directly).
+"""The dashboard's figures, read from the reporting views (never from the fact tables directly).
 
 ``figures(engine)`` returns one JSON-ready dict: the five Power BI tiles and the model-quality trend.
 A view the export's schema does not support (say, no region field) gives ``None`` for its tile.
@@ -6,6 +6,7 @@ A view the export's schema does not support (say, no region field) gives ``None`
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Collection
@@ -15,7 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from salespred_assets.sql import views
+from salespred_assets.sql import tables, views
 
 
 def _num(value: Any) -> float:
@@ -116,27 +117,54 @@ TILES = {
 }
 
 
-def figures(engine: Engine, sellers: Collection[str] | None = None) -> dict[str, Any]:
-    """Every tile's figures, read from the views in one connection (``None`` for a view that does not exist).
-
-    ``sellers`` narrows the seller x stage matrix to those sellers (a manager's team in the app); the
-    other tiles are company-wide figures, as in the original Power BI report.
-    """
+def snapshot(engine: Engine) -> pd.DataFrame:
+    """Every view's rows as JSON, read in one connection: what the ``dashboard_figures`` asset stores."""
+    computed_at = pd.Timestamp.now(tz="UTC")
     with engine.connect() as conn:
         present = set(sa.inspect(conn).get_view_names())
         if not present & set(views.NAMES):
             raise views.ViewError("no reporting view exists yet: materialise the reporting_views asset "
                                    "(or run `salespred demo --once`)")
-        out: dict[str, Any] = {}
-        for tile, (name, shape) in TILES.items():
-            if name not in present:
-                out[tile] = None
-                continue
-            frame = views.read(conn, name)
-            if tile == "matrix" and sellers is not None:
-                frame = frame[frame["seller"].astype(str).isin([str(s) for s in sellers])]
-            out[tile] = shape(frame)
-        return out
+        rows = [{"view_name": name, "computed_at": computed_at,
+                 "rows_json": views.read(conn, name).to_json(orient="split", index=False, date_format="iso")}
+                for name in views.NAMES if name in present]
+    return pd.DataFrame(rows, columns=["view_name", "rows_json", "computed_at"])
+
+
+def from_snapshot(stored: pd.DataFrame, sellers: Collection[str] | None = None) -> dict[str, Any]:
+    """Every tile's figures from a snapshot (``None`` for a view it lacks), and when it was computed.
+
+    ``sellers`` narrows the seller x stage matrix to those sellers (a manager's team in the app); the
+    other tiles are company-wide figures, as in the original Power BI report.
+    """
+    frames = {str(r.view_name): _frame(str(r.rows_json)) for r in stored.itertuples(index=False)}
+    out: dict[str, Any] = {}
+    for tile, (name, shape) in TILES.items():
+        frame = frames.get(name)
+        if frame is None:
+            out[tile] = None
+            continue
+        if tile == "matrix" and sellers is not None:
+            frame = frame[frame["seller"].astype(str).isin([str(s) for s in sellers])]
+        out[tile] = shape(frame)
+    out["computed_at"] = _iso(stored["computed_at"].max()) if len(stored) else None
+    return out
+
+
+def _frame(rows_json: str) -> pd.DataFrame:
+    split = json.loads(rows_json)  # "split" keeps the columns of a view with no rows
+    return pd.DataFrame(split["data"], columns=split["columns"])
+
+
+def figures(engine: Engine, sellers: Collection[str] | None = None) -> dict[str, Any]:
+    """Every tile's figures: from the stored snapshot (``rpt_dashboard_figures``) when there is one, else
+    read from the views now (a database the reporting assets have not refreshed since it existed)."""
+    with engine.connect() as conn:
+        stored = (pd.read_sql(sa.select(sa.text("*")).select_from(sa.table(tables.DASHBOARD_FIGURES)), conn)
+                  if sa.inspect(conn).has_table(tables.DASHBOARD_FIGURES) else None)
+    if stored is None or not len(stored):
+        stored = snapshot(engine)
+    return from_snapshot(stored, sellers)
 
 
 def summary(figs: dict[str, Any]) -> dict[str, float | int | str]:

@@ -9,6 +9,8 @@
   candidate passes, its promotion and everything downstream (SQL, the Redis cache, reports, drift).
 - ``rescore`` (job): every opportunity scored again by the current model, SQL replaced in one
   transaction and a new Redis generation swapped in; ``salespred model promote|rollback`` runs it.
+- ``refresh_dashboard`` (job) on ``dashboard_after_batches`` (sensor): once batches have been scored, the
+  dashboard's stored figures are read from the views again (one run however many batches ran).
 - ``monitor_drift`` (job) on ``drift_monitor`` (schedule, ``SALESPRED_DRIFT_CRON``), and
   ``retrain_on_drift`` (sensor): a drift measurement at the 'act' threshold starts a retrain, at most
   once per model version and not while the current model is younger than the cooldown.
@@ -28,7 +30,7 @@ from salespred_assets.defs.common import IO_RETRY
 from salespred_assets.defs.ingestion.assets import raw_opportunities, sellers
 from salespred_assets.defs.modeling.assets import fact_model_switch, opportunity_features, win_model
 from salespred_assets.defs.monitoring.assets import opportunity_drift
-from salespred_assets.defs.reporting.assets import dim_model_version, dim_seller
+from salespred_assets.defs.reporting.assets import dashboard_figures, dim_model_version, dim_seller, sales_dashboard
 from salespred_assets.defs.scoring.assets import new_opportunity_scores, opportunity_predictions
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo.resource import MongoResource
@@ -67,6 +69,11 @@ score_new_opportunities_job = dg.define_asset_job(
     executor_def=dg.in_process_executor, tags={WORKLOAD: "incremental"},
     description="Score one batch of new or changed opportunities (a partition of opportunity_batches): SQL upsert, "
                 "history append, live Redis generation. Launched by the new_opportunities sensor.")
+refresh_dashboard_job = dg.define_asset_job(
+    "refresh_dashboard", selection=dg.AssetSelection.assets(dashboard_figures, sales_dashboard),
+    op_retry_policy=IO_RETRY, tags={WORKLOAD: "database-heavy"},
+    description="Store the reporting views' rows for the dashboard again. Launched by the dashboard_after_batches "
+                "sensor once new-opportunity batches have changed the fact table.")
 monitor_drift_job = dg.define_asset_job(
     "monitor_drift", selection=dg.AssetSelection.assets(raw_opportunities, opportunity_features, opportunity_drift),
     op_retry_policy=IO_RETRY, description="Measure how far recent opportunities drifted from the training data.")
@@ -158,6 +165,23 @@ def new_opportunities(context: dg.SensorEvaluationContext, mongo: MongoResource)
         cursor=plan.cursor.dumps(),
         skip_reason=None if requests else "no new or changed opportunities",
     )
+
+
+@dg.sensor(name="dashboard_after_batches", job=refresh_dashboard_job,
+           minimum_interval_seconds=int(settings.positive_number(settings.ENV_SENSOR_INTERVAL, 30)),
+           default_status=_status(dg.DefaultSensorStatus),
+           description="After new-opportunity batches have been scored, one run stores the dashboard's figures "
+                       "again (however many batches ran since the last tick).")
+def dashboard_after_batches(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    newest = context.instance.fetch_materializations(new_opportunity_scores.key, limit=1).records
+    if not newest:
+        return dg.SkipReason("no new-opportunity batch has been scored yet")
+    seen = int(context.cursor or 0)
+    latest = newest[0].storage_id
+    if latest <= seen:
+        return dg.SkipReason("no batch scored since the dashboard's figures were last stored")
+    context.update_cursor(str(latest))
+    return dg.RunRequest(run_key=f"dashboard-{latest}", tags={"salespred/trigger": "batches"})
 
 
 @dg.asset_sensor(asset_key=opportunity_drift.key, job=retrain_job, name="retrain_on_drift",

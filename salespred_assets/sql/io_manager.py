@@ -22,7 +22,9 @@ class SqlIOManager(dg.ConfigurableIOManager):
     sql: SqlResource
 
     def _table(self, context: dg.OutputContext | dg.InputContext, schema: DatasetSchema = DEFAULT_SCHEMA) -> sa.Table:
-        meta = context.definition_metadata or {}
+        # An input reads the table its upstream asset's output declared.
+        owner = context.upstream_output if isinstance(context, dg.InputContext) else context
+        meta = (owner.definition_metadata if owner is not None else None) or {}
         name = meta.get("table") or context.asset_key.path[-1]
         return tables.table_for(str(name), sa.MetaData(), schema)
 

@@ -19,6 +19,7 @@ DIM_SELLER = "dim_seller"
 DIM_MODEL_VERSION = "dim_model_version"
 FACT_PREDICTION_HISTORY = "fact_prediction_history"
 FACT_MODEL_SWITCH = "fact_model_switch"
+DASHBOARD_FIGURES = "rpt_dashboard_figures"
 
 # Long text (JSON): TEXT elsewhere, NVARCHAR(max) on SQL Server (its NTEXT is deprecated).
 LONG_TEXT = sa.UnicodeText().with_variant(mssql.NVARCHAR(), "mssql")
@@ -155,13 +156,26 @@ def fact_model_switch(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+def dashboard_figures(metadata: sa.MetaData) -> sa.Table:
+    # The views' rows as the dashboard last computed them: a page reads one small table instead of
+    # aggregating the fact table per request (about 2 s at a million opportunities on PostgreSQL).
+    return sa.Table(
+        DASHBOARD_FIGURES, metadata,
+        sa.Column("view_name", sa.String(64), primary_key=True, comment="the reporting view these rows come from"),
+        sa.Column("rows_json", LONG_TEXT, nullable=False, comment="JSON: the view's rows when computed"),
+        sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False, comment="when they were read (UTC)"),
+        comment="The dashboard's figures: each reporting view's rows, refreshed after every scoring run",
+    )
+
+
 def table_for(name: str, metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> sa.Table:
     if name in metadata.tables:
         return metadata.tables[name]
     builders = {FACT_OPPORTUNITY: lambda: fact_opportunity(metadata, schema), DIM_SELLER: lambda: dim_seller(metadata),
                 DIM_MODEL_VERSION: lambda: dim_model_version(metadata),
                 FACT_PREDICTION_HISTORY: lambda: fact_prediction_history(metadata),
-                FACT_MODEL_SWITCH: lambda: fact_model_switch(metadata)}
+                FACT_MODEL_SWITCH: lambda: fact_model_switch(metadata),
+                DASHBOARD_FIGURES: lambda: dashboard_figures(metadata)}
     if name not in builders:
         raise KeyError(f"no reporting table is declared as {name!r}; known: {sorted(builders)}")
     return builders[name]()

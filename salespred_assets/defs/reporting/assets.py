@@ -79,11 +79,22 @@ def dashboard_dir() -> Path:
     return settings.home() / "dashboard"
 
 
-@dg.asset(group_name=GROUP, kinds={"sql"}, deps=[reporting_views], retry_policy=IO_RETRY)
-def sales_dashboard(sql: SqlResource) -> dg.MaterializeResult:
+@dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,
+          deps=[reporting_views], metadata={"table": tables.DASHBOARD_FIGURES, "write": "replace"})
+def dashboard_figures(sql: SqlResource) -> dg.Output[pd.DataFrame]:
+    """Each reporting view's rows, stored for the dashboard: a page reads this one small table instead of
+    aggregating the fact table on every request. Refreshed by every full refresh and rescore, and after
+    new-opportunity batches by the ``dashboard_after_batches`` sensor."""
+    frame = dashboard.snapshot(sql.engine)
+    return dg.Output(frame, metadata={"views": ", ".join(frame["view_name"]),
+                                      "bytes": int(frame["rows_json"].str.len().sum())})
+
+
+@dg.asset(group_name=GROUP, kinds={"html"}, retry_policy=IO_RETRY)
+def sales_dashboard(dashboard_figures: pd.DataFrame) -> dg.MaterializeResult:
     """The five Power BI tiles and the model-quality trend as one self-contained HTML page (inline SVG,
-    no network), read from the reporting views; written under $SALESPRED_HOME/dashboard/."""
-    figs = dashboard.figures(sql.engine)
+    no network), from the stored figures; written under $SALESPRED_HOME/dashboard/."""
+    figs = dashboard.from_snapshot(dashboard_figures)
     out = dashboard_dir()
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
