@@ -265,7 +265,9 @@ def test_redis_down_predictions_come_from_the_model_and_page_login_works(app_db)
         assert page.status_code == 303 and "salespred_session" in page.cookies
         form = client.get("/opportunities/new").text
         csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
-        saved = client.post("/opportunities/new", data={**valid_payload(), "csrf": csrf}, follow_redirects=False)
+        submission = re.search(r'name="submission" value="([^"]+)"', form).group(1)
+        saved = client.post("/opportunities/new", data={**valid_payload(), "csrf": csrf, "submission": submission},
+                            follow_redirects=False)
         assert saved.status_code == 303
         number = saved.headers["location"].split("/")[-1].split("?")[0]
         detail = client.get(f"/opportunities/{number}")
