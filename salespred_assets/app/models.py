@@ -87,6 +87,12 @@ class OpportunityIn(BaseModel):
     margen_ganancia: float = Field(ge=0, le=1, allow_inf_nan=False, description="Profit margin, a fraction in [0, 1]")
     fecha_cierre_oportunidad: dt.date = Field(description=CLOSE_DATE_RULE, json_schema_extra=CLOSE_DATE_BOUNDS)
 
+    @field_validator("contract_years", mode="before")
+    @classmethod
+    def _whole_years(cls, value: Any) -> Any:
+        # JSON Schema's "integer" includes 2.0; strict validation alone would refuse it.
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
     @field_validator("cliente")
     @classmethod
     def _pad_client(cls, value: str) -> str:
@@ -127,7 +133,12 @@ class OpportunityChange(BaseModel):
     """A change to an open opportunity: only the fields given change (none: nothing changes)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True,
-                              json_schema_extra={"example": {"etapas": "S3", "acv": 52000.0}})
+                              json_schema_extra={
+                                  "example": {"etapas": "S3", "acv": 52000.0},
+                                  # A closing change takes today as its close date: it cannot carry one.
+                                  "not": {"required": ["etapas", "fecha_cierre_oportunidad"], "properties": {
+                                      "etapas": {"enum": [*DEFAULT_SCHEMA.won, *DEFAULT_SCHEMA.lost]},
+                                      "fecha_cierre_oportunidad": {"type": "string"}}}})
 
     etapas: str | None = Field(default=None, max_length=8,
                                json_schema_extra={"enum": [*DEFAULT_SCHEMA.open, *DEFAULT_SCHEMA.won,
