@@ -49,8 +49,9 @@ def _schemathesis(live: LiveApp, report_dir: Path, *args: str, numbers: list[str
            "CONTRACT_NUMBERS": ",".join(numbers or [])}
     command = [os.path.join(os.path.dirname(sys.executable), "schemathesis"), "run", f"{live.url}/openapi.json",
                "--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--workers", "1",
-               "--no-color", "--report", "json", "--report-dir", str(report_dir), *args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+               "--generation-database", "none", "--no-color", "--report", "json", "--report-dir", str(report_dir),
+               *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False, cwd=report_dir)
     reports = sorted(report_dir.glob("json-*.json"))
     assert reports, f"schemathesis wrote no report:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
     report = json.loads(reports[-1].read_text())
