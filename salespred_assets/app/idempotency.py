@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+log = logging.getLogger("salespred.app")
 COLLECTION = "idempotency_keys"
 KEEP_S = 24 * 3600
 WAIT_S = 10.0     # how long a concurrent retry waits for the first request's result
@@ -116,8 +118,11 @@ def run_once(db: Database, seller: str, key: str, digest: str,
         with contextlib.suppress(PyMongoError):
             coll.delete_one({"_id": ident, "state": "pending"})
         raise
-    coll.update_one({"_id": ident}, {"$set": {"state": "done", "status": status, "body": body, "done_at": _now()},
-                                     "$unset": {"lease_until": ""}})
+    try:
+        coll.update_one({"_id": ident}, {"$set": {"state": "done", "status": status, "body": body,
+                                                  "done_at": _now()}, "$unset": {"lease_until": ""}})
+    except PyMongoError as exc:  # the capture is stored: answer it; retries get 409 until the lease ends
+        log.warning("captured for key %s… but could not store its result: %s", key[:8], str(exc).splitlines()[0][:200])
     return Outcome(status, body, False)
 
 
