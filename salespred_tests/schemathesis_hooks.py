@@ -46,3 +46,25 @@ def _existing(case):
     if _NUMBERS and case.path_parameters and "number" in case.path_parameters:
         given = str(case.path_parameters["number"])
         case.path_parameters = {**case.path_parameters, "number": _NUMBERS[len(given) % len(_NUMBERS)]}
+
+
+# ---- failures the contract test accepts (KNOWN in test_api_contract.py gives each one's reason) -----------
+TCV_AGAINST_STORED = "tcv-against-stored"
+
+
+@schemathesis.hook
+def filter_failure(context, failure, case, response):
+    """Drop exactly the failures listed in the test's KNOWN, recognised from the request and the answer."""
+    return accepted(failure, case, response) is None
+
+
+def accepted(failure, case, response) -> str | None:
+    """The KNOWN entry this failure is, or None."""
+    body = case.body if isinstance(case.body, dict) else {}
+    given = {k for k in ("acv", "tcv") if isinstance(body.get(k), (int, float)) and not isinstance(body.get(k), bool)}
+    if (type(failure).__name__ == "RejectedPositiveData" and str(case.method).upper() == "PATCH"
+            and response.status_code == 422 and len(given) == 1):
+        errors = (response.json() or {}).get("errors") or {}
+        if set(errors) == given and all("greater than or equal to ACV" in m for m in errors.values()):
+            return TCV_AGAINST_STORED  # only one amount given: checked against the other one as stored
+    return None
