@@ -249,6 +249,40 @@ def test_openapi_documents_the_api(client):
     assert all(client.get(src).status_code == 200 for src in scripts)
 
 
+def test_openapi_declares_the_catalogs_bounds_and_one_error_shape(client, app_db):
+    from salespred_assets.core.schema import CODE_SETS
+
+    spec = client.get("/openapi.json").json()
+    post = spec["paths"]["/api/opportunities"]["post"]
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert {name: body["properties"][name]["enum"] for name in CODE_SETS} == CODE_SETS  # the validators' lists
+    close = body["properties"]["fecha_cierre_oportunidad"]
+    assert close["format"] == "date" and close["x-earliest"] == "today" and "today" in close["description"]
+    assert body["properties"]["acv"]["maximum"] == 1e12 and body["properties"]["margen_ganancia"]["maximum"] == 1
+    key = next(p for p in post["parameters"] if p["name"] == "Idempotency-Key")
+    assert key["in"] == "header" and "24 hours" in key["description"] and key["schema"]["type"] == "string"
+    # One error body everywhere, FastAPI's own 422 shape nowhere.
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status[0] in "45" and path != "/healthz":
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (path, method, status)
+    headers = login_token(client, app_db, "luis")
+    invalid = client.post("/api/opportunities", json={"acv": "12"}, headers=headers)
+    assert invalid.status_code == 422 and isinstance(invalid.json()["detail"], str)
+    assert isinstance(invalid.json()["errors"], dict)
+    # OPTIONS and 405 name every method of the path, not only the first route's.
+    for path, methods in (("/api/opportunities", "GET, OPTIONS, POST"), ("/api/auth/token", "DELETE, OPTIONS, POST"),
+                          ("/api/opportunities/OP-00001", "GET, OPTIONS, PATCH")):
+        options = client.options(path)
+        assert options.status_code == 204 and options.headers["allow"] == methods
+        refused = client.put(path, json={})
+        assert refused.status_code == 405 and refused.headers["allow"] == methods
+        assert isinstance(refused.json()["detail"], str)
+
+
 # ---- faults --------------------------------------------------------------------------------------------
 def test_redis_down_predictions_come_from_the_model_and_page_login_works(app_db):
     from salespred_assets.app.main import create_app
@@ -265,7 +299,9 @@ def test_redis_down_predictions_come_from_the_model_and_page_login_works(app_db)
         assert page.status_code == 303 and "salespred_session" in page.cookies
         form = client.get("/opportunities/new").text
         csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
-        saved = client.post("/opportunities/new", data={**valid_payload(), "csrf": csrf}, follow_redirects=False)
+        submission = re.search(r'name="submission" value="([^"]+)"', form).group(1)
+        saved = client.post("/opportunities/new", data={**valid_payload(), "csrf": csrf, "submission": submission},
+                            follow_redirects=False)
         assert saved.status_code == 303
         number = saved.headers["location"].split("/")[-1].split("?")[0]
         detail = client.get(f"/opportunities/{number}")

@@ -32,6 +32,11 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
+def submission_of(html: str) -> str:
+    """The capture form's one-time token."""
+    return re.search(r'name="submission" value="([^"]+)"', html).group(1)
+
+
 def test_pages_are_spanish_by_default_and_switch_to_english(client):
     login = client.get("/login")
     assert login.status_code == 200 and '<html lang="es">' in login.text and "Contraseña" in login.text
@@ -64,7 +69,8 @@ def test_log_in_capture_and_see_the_prediction(client, app_db):
         assert re.findall(r'<option value="([^"]+)"', select) == codes
     before = app_db.mongo.db[OPPORTUNITIES].count_documents({})
     saved = client.post("/opportunities/new", data={**valid_payload(tcv=""), "contract_years": "2",
-                                                    "csrf": csrf_of(form.text)}, follow_redirects=False)
+                                                    "csrf": csrf_of(form.text), "submission": submission_of(form.text)},
+                           follow_redirects=False)
     assert saved.status_code == 303, saved.text
     number = re.fullmatch(r"/opportunities/(OP-\d+)\?saved=1", saved.headers["location"]).group(1)
     stored = app_db.mongo.db[OPPORTUNITIES].find_one({"numero_opportunidad": number})

@@ -161,10 +161,13 @@ def test_no_password_or_hash_leaves_mongodb(platform, reliability):
         for _, username, *_ in [*APP_SELLERS, BOBBY]:
             client.cookies.clear()
             headers = login(client, p, username)
-            csrf = csrf_of(client)
+            form = client.get("/opportunities/new").text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+            submission = re.search(r'name="submission" value="([^"]+)"', form).group(1)  # the form's one-time token
             created = client.post("/api/opportunities", json=valid_payload(), headers=headers)
             number = created.json()["numero_opportunidad"]
-            saved = client.post("/opportunities/new", data={**valid_payload(), "csrf": csrf}, follow_redirects=False)
+            saved = client.post("/opportunities/new", data={**valid_payload(), "csrf": csrf, "submission": submission},
+                                follow_redirects=False)
             pages = ["/", "/opportunities", "/opportunities/new", f"/opportunities/{number}",
                      saved.headers.get("location", "/"), "/dashboard"]
             api = ["/api/me", "/api/opportunities?limit=100", f"/api/opportunities/{number}",

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, TypeVar
 
 import redis as redis_lib
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from salespred_assets.app import auth, opportunities
+from salespred_assets.app import auth, idempotency, opportunities
 from salespred_assets.app.auth import LoginRefused, Viewer
 from salespred_assets.app.context import AppContext, Unavailable
 from salespred_assets.app.models import (
@@ -145,11 +147,21 @@ def codes() -> dict[str, list[str]]:
 
 
 # ---- opportunities ------------------------------------------------------------------------------
+IdempotencyKey = Annotated[str | None, Header(alias=idempotency.HEADER, pattern=idempotency.KEY_PATTERN,
+                                              description=idempotency.HEADER_DESCRIPTION)]
+
+
 @router.post("/opportunities", status_code=201, response_model=CaptureOut, tags=["opportunities"],
              openapi_extra=json_body(OpportunityIn),
-             responses={**UNAUTHORIZED, **INVALID, **DOWN,
-                        409: {"model": ErrorOut, "description": "The loaded data does not use the capture shape"}})
-async def create_opportunity(request: Request, response: Response, viewer: ViewerDep) -> dict[str, Any]:
+             responses={**UNAUTHORIZED, **DOWN,
+                        422: {"model": ErrorOut, "description": "Bad input: a message for each field; or an "
+                                                                "`Idempotency-Key` used before with another body. "
+                                                                "Nothing was written"},
+                        409: {"model": ErrorOut, "description": "The loaded data does not use the capture shape, or "
+                                                                "the first request with this `Idempotency-Key` is "
+                                                                "still running (see `Retry-After`)"}})
+async def create_opportunity(request: Request, response: Response, viewer: ViewerDep,
+                             idempotency_key: IdempotencyKey = None) -> Any:
     """Capture an opportunity and predict it at once.
 
     The server sets the number (from an atomic counter), the creation date (today), the stage (S1),
@@ -159,9 +171,32 @@ async def create_opportunity(request: Request, response: Response, viewer: Viewe
     stored and `prediction_error` says why.
     """
     body = await parse(request, OpportunityIn)
-    result = await run_in_threadpool(opportunities.capture, ctx_of(request), viewer, body)
-    response.headers["Location"] = f"/api/opportunities/{result.number}"
-    return result.body()
+    ctx = ctx_of(request)
+    if idempotency_key is None:
+        result = await run_in_threadpool(opportunities.capture, ctx, viewer, body)
+        response.headers["Location"] = f"/api/opportunities/{result.number}"
+        return result.body()
+
+    def work() -> tuple[int, dict[str, Any]]:
+        # Stored as it is answered, so that a replay is byte for byte the first answer's JSON.
+        captured = opportunities.capture(ctx, viewer, body)
+        return 201, CaptureOut.model_validate(captured.body()).model_dump(mode="json")
+
+    digest = idempotency.fingerprint(json.loads(await request.body()))
+    try:
+        outcome = await run_in_threadpool(idempotency.run_once, ctx.mongo.db, viewer.number, idempotency_key,
+                                          digest, work)
+    except idempotency.KeyReused as exc:
+        raise RequestValidationError([{"loc": ("header", idempotency.HEADER), "type": "idempotency_key_reused",
+                                       "msg": "this Idempotency-Key was used with another body; use a new key for "
+                                              "a new capture"}]) from exc
+    except idempotency.InProgress as exc:
+        raise HTTPException(409, "a request with this Idempotency-Key is still being processed; retry shortly",
+                            headers={"Retry-After": "1"}) from exc
+    headers = {"Location": f"/api/opportunities/{outcome.body['numero_opportunidad']}"}
+    if outcome.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
 
 
 @router.get("/opportunities", response_model=OpportunityList, tags=["opportunities"],

@@ -19,13 +19,15 @@ import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from salespred_assets import settings
-from salespred_assets.app import api, auth, dashboard, fastlane, health, pages
+from salespred_assets.app import api, auth, dashboard, fastlane, health, idempotency, pages
 from salespred_assets.app.context import (
     MAX_BODY_BYTES,
     AppContext,
@@ -34,7 +36,7 @@ from salespred_assets.app.context import (
     NotFound,
     Unavailable,
 )
-from salespred_assets.app.models import field_errors
+from salespred_assets.app.models import ErrorOut, field_errors
 from salespred_assets.embedded import services
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
@@ -49,7 +51,8 @@ they are won or lost. Log in at `POST /api/auth/token`, then send
 Errors: `401` no or bad token; `404` unknown or not yours (the same answer); `409` a change the
 opportunity cannot take (it is closed, or changed meanwhile); `422` bad input, with a message for each
 field in `errors`; `429` too many failed logins (see `Retry-After`); `503` MongoDB or Redis unavailable,
-nothing was written."""
+nothing was written. Every error has the same body: `{"detail": "<one line>", "errors": {"<field>": "<message>"}}`
+(`errors` only for 422). Retry a capture safely with an `Idempotency-Key` header (see `POST /api/opportunities`)."""
 
 
 def create_app(mongo: MongoResource | None = None, redis: RedisResource | None = None, secret: str | None = None,
@@ -74,6 +77,7 @@ def create_app(mongo: MongoResource | None = None, redis: RedisResource | None =
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             mongo.ensure_indexes()
+            idempotency.ensure_indexes(mongo.db)
         except pymongo.errors.PyMongoError as exc:
             log.warning("could not ensure MongoDB indexes at start (%s); requests will answer 503 until it is up",
                         str(exc).splitlines()[0][:200])
@@ -109,6 +113,7 @@ def create_app(mongo: MongoResource | None = None, redis: RedisResource | None =
         return JSONResponse(body, status_code=code)
 
     _install_handlers(app)
+    app.openapi = lambda: exact_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(HttpGuard)
     app.lane = fastlane.FastLane(ctx, HttpGuard.headers_for("/api"))
     return app
@@ -133,6 +138,55 @@ class SellerApp(FastAPI):
         if scope["type"] == "http" and self.lane is not None and await self.lane.answer(scope, send):
             return
         await super().__call__(scope, receive, send)
+
+
+# ---- the OpenAPI document ---------------------------------------------------------------------------------
+_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+_STATUS_TEXT = {"413": f"The request body is larger than {MAX_BODY_BYTES} bytes; nothing was read",
+                "422": "Bad input: a message for each field in `errors`; nothing was written",
+                "503": "MongoDB or Redis is unavailable; nothing was written (see `Retry-After`)"}
+
+
+def exact_openapi(app: FastAPI) -> dict:
+    """FastAPI's document, made to say what the app answers: one error body (``ErrorOut``) for every error,
+    413 wherever a body is read, 422 wherever input is validated and 503 wherever a server is asked."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                # An optional header is absent or text: never JSON null, which FastAPI's anyOf would allow.
+                options = parameter["schema"].get("anyOf", [])
+                if parameter["in"] == "header" and {"type": "null"} in options and len(options) == 2:
+                    kept = {k: v for k, v in parameter["schema"].items() if k != "anyOf"}
+                    parameter["schema"] = {**next(o for o in options if o != {"type": "null"}), **kept}
+            responses = operation["responses"]
+            if "requestBody" in operation:
+                responses.setdefault("413", {"description": _STATUS_TEXT["413"]})
+            if operation.get("parameters") or "requestBody" in operation:
+                responses.setdefault("422", {"description": _STATUS_TEXT["422"]})
+            if (path.startswith("/api/") and path != "/api/codes") or path == "/healthz":
+                responses.setdefault("503", {"description": _STATUS_TEXT["503"]})
+            for status, response in responses.items():
+                if status.startswith(("4", "5")) and path != "/healthz":
+                    response.update(_ERROR)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 shape, which the app never answers
+        schemas.pop(name, None)
+    schemas["ErrorOut"] = ErrorOut.model_json_schema()
+    app.openapi_schema = spec
+    return spec
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route answers on this request's path (Starlette's 405 names only the first route's)."""
+    methods = {method for method in _METHODS if any(
+        route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)}
+    return sorted(methods | {"OPTIONS"}) if methods else []
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 # ---- errors -----------------------------------------------------------------------------------------
@@ -199,6 +253,12 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            allow = ", ".join(allowed_methods(app, request.scope))
+            if request.method == "OPTIONS":  # what this path answers, for every route on it
+                return Response(status_code=204, headers={"Allow": allow})
+            return JSONResponse({"detail": f"method {request.method} is not allowed here; allowed: {allow}"},
+                                status_code=405, headers={"Allow": allow})
         if _is_api(request) or exc.status_code != 404:
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         return _error(request, 404, str(exc.detail), "error.not_found")

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
 from salespred_assets.app.i18n import translate
@@ -27,6 +28,19 @@ CODE_FIELDS = tuple(CODE_SETS)
 
 def today() -> dt.date:
     return dt.date.today()
+
+
+def _code(name: str, label: str) -> Any:
+    """A code field: its OpenAPI enum is the catalog the validator checks (``CODE_SETS``), one source."""
+    codes = CODE_SETS[name]
+    return Field(max_length=8, description=f"{label}, one of {codes[0]} .. {codes[-1]}",
+                 json_schema_extra={"enum": list(codes)})
+
+
+CLOSE_DATE_RULE = (f"Expected close date, YYYY-MM-DD: today (the server's date when the request arrives) or later, "
+                   f"and at most {MAX_CLOSE_YEARS} years ahead. JSON Schema cannot say \"today\": the bounds are in "
+                   f"`x-earliest` and `x-latest`")
+CLOSE_DATE_BOUNDS: JsonDict = {"x-earliest": "today", "x-latest": f"today + {MAX_CLOSE_YEARS} years"}
 
 
 def check_close_date(value: dt.date) -> dt.date:
@@ -47,17 +61,21 @@ class OpportunityIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={"example": {
         "cliente": "CL-00042", "unidad_negocio": "BU-04", "tipos": "TY-00", "regiones": "RE-02",
         "territorios": "TE-09", "industrias": "IN-23", "lead_source": "LS-06", "acv": 48000.0,
-        "contract_years": 2, "margen_ganancia": 0.18, "fecha_cierre_oportunidad": "2030-06-30"}})
+        "contract_years": 2, "margen_ganancia": 0.18, "fecha_cierre_oportunidad": "2030-06-30"},
+        # TCV is required unless contract_years gives it (TCV = ACV x years). That TCV >= ACV is a rule
+        # between two fields, which JSON Schema cannot state: the field descriptions say it.
+        "anyOf": [{"required": ["tcv"], "properties": {"tcv": {"type": "number"}}},
+                  {"required": ["contract_years"], "properties": {"contract_years": {"type": "integer"}}}]})
 
     cliente: str = Field(max_length=16, pattern=CLIENT_PATTERN,
                          description="Client code: `CL-` and digits; stored zero-padded to 5 digits "
                                      "(CL-42 -> CL-00042)")
-    unidad_negocio: str = Field(max_length=8, description="Business unit, one of BU-00 .. BU-10")
-    tipos: str = Field(max_length=8, description="Opportunity type, one of TY-00 .. TY-05")
-    regiones: str = Field(max_length=8, description="Region, one of RE-00 .. RE-03")
-    territorios: str = Field(max_length=8, description="Territory, one of TE-00 .. TE-15")
-    industrias: str = Field(max_length=8, description="Client industry, one of IN-00 .. IN-64")
-    lead_source: str = Field(max_length=8, description="Lead source, one of LS-00 .. LS-35")
+    unidad_negocio: str = _code("unidad_negocio", "Business unit")
+    tipos: str = _code("tipos", "Opportunity type")
+    regiones: str = _code("regiones", "Region")
+    territorios: str = _code("territorios", "Territory")
+    industrias: str = _code("industrias", "Client industry")
+    lead_source: str = _code("lead_source", "Lead source")
     acv: float = Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="Annual contract value, USD")
     contract_years: int | None = Field(
         default=None, ge=1, le=MAX_YEARS,
@@ -67,7 +85,13 @@ class OpportunityIn(BaseModel):
                               description="Total contract value, USD; at least ACV. Omit it to use ACV x "
                                           "contract_years")
     margen_ganancia: float = Field(ge=0, le=1, allow_inf_nan=False, description="Profit margin, a fraction in [0, 1]")
-    fecha_cierre_oportunidad: dt.date = Field(description="Expected close date, YYYY-MM-DD, today or later")
+    fecha_cierre_oportunidad: dt.date = Field(description=CLOSE_DATE_RULE, json_schema_extra=CLOSE_DATE_BOUNDS)
+
+    @field_validator("contract_years", mode="before")
+    @classmethod
+    def _whole_years(cls, value: Any) -> Any:
+        # JSON Schema's "integer" includes 2.0; strict validation alone would refuse it.
+        return int(value) if isinstance(value, float) and value.is_integer() else value
 
     @field_validator("cliente")
     @classmethod
@@ -109,9 +133,16 @@ class OpportunityChange(BaseModel):
     """A change to an open opportunity: only the fields given change (none: nothing changes)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True,
-                              json_schema_extra={"example": {"etapas": "S3", "acv": 52000.0}})
+                              json_schema_extra={
+                                  "example": {"etapas": "S3", "acv": 52000.0},
+                                  # A closing change takes today as its close date: it cannot carry one.
+                                  "not": {"required": ["etapas", "fecha_cierre_oportunidad"], "properties": {
+                                      "etapas": {"enum": [*DEFAULT_SCHEMA.won, *DEFAULT_SCHEMA.lost]},
+                                      "fecha_cierre_oportunidad": {"type": "string"}}}})
 
     etapas: str | None = Field(default=None, max_length=8,
+                               json_schema_extra={"enum": [*DEFAULT_SCHEMA.open, *DEFAULT_SCHEMA.won,
+                                                           *DEFAULT_SCHEMA.lost, None]},
                                description="Stage: S1 .. S6 (open), or Won / Lost, which close the opportunity: its "
                                            "close date becomes today and `edad_oferta` its final duration in days")
     acv: float | None = Field(default=None, ge=0, le=MAX_AMOUNT, allow_inf_nan=False,
@@ -121,8 +152,9 @@ class OpportunityChange(BaseModel):
     margen_ganancia: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
                                           description="Profit margin, a fraction in [0, 1]")
     fecha_cierre_oportunidad: dt.date | None = Field(
-        default=None, description="Expected close date of an open opportunity, YYYY-MM-DD, today or later; "
-                                  "the date typed at capture stays in `fecha_cierre_planificada`")
+        default=None, json_schema_extra=CLOSE_DATE_BOUNDS,
+        description="Expected close date of an open opportunity, YYYY-MM-DD, today or later (see `x-earliest`); "
+                    "the date typed at capture stays in `fecha_cierre_planificada`")
 
     @field_validator("etapas")
     @classmethod

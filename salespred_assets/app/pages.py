@@ -12,7 +12,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from salespred_assets.app import auth, i18n, opportunities
+from salespred_assets.app import auth, i18n, idempotency, opportunities
 from salespred_assets.app.auth import LoginRefused, Sessions, Viewer
 from salespred_assets.app.context import AppContext, Unavailable
 from salespred_assets.app.models import (
@@ -164,10 +164,19 @@ async def switch_language(request: Request, code: str, next: str = "/") -> Respo
 
 
 # ---- capture ------------------------------------------------------------------------------------
+def capture_page(request: Request, viewer: Viewer, status: int = 200, values: dict[str, str] | None = None,
+                 errors: dict[str, str] | None = None, submission: str | None = None) -> Response:
+    """The capture form, with a one-time submission token for this session (a new one unless given)."""
+    ctx: AppContext = request.app.state.ctx
+    token = submission or idempotency.form_token(ctx.sessions.secret, request.state.sid)
+    return render(request, "capture.html", status, **page_context(request, viewer), codes=CODE_SETS,
+                  values=values or {}, errors=errors or {}, submission=token)
+
+
 @router.get("/opportunities/new")
 async def capture_form(request: Request) -> Response:
     viewer = await viewer_for(request)
-    return render(request, "capture.html", **page_context(request, viewer), codes=CODE_SETS, values={}, errors={})
+    return capture_page(request, viewer)
 
 
 @router.post("/opportunities/new")
@@ -175,17 +184,36 @@ async def capture_submit(request: Request) -> Response:
     ctx: AppContext = request.app.state.ctx
     viewer = await viewer_for(request)
     fields = await checked_form(request)
+    submission = fields.pop("submission", None)
     # An empty box is a missing field; an unknown field is refused even when empty ("$gt=").
     data = {k: v for k, v in fields.items() if k not in FORM_FIELDS or v.strip() != ""}
+    values = {k: v[:64] for k, v in fields.items() if k in FORM_FIELDS}
+    lang = lang_of(request)
     try:
         body = OpportunityIn.model_validate(data)
     except ValidationError as exc:
-        errors = field_errors(list(exc.errors(include_url=False)), lang_of(request))
-        values = {k: v[:64] for k, v in fields.items() if k in FORM_FIELDS}
-        return render(request, "capture.html", 422, **page_context(request, viewer), codes=CODE_SETS,
-                      values=values, errors=errors)
-    result = await run_in_threadpool(opportunities.capture, ctx, viewer, body)
-    return RedirectResponse(f"/opportunities/{quote(result.number)}?saved=1", status_code=303)
+        errors = field_errors(list(exc.errors(include_url=False)), lang)
+        key = idempotency.form_key(ctx.sessions.secret, request.state.sid, submission)
+        return capture_page(request, viewer, 422, values, errors, submission if key else None)
+    # The form's one-time token: a second submission of the same form (a double click, a reload, a retry
+    # after a network error) captures nothing and shows the opportunity the first one saved.
+    key = idempotency.form_key(ctx.sessions.secret, request.state.sid, submission)
+    if key is None:
+        return capture_page(request, viewer, 422, values, {"submission": i18n.translate(lang, "err.form_token")})
+
+    def work() -> tuple[int, dict[str, Any]]:
+        return 201, {"numero_opportunidad": opportunities.capture(ctx, viewer, body).number}
+
+    digest = idempotency.fingerprint(body.model_dump(mode="json"))
+    try:
+        outcome = await run_in_threadpool(idempotency.run_once, ctx.mongo.db, viewer.number, key, digest, work)
+    except idempotency.KeyReused:
+        return capture_page(request, viewer, 422, values, {"submission": i18n.translate(lang, "err.form_reused")})
+    except idempotency.InProgress:
+        return capture_page(request, viewer, 409, values, {"submission": i18n.translate(lang, "err.form_pending")},
+                            submission)
+    number = str(outcome.body["numero_opportunidad"])
+    return RedirectResponse(f"/opportunities/{quote(number)}?saved=1", status_code=303)
 
 
 # ---- look up ------------------------------------------------------------------------------------

@@ -43,5 +43,7 @@ def services_status() -> None:
     rows = svc.describe()
     for row in rows:
         click.echo(f"{row['service']:22} {row['status']:14.60} {row['uri']}  ({row['source']})")
+        if row.get("note"):
+            click.echo(f"{'':22} moved: {row['note']}", err=True)
     if any(row["status"] not in ("answers",) for row in rows if row["status"] != "not running"):
         sys.exit(1)

