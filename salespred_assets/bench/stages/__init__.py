@@ -1,6 +1,6 @@
-"""The benchmark stages, by family (data, model, pipeline, app). Each compares the project's code path with the
-fastest plain use of the same database or library, measured side by side in the same run (see BENCHMARKS.md for the
-figures). ``STAGES`` is the registry, in the order the suite runs them."""
+"""The benchmark stages, by family (data, model, pipeline, app, reporting). Each compares the project's code path
+with the fastest plain use of the same database or library, measured side by side in the same run (see
+BENCHMARKS.md for the figures). ``STAGES`` is the registry, in the order the suite runs them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from salespred_assets.bench.stages.common import SCALES, Scale, Servers
 from salespred_assets.bench.stages.data import stage_extract, stage_redis, stage_seed, stage_sql
 from salespred_assets.bench.stages.model import stage_single_row, stage_training
 from salespred_assets.bench.stages.pipeline import stage_incremental, stage_pipeline
+from salespred_assets.bench.stages.reporting import stage_dashboard
 
 __all__ = ["SCALES", "STAGES", "Scale", "Servers"]
 
@@ -26,4 +27,5 @@ STAGES: dict[str, Callable[[Servers, Scale, dict[str, Any]], StageResult]] = {
     "full_refresh": stage_pipeline,
     "incremental": stage_incremental,
     "app": stage_app,
+    "dashboard": stage_dashboard,
 }

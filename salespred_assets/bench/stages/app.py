@@ -32,11 +32,12 @@ from salespred_assets.settings import usable_cores
 
 
 @contextmanager
-def app_server(servers: Servers, database: str, home: Path, workers: int | None = None) -> Iterator[tuple[str, int]]:
+def app_server(servers: Servers, database: str, home: Path, workers: int | None = None,
+               sql_url: str = "sqlite://") -> Iterator[tuple[str, int]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = env_for(servers, database, "sqlite://", "fast", home)
+    env = env_for(servers, database, sql_url, "fast", home)
     env["SALESPRED_SECRET_KEY"] = uuid.uuid4().hex * 2
     extra = ["--workers", str(workers)] if workers else []
     proc = subprocess.Popen([*SALESPRED, "serve", "--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL,
