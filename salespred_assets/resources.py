@@ -1,14 +1,19 @@
-"""Resources, chosen in one place by environment.
+"""Resources from the environment, built in one place: the definitions, the CLI and the seller app all call
+:func:`database_resources` (the definitions through :func:`build_resources`).
 
-``local`` (the default): each database comes from its variable when set, else the embedded service.
-``production``: every URL must come from the environment (Dagster reports a missing one by name).
+Each database's URL comes from its variable when set; unset, ``local`` (the default) uses the embedded
+service and ``production`` refuses to start, naming the variable. This is the only place that decides
+"configured or embedded": a resource whose URL is empty means the embedded service and nothing else.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
 from salespred_assets import settings
+from salespred_assets.errors import SalespredError
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.io_manager import RedisCacheIOManager
 from salespred_assets.redis_cache.resource import RedisResource
@@ -17,17 +22,38 @@ from salespred_assets.sql.io_manager import SqlIOManager
 from salespred_assets.sql.resource import SqlResource
 
 
-def _env_or_embedded(name: str, production: bool) -> dg.EnvVar | str:
-    # EnvVar keeps the value out of Dagster's stored config; "" selects the embedded service.
-    return dg.EnvVar(name) if production or settings.get(name) else ""
+def _configured_or_embedded(name: str, production: bool, env_vars: bool) -> dg.EnvVar | str:
+    """The variable's value (as an EnvVar for Dagster, which keeps it out of its stored config), or "" for the
+    embedded service; in production an unset variable is an error that names it."""
+    if settings.get(name):
+        return dg.EnvVar(name) if env_vars else str(settings.get(name))
+    if production:
+        if env_vars:
+            return dg.EnvVar(name)  # Dagster reports the missing variable by name when the code location loads
+        raise SalespredError(f"{name} must be set when SALESPRED_ENV=production")
+    return ""
+
+
+def database_resources(environment: str | None = None, *, env_vars: bool = False, mongo_timeout_ms: int | None = None,
+                       redis_timeout_s: float | None = None) -> tuple[MongoResource, SqlResource, RedisResource]:
+    """MongoDB, the SQL database and Redis as the environment configures them.
+
+    ``env_vars``: URLs as Dagster ``EnvVar``s (the definitions); otherwise their values (the CLI, the app).
+    The timeouts replace the resources' defaults (the seller app answers sooner than a batch job).
+    """
+    production = (environment or settings.environment()) == "production"
+    mongo_options: dict[str, Any] = {} if mongo_timeout_ms is None else {"timeout_ms": mongo_timeout_ms}
+    redis_options: dict[str, Any] = {} if redis_timeout_s is None else {"timeout_s": redis_timeout_s}
+    mongo = MongoResource(uri=_configured_or_embedded(settings.ENV_MONGO, production, env_vars), **mongo_options)
+    sql = SqlResource(url=_configured_or_embedded(settings.ENV_SQL, production, env_vars))
+    redis = RedisResource(url=_configured_or_embedded(settings.ENV_REDIS, production, env_vars), **redis_options)
+    return mongo, sql, redis
 
 
 def build_resources(environment: str | None = None) -> dict[str, object]:
-    production = (environment or settings.environment()) == "production"
-    mongo = MongoResource(uri=_env_or_embedded(settings.ENV_MONGO, production))
-    sql = SqlResource(url=_env_or_embedded(settings.ENV_SQL, production))
-    redis = RedisResource(url=_env_or_embedded(settings.ENV_REDIS, production))
-    storage = (dg.EnvVar("SALESPRED_STORAGE_DIR") if settings.get("SALESPRED_STORAGE_DIR")
+    """Every resource key the definitions use, from the environment."""
+    mongo, sql, redis = database_resources(environment, env_vars=True)
+    storage = (dg.EnvVar(settings.ENV_STORAGE_DIR) if settings.get(settings.ENV_STORAGE_DIR)
                else str(settings.home() / "storage"))
     return wire(mongo, sql, redis, storage)
 

@@ -34,9 +34,7 @@ def tiny_model(frame: pd.DataFrame, trees: int = 30) -> WinModel:
 
 
 def scored(frame: pd.DataFrame, model: WinModel, scored_at: dt.datetime = SCORED_AT) -> pd.DataFrame:
-    preds = score(model, frame, S, scored_at=scored_at)
-    preds.attrs["schema"] = S.to_dict()
-    return preds
+    return score(model, frame, S, scored_at=scored_at)
 
 
 def sellers_frame() -> pd.DataFrame:

@@ -131,6 +131,10 @@ def test_sensor_batches_new_and_changed_opportunities(mongo, redis_resource, sql
         meta = outcome.metadata["new_opportunity_scores"]
         # Only the batch was read: 30 new documents, or the 4 changed ones, never the collection.
         assert meta["documents_read"] == int(request.tags["salespred/batch_rows"])
+        # Each write went through its IO manager: the fact rows upserted, the history appended, the live cache.
+        history, cached = outcome.metadata["new_opportunity_history"], outcome.metadata["new_opportunity_cache"]
+        assert meta["rows_written"] == history["rows_written"] == cached["keys_written"] == meta["dagster/row_count"]
+        assert meta["table"] == tables.FACT_OPPORTUNITY and history["table"] == tables.FACT_PREDICTION_HISTORY
 
     after, history_after = _fact(sql_url)
     assert len(after) == len(before) + 31 and after.index.is_unique
@@ -218,3 +222,32 @@ def test_schedules_follow_their_environment_variables(monkeypatch):
     monkeypatch.setenv("SALESPRED_RETRAIN_CRON", "every night")
     with pytest.raises(SalespredError, match=r"SALESPRED_RETRAIN_CRON='every night'.*five fields"):
         automation.schedule_from_env("bad", automation.retrain_job, "SALESPRED_RETRAIN_CRON", "0 2 * * *", "test")
+
+
+def test_a_batch_written_while_the_model_switched_runs_again_with_the_new_one(mongo, redis_resource, sqlite_url,
+                                                                             monkeypatch):
+    """A promotion lands between the scoring and the writes: the IO managers wrote the old version's rows, so the
+    step runs again and the batch ends with the new version's rows in SQL and Redis."""
+    loading.seed_synthetic(mongo, 200, seed=7, as_of=AS_OF)
+    old = train_current_model(mongo)
+    new = train_current_model(mongo, trees=20, promote=False)
+    [key] = batches.tile(mongo, rows=1_000)
+    real, calls = batches.still_current, []
+
+    def promote_after_the_first_writes(mongo_resource, version):
+        calls.append(version)
+        if len(calls) == 2:  # the asset's check after its writes (the first call is score_batch's own)
+            model_store.set_current(mongo_resource.db, new.version, "test: a promotion during the batch")
+        return real(mongo_resource, version)
+
+    monkeypatch.setattr(batches, "still_current", promote_after_the_first_writes)
+    resources = build_test_resources(mongo, redis_resource, sqlite_url)
+    outcome = runner.materialize("score_new_opportunities", resources=resources, ephemeral=True, partition_key=key)
+    assert outcome.ok, (outcome.failed_steps, outcome.failed_checks)
+    assert calls == [old.version, old.version, new.version, new.version]
+    assert outcome.metadata["new_opportunity_scores"]["attempts"] == 2
+    fact, history = _fact(sqlite_url)
+    assert set(fact["model_version"]) == {new.version} and len(fact) == 200
+    assert history == 400  # append-only: the old version's scoring stays recorded, as any scoring does
+    assert {json.loads(raw)["model_version"] for raw in redis_resource.cache().get_many(list(fact.index))} \
+        == {new.version}

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import dagster as dg
 import pymongo
 import pytest
 import redis
@@ -94,6 +95,10 @@ def test_production_refuses_embedded_fallbacks(home, monkeypatch):
     monkeypatch.setenv("SALESPRED_ENV", "production")
     monkeypatch.delenv("SALESPRED_MONGO_URI", raising=False)
     from salespred_assets.errors import SalespredError
+    from salespred_assets.resources import build_resources, database_resources
 
+    # The CLI and the app (plain values) refuse at once, by name; the definitions name it as an EnvVar,
+    # which Dagster reports missing when the code location loads.
     with pytest.raises(SalespredError, match="SALESPRED_MONGO_URI must be set"):
-        services.resolve("mongo")
+        database_resources()
+    assert build_resources()["mongo"].uri == dg.EnvVar("SALESPRED_MONGO_URI")

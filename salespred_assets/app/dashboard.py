@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from salespred_assets import dashboard
 from salespred_assets.app import pages
+from salespred_assets.resources import database_resources
 from salespred_assets.sql.resource import SqlResource
 from salespred_assets.sql.views import ViewError
 
@@ -30,7 +31,7 @@ MESSAGES = {
 
 
 def _sql(request: Request) -> SqlResource:
-    return getattr(request.app.state, "sql", None) or SqlResource()
+    return getattr(request.app.state, "sql", None) or database_resources()[1]
 
 
 def _messages(lang: str) -> dict[str, str]:

@@ -37,9 +37,9 @@ from salespred_assets.app.context import (
     Unavailable,
 )
 from salespred_assets.app.models import ErrorOut, field_errors
-from salespred_assets.embedded import services
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.resources import database_resources
 
 log = logging.getLogger("salespred.app")
 HERE = Path(__file__).resolve().parent
@@ -62,8 +62,9 @@ def create_app(mongo: MongoResource | None = None, redis: RedisResource | None =
     settings.load_environment()
     production = settings.environment() == "production"
     secret = secret or auth.secret_key()  # first: in production a missing key stops here
-    mongo = mongo or MongoResource(uri=services.resolve("mongo"), timeout_ms=3000)
-    redis = redis or RedisResource(url=services.resolve("redis"), timeout_s=2.0)
+    if mongo is None or redis is None:  # the one way resources come from the environment, with the app's timeouts
+        configured_mongo, _, configured_redis = database_resources(mongo_timeout_ms=3000, redis_timeout_s=2.0)
+        mongo, redis = mongo or configured_mongo, redis or configured_redis
     per_user, per_client, window = login_limits
     ctx = AppContext(
         mongo=mongo, redis=redis,

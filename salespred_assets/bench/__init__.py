@@ -12,7 +12,7 @@ from pathlib import Path
 from salespred_assets import settings
 from salespred_assets.bench.harness import StageResult, kept_stages, write_report
 from salespred_assets.bench.stages import SCALES, STAGES, Servers
-from salespred_assets.embedded import services
+from salespred_assets.resources import database_resources
 
 
 def servers_from_environment(home: Path) -> Servers:
@@ -24,9 +24,10 @@ def servers_from_environment(home: Path) -> Servers:
                 return value
         return None
 
+    mongo, _, redis = database_resources()
     return Servers(
-        mongo_uri=pick("SALESPRED_BENCH_MONGO_URI") or services.resolve("mongo"),
-        redis_url=pick("SALESPRED_BENCH_REDIS_URL", "SALESPRED_TEST_REDIS_URL") or services.resolve("redis"),
+        mongo_uri=pick("SALESPRED_BENCH_MONGO_URI") or mongo.resolved_uri(),
+        redis_url=pick("SALESPRED_BENCH_REDIS_URL", "SALESPRED_TEST_REDIS_URL") or redis.resolved_url(),
         postgres_url=pick("SALESPRED_BENCH_POSTGRES_URL", "SALESPRED_TEST_POSTGRES_URL"),
         mariadb_url=pick("SALESPRED_BENCH_MARIADB_URL", "SALESPRED_TEST_MARIADB_URL"),
         home=home,

@@ -46,10 +46,12 @@ def batches_run(key: str) -> None:
 
     batches.parse_range(key)  # a malformed key fails here, with the accepted forms
     outcome = runner.materialize("score_new_opportunities", partition_key=key)
+    # The batch asset's outputs, each as its IO manager reported the write.
     meta = outcome.metadata.get("new_opportunity_scores", {})
+    cache = outcome.metadata.get("new_opportunity_cache", {})
     click.echo(f"batch {key}: run {outcome.run_id} {'succeeded' if outcome.ok else 'FAILED'}; "
-               f"{meta.get('dagster/row_count', 0)} scored, {meta.get('sql_rows_upserted', 0)} SQL rows upserted, "
-               f"{meta.get('cache_keys_written', 0)} cache keys")
+               f"{meta.get('dagster/row_count', 0)} scored, {meta.get('rows_written', 0)} SQL rows upserted, "
+               f"{cache.get('keys_written', 0)} cache keys")
     for name in outcome.failed_steps + outcome.failed_checks:
         click.echo(f"  failed: {name}")
     sys.exit(0 if outcome.ok else 1)

@@ -1,8 +1,6 @@
-"""What the command groups share: the default ports and a MongoDB connection from the settings."""
+"""What the command groups share: the default ports and the databases from the environment."""
 
 from __future__ import annotations
-
-from salespred_assets import settings
 
 DAGSTER_PORT = 3000
 APP_PORT = 8000
@@ -10,9 +8,14 @@ APP_PORT = 8000
 
 def connected_mongo():
     """The configured (or embedded) MongoDB, pinged: a server that does not answer fails here, by name."""
-    from salespred_assets.mongo.resource import MongoResource
-
-    mongo = MongoResource(uri=settings.get(settings.ENV_MONGO) or "")
+    mongo = databases()[0]
     mongo.ping()
     return mongo
+
+
+def databases():
+    """(MongoDB, SQL, Redis) resources as the environment configures them (the definitions' and the app's way)."""
+    from salespred_assets.resources import database_resources
+
+    return database_resources()
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import click
 
-from salespred_assets import settings
-from salespred_assets.cli.common import APP_PORT, DAGSTER_PORT, connected_mongo
+from salespred_assets.cli.common import APP_PORT, DAGSTER_PORT, connected_mongo, databases
 
 
 @click.command()
@@ -22,14 +21,11 @@ from salespred_assets.cli.common import APP_PORT, DAGSTER_PORT, connected_mongo
 @click.option("--app-port", default=APP_PORT, show_default=True)
 def demo(once, n, dagster_port, app_port) -> None:
     """Start services, load demo data if empty, materialise everything, then serve the UIs."""
-    from salespred_assets.embedded import services as svc
     from salespred_assets.mongo.resource import OPPORTUNITIES
     from salespred_assets.operations import loading, runner
 
-    for name in ("mongo", "redis"):
-        svc.resolve(name)
+    _ping_all()  # starts the embedded services that are not configured
     mongo = connected_mongo()
-    _ping_all()
     if mongo.db[OPPORTUNITIES].estimated_document_count() == 0:
         click.echo(f"MongoDB is empty: generating {n} synthetic opportunities ...")
         loading.seed_synthetic(mongo, n)
@@ -45,24 +41,19 @@ def demo(once, n, dagster_port, app_port) -> None:
 
 def _ping_all() -> None:
     """Fail before any work, with one line naming the service, when a database does not answer."""
-    from salespred_assets.redis_cache.resource import RedisResource
-    from salespred_assets.sql.resource import SqlResource
-
-    connected_mongo()
-    RedisResource(url=settings.get(settings.ENV_REDIS) or "").ping()
-    SqlResource(url=settings.get(settings.ENV_SQL) or "").ping()
+    mongo, sql, redis = databases()
+    mongo.ping()
+    redis.ping()
+    sql.ping()
 
 
 def _summary(outcome, seconds: float, dagster_port: int, app_port: int) -> None:
     from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE
     from salespred_assets.operations import loading
-    from salespred_assets.redis_cache.resource import RedisResource
     from salespred_assets.sql import tables, writer
-    from salespred_assets.sql.resource import SqlResource
 
-    mongo = connected_mongo()
-    sql = SqlResource(url=settings.get(settings.ENV_SQL) or "")
-    redis = RedisResource(url=settings.get(settings.ENV_REDIS) or "")
+    mongo, sql, redis = databases()
+    mongo.ping()
     sql_rows: int | str
     try:
         sql_rows = writer.count_rows(sql.engine, tables.FACT_OPPORTUNITY)

@@ -17,12 +17,13 @@ def services() -> None:
 @services.command("up")
 def services_up() -> None:
     """Start the embedded services that are not configured elsewhere (reuses running ones)."""
+    from salespred_assets.cli.common import databases
     from salespred_assets.embedded import services as svc
 
-    for name in ("mongo", "redis"):
-        uri = svc.resolve(name)
-        click.echo(f"{svc.EMBEDDED[name].label:22} {settings.mask_url(uri)}")
-    click.echo(f"{'SQL':22} {settings.mask_url(svc.resolve('sql'))}")
+    mongo, sql, redis = databases()
+    click.echo(f"{svc.MONGO.label:22} {settings.mask_url(mongo.resolved_uri())}")
+    click.echo(f"{svc.REDIS.label:22} {settings.mask_url(redis.resolved_url())}")
+    click.echo(f"{'SQL':22} {settings.mask_url(sql.resolved_url())}")
 
 
 @services.command("down")

@@ -31,7 +31,7 @@ from salespred_assets.defs.ingestion.assets import raw_opportunities, sellers
 from salespred_assets.defs.modeling.assets import fact_model_switch, opportunity_features, win_model
 from salespred_assets.defs.monitoring.assets import opportunity_drift
 from salespred_assets.defs.reporting.assets import dashboard_figures, dim_model_version, dim_seller, sales_dashboard
-from salespred_assets.defs.scoring.assets import new_opportunity_scores, opportunity_predictions
+from salespred_assets.defs.scoring.assets import NEW_OPPORTUNITY_SCORES, new_opportunity_scores, opportunity_predictions
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.registry import model_store
@@ -89,7 +89,7 @@ def _status(kind: type[_Status]) -> _Status:
 def schedule_from_env(name: str, job: "UnresolvedAssetJobDefinition", env: str, default: str,
                       description: str) -> dg.ScheduleDefinition:
     cron = settings.get(env) or default
-    timezone = settings.get(settings.ENV_TIMEZONE) or "UTC"
+    timezone = settings.value(settings.ENV_TIMEZONE)
     try:
         return dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron, execution_timezone=timezone,
                                      default_status=_status(dg.DefaultScheduleStatus), description=description)
@@ -99,9 +99,11 @@ def schedule_from_env(name: str, job: "UnresolvedAssetJobDefinition", env: str, 
                              f"and the time zone is an IANA name such as 'Europe/Madrid')") from exc
 
 
-nightly_retrain = schedule_from_env("nightly_retrain", retrain_job, settings.ENV_RETRAIN_CRON, "0 2 * * *",
+nightly_retrain = schedule_from_env("nightly_retrain", retrain_job, settings.ENV_RETRAIN_CRON,
+                                  settings.VARIABLES[settings.ENV_RETRAIN_CRON].default,
                             f"Retrain on a schedule (cron from {settings.ENV_RETRAIN_CRON}, default nightly at 02:00).")
-drift_monitor = schedule_from_env("drift_monitor", monitor_drift_job, settings.ENV_DRIFT_CRON, "0 */6 * * *",
+drift_monitor = schedule_from_env("drift_monitor", monitor_drift_job, settings.ENV_DRIFT_CRON,
+                                settings.VARIABLES[settings.ENV_DRIFT_CRON].default,
                           f"Measure drift on a schedule (cron from {settings.ENV_DRIFT_CRON}, default every 6 hours).")
 
 
@@ -128,7 +130,7 @@ def first_watermark(instance: dg.DagsterInstance) -> str | None:
 
 
 @dg.sensor(name="new_opportunities", jobs=[score_new_opportunities_job, rescore_job],
-           minimum_interval_seconds=int(settings.positive_number(settings.ENV_SENSOR_INTERVAL, 30)),
+           minimum_interval_seconds=int(settings.positive_number(settings.ENV_SENSOR_INTERVAL)),
            default_status=_status(dg.DefaultSensorStatus),
            description="New and changed opportunities, in batches: one partition and one run per batch, keyed by "
                        "the batch (an _id range, or a change-stream batch), so no batch is ever scored twice.")
@@ -173,7 +175,7 @@ def new_opportunities(context: dg.SensorEvaluationContext, mongo: MongoResource)
            description="After new-opportunity batches have been scored, one run stores the dashboard's figures "
                        "again (however many batches ran since the last tick).")
 def dashboard_after_batches(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    newest = context.instance.fetch_materializations(new_opportunity_scores.key, limit=1).records
+    newest = context.instance.fetch_materializations(dg.AssetKey(NEW_OPPORTUNITY_SCORES), limit=1).records
     if not newest:
         return dg.SkipReason("no new-opportunity batch has been scored yet")
     seen = int(context.cursor or 0)
@@ -196,7 +198,7 @@ def retrain_on_drift(context: dg.SensorEvaluationContext,
     version, max_psi = str(meta.get("model_version", "none")), float(meta.get("max_psi") or 0.0)
     if meta.get("action") != "retrain":
         return dg.SkipReason(f"drift of model {version}: max PSI {max_psi:.3f} is below {drift.ACT}")
-    cooldown_h = settings.positive_number(settings.ENV_DRIFT_COOLDOWN, 6)
+    cooldown_h = settings.positive_number(settings.ENV_DRIFT_COOLDOWN)
     trained = meta.get("model_trained_at")
     if trained:
         age_h = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(str(trained))).total_seconds() / 3600

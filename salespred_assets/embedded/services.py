@@ -233,16 +233,10 @@ def stop(name: str) -> bool:
         return stopped
 
 
-def resolve(name: str) -> str:
-    """The URL the project uses for ``name`` ('mongo', 'redis', 'sql'): configured, else embedded."""
-    if name == "sql":
-        return settings.get(settings.ENV_SQL) or sqlite_url()
-    configured = settings.get(EMBEDDED[name].env_var)
-    if configured:
-        return configured
-    if settings.environment() == "production":
-        raise SalespredError(f"{EMBEDDED[name].env_var} must be set when SALESPRED_ENV=production")
-    return ensure(name)
+def embedded_url(name: str) -> str:
+    """The URL of the embedded service ``name`` ('mongo', 'redis', 'sql'), started if need be. Whether the
+    embedded one or a configured one is used is decided by ``resources.database_resources`` alone."""
+    return sqlite_url() if name == "sql" else ensure(name)
 
 
 def sqlite_url() -> str:

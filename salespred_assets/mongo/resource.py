@@ -70,7 +70,7 @@ class MongoResource(dg.ConfigurableResource):
     timeout_ms: int = Field(default=5000, description="Server selection and connect timeout")
 
     def resolved_uri(self) -> str:
-        return self.uri or services.resolve("mongo")
+        return self.uri or services.embedded_url("mongo")
 
     @property
     def client(self) -> pymongo.MongoClient:

@@ -86,6 +86,15 @@ VALUE_COLUMNS = ["outcome", "prediction_basis", "probability", "predicted_won", 
 _ENTRY_ORDER = sorted(VALUE_COLUMNS, key=lambda c: c.startswith("factors_"))  # the long factor lists last
 
 
+def cache_frame(predictions: pd.DataFrame, seller_column: str | None = None) -> pd.DataFrame:
+    """What the cache keeps of a predictions frame: the number, the values and, with ``seller_column``, the
+    owning seller, so that the app can tell who may see an entry without asking MongoDB."""
+    out = predictions[["opportunity_id", *VALUE_COLUMNS]].copy()
+    if seller_column:
+        out["seller"] = predictions[seller_column].astype(str)
+    return out
+
+
 def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = None) -> tuple[list[str], list[str]]:
     """(ids, JSON values) for a predictions frame; the factor columns, already JSON, are spliced in.
 

@@ -1,7 +1,8 @@
-"""The Redis IO manager: a predictions frame becomes cache entries keyed by opportunity number.
+"""The Redis IO manager: the one way an asset's predictions reach the cache, keyed by opportunity number.
 
-``metadata={"write": "publish"}`` (the default) writes a new generation and swaps it in;
-``"upsert"`` writes into the live generation (the new-opportunity sensor's runs).
+``metadata={"write": "publish"}`` (the default) writes a new generation and swaps it in (the full
+refresh's ``prediction_cache``); ``"upsert"`` writes only the frame's keys into the live generation (a
+batch of new opportunities, ``new_opportunity_cache``: a partition's write replaces its keys, nothing else).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class RedisCacheIOManager(dg.ConfigurableIOManager):
         meta = context.definition_metadata or {}
         id_column = str(meta.get("id_column", "opportunity_id"))
         cache = self.redis.cache()
-        ids, values = serialize(obj, id_column, seller_column="seller" if "seller" in obj.columns else None)
+        ids, values = (serialize(obj, id_column, seller_column="seller" if "seller" in obj.columns else None)
+                       if len(obj) else ([], []))
         version = str(obj["model_version"].iloc[0]) if len(obj) else ""
         if meta.get("write", "publish") == "upsert":
             result = cache.upsert(ids, values, version)

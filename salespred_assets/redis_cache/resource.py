@@ -29,7 +29,7 @@ class RedisResource(dg.ConfigurableResource):
     ttl_s: int = Field(default=14 * 24 * 3600, description="Expiry of cached predictions")
 
     def resolved_url(self) -> str:
-        return self.url or services.resolve("redis")
+        return self.url or services.embedded_url("redis")
 
     @property
     def client(self) -> redis.Redis:

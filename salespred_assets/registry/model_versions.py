@@ -1,9 +1,8 @@
 """The model registry (MongoDB) as the ``dim_model_version`` and ``fact_model_switch`` reporting tables.
 
 ``frame`` turns ``model_store.versions(db)`` into rows, ``switches_frame`` the pointer's history of
-switches; ``record`` writes both through the one SQL write path. The ``dim_model_version`` and
-``fact_model_switch`` assets use them, and so can anything that switches the current model (promotion,
-rollback) so that SQL records every switch at once.
+switches. The ``dim_model_version`` and ``fact_model_switch`` assets return them, and the SQL IO manager
+writes them (a promotion or rollback runs the ``rescore`` job, which materialises both).
 """
 
 from __future__ import annotations
@@ -13,12 +12,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
-import sqlalchemy as sa
-from pymongo.database import Database
-from sqlalchemy.engine import Engine
-
-from salespred_assets.registry import model_store
-from salespred_assets.sql import tables, writer
 
 METRIC_COLUMNS = ("roc_auc", "accuracy", "brier", "f1")
 COLUMNS = ["model_version", "trained_at", "status", "is_current", "ever_promoted", "times_promoted", "promoted_at",
@@ -101,19 +94,3 @@ def switches_frame(history: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     out["switched_at"] = pd.to_datetime(out["switched_at"], utc=True)
     out["switch_number"] = out["switch_number"].astype("int64")
     return out
-
-
-def record(db: Database, engine: Engine) -> dict[str, Any]:
-    """Replace ``dim_model_version`` and ``fact_model_switch`` with the registry and the pointer history as
-    they are now (call it after every model switch)."""
-    md = sa.MetaData()
-    versions = frame(model_store.versions(db))
-    result = writer.write(engine, tables.dim_model_version(md), versions, mode="replace")
-    switches = switches_frame(model_store.pointer_history(db))
-    writer.write(engine, tables.fact_model_switch(md), switches, mode="replace")
-    return {**result, "versions": len(versions), "current": _current(versions), "switches": len(switches)}
-
-
-def _current(versions: pd.DataFrame) -> str | None:
-    current = versions.loc[versions["is_current"], "model_version"]
-    return str(current.iloc[0]) if len(current) else None

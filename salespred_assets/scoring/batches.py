@@ -36,11 +36,12 @@ seller app, which records its own entry under that id: the stream writes that id
 Entries are keyed by the event's resume token and only inserted when absent, so evaluating a tick again
 records nothing twice; they are written before the cursor moves, so a tick that fails records again.
 
-**Scoring a batch** (:func:`score_batch`, the ``new_opportunity_scores`` asset's run) reads only that
-batch's documents (an ``_id`` range or ``_id`` lookups), scores them through :mod:`scoring.online`
-(client facts from MongoDB), upserts their ``fact_opportunity`` rows (one transaction), appends their
-``fact_prediction_history`` rows and writes their keys into the live Redis generation. Nothing else is
-read or rewritten, so its cost follows the batch, not the collection.
+**Scoring a batch** (:func:`score_batch`, the ``new_opportunity_scores`` run's computation) reads only
+that batch's documents (an ``_id`` range or ``_id`` lookups), scores them through :mod:`scoring.online`
+(client facts from MongoDB) and sets invalid ones aside in the quarantine. It writes nothing to SQL or
+Redis: the asset hands the scored rows to the IO managers, which upsert the batch's ``fact_opportunity``
+rows (one transaction), append its ``fact_prediction_history`` rows and write its keys into the live
+Redis generation. Nothing else is read or rewritten, so its cost follows the batch, not the collection.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import sqlalchemy as sa
 from bson import ObjectId
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
@@ -64,10 +64,8 @@ from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo import history
 from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE, MongoResource
-from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.registry import model_store
 from salespred_assets.scoring import online
-from salespred_assets.sql import tables, writer
 
 log = logging.getLogger("salespred.batches")
 
@@ -311,46 +309,53 @@ def read_batch(mongo: MongoResource, key: str, schema: DatasetSchema) -> list[di
 
 
 @dataclass
-class BatchResult:
+class ScoredBatch:
+    """One batch scored by one model version; its rows are written by the asset's IO managers."""
+
     key: str
     model_version: str
     documents: int
-    scored: int
     quarantined: int
-    sql: dict[str, int]
-    history: dict[str, int]
-    cache_keys: int
-    generation: int | None
-    scored_at: str | None
+    predictions: pd.DataFrame = field(repr=False)
     seconds: dict[str, float]
     attempts: int = 1
-    ids: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def scored(self) -> int:
+        return len(self.predictions)
+
+    @property
+    def scored_at(self) -> str | None:
+        return pd.Timestamp(self.predictions["scored_at"].iloc[0]).isoformat() if self.scored else None
 
 
-def score_batch(mongo: MongoResource, engine: sa.engine.Engine, redis: RedisResource, key: str,
-                run_id: str = "", max_attempts: int = 3) -> BatchResult:
-    """Score one batch with the current model and write it to SQL and Redis; nothing else is touched.
+def score_batch(mongo: MongoResource, key: str, run_id: str = "", max_attempts: int = 3) -> ScoredBatch:
+    """Score one batch with the current model (invalid documents go to the quarantine); SQL and Redis untouched.
 
     If the current model changes while the batch is scored (a promotion or rollback in between), the
-    batch is scored again with the new one, so that it never leaves an old version's rows behind.
+    batch is scored again with the new one; :func:`still_current` tells the caller, after its writes,
+    whether it changed again meanwhile.
     """
     schema = mongo.schema()
-    db = mongo.db
     for attempt in range(1, max_attempts + 1):
-        version = model_store.current_version(db)
+        version = model_store.current_version(mongo.db)
         if version is None:
             raise model_store.NoModel("no model has been promoted yet: run the `retrain` job first")
-        result = _score_once(mongo, engine, redis, key, schema, version, run_id)
+        result = _score_once(mongo, key, schema, version, run_id)
         result.attempts = attempt
-        if model_store.current_version(db) == version:
+        if still_current(mongo, version):
             return result
         log.info("the current model changed while batch %s was scored; scoring it again", key)
     raise SalespredError(f"batch {key}: the current model kept changing during {max_attempts} attempts; "
                          f"run the batch again once promotions have settled")
 
 
-def _score_once(mongo: MongoResource, engine: sa.engine.Engine, redis: RedisResource, key: str,
-                schema: DatasetSchema, version: str, run_id: str) -> BatchResult:
+def still_current(mongo: MongoResource, version: str) -> bool:
+    """Whether ``version`` is still the current model (rows by any other would be left behind)."""
+    return model_store.current_version(mongo.db) == version
+
+
+def _score_once(mongo: MongoResource, key: str, schema: DatasetSchema, version: str, run_id: str) -> ScoredBatch:
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     docs = read_batch(mongo, key, schema)
@@ -369,32 +374,8 @@ def _score_once(mongo: MongoResource, engine: sa.engine.Engine, redis: RedisReso
     for chunk in _chunks(fixed, LOOKUP_CHUNK):  # documents set aside before and valid now
         mongo.db[QUARANTINE].delete_many({"_id": {"$in": list(chunk)}})
     seconds["quarantine_s"] = time.perf_counter() - started
-
-    sql_result: dict[str, int] = {"deleted": 0, "inserted": 0}
-    history: dict[str, int] = {"inserted": 0, "skipped": 0}
-    cache_keys, generation, scored_at = 0, None, None
-    if len(preds):
-        md = sa.MetaData()
-        started = time.perf_counter()
-        fact = tables.fact_opportunity(md, schema)
-        sql_result = writer.write(engine, fact, preds, mode="upsert", schema=schema)
-        seconds["sql_upsert_s"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        hist = tables.fact_prediction_history(md)
-        history = writer.write(engine, hist, preds[[c.name for c in hist.columns]], mode="append", schema=schema)
-        seconds["history_s"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        cache_keys = online.cache_predictions(redis, preds, schema)
-        generation = redis.cache().current_generation()
-        seconds["cache_s"] = time.perf_counter() - started
-        scored_at = pd.Timestamp(preds["scored_at"].iloc[0]).isoformat()
-    return BatchResult(key=key, model_version=version, documents=len(docs), scored=len(preds),
-                       quarantined=len(quarantine), sql={k: int(sql_result.get(k, 0)) for k in ("deleted", "inserted")},
-                       history={"inserted": int(history.get("inserted", 0)), "skipped": int(history.get("skipped", 0))},
-                       cache_keys=cache_keys, generation=generation, scored_at=scored_at, seconds=seconds,
-                       ids=preds["opportunity_id"].astype(str).tolist() if len(preds) else [])
+    return ScoredBatch(key=key, model_version=version, documents=len(docs), quarantined=len(quarantine),
+                       predictions=preds, seconds=seconds)
 
 
 # ---- full rescore fan-out ---------------------------------------------------------------------

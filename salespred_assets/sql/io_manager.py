@@ -1,10 +1,15 @@
-"""The SQL IO manager: asset frames become reporting tables, written idempotently in one transaction.
+"""The SQL IO manager: the one way an asset's frame reaches a reporting table, written idempotently.
 
 An asset names its table with ``metadata={"table": ...}`` (default: the asset's name) and how it is
 written with ``metadata={"write": "replace" | "upsert" | "append"}``. ``replace`` swaps the whole table
-(or, for a partitioned asset, the partition's window); ``upsert`` replaces only the rows whose key it
-carries, as the new-opportunity sensor's runs do; ``append`` inserts only rows whose key (default: the
-primary key; ``metadata={"key": [...]}``) the table lacks, as the append-only prediction history does.
+in one transaction; ``upsert`` replaces only the rows whose key the frame carries, in one transaction (a
+batch of new opportunities: a partition's write replaces that partition's keys, never the table);
+``append`` inserts only rows whose key (default: the primary key; ``metadata={"key": [...]}``) the table
+lacks, as the append-only prediction history does. A partitioned asset may only upsert or append.
+
+The export's schema (the fact table's columns follow it) travels as the output's typed metadata,
+:func:`schema_metadata`; without it the tables follow the default schema. ``load_input`` reads a table
+back for a downstream asset.
 """
 
 from __future__ import annotations
@@ -14,41 +19,58 @@ import pandas as pd
 import sqlalchemy as sa
 
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
+from salespred_assets.errors import SalespredError
 from salespred_assets.sql import tables, writer
 from salespred_assets.sql.resource import SqlResource
+
+SCHEMA_METADATA = "dataset_schema"
+
+
+def schema_metadata(schema: DatasetSchema) -> dict[str, dg.MetadataValue]:
+    """Output metadata that tells the IO manager which export schema the tables follow (shown in the UI too)."""
+    return {SCHEMA_METADATA: dg.MetadataValue.json(schema.to_dict())}
+
+
+def output_schema(context: dg.OutputContext) -> DatasetSchema:
+    raw = context.output_metadata.get(SCHEMA_METADATA)
+    value = getattr(raw, "value", raw)
+    return DatasetSchema.from_dict(value) if isinstance(value, dict) else DEFAULT_SCHEMA
 
 
 class SqlIOManager(dg.ConfigurableIOManager):
     sql: SqlResource
 
     def _table(self, context: dg.OutputContext | dg.InputContext, schema: DatasetSchema = DEFAULT_SCHEMA) -> sa.Table:
-        # An input reads the table its upstream asset's output declared.
-        owner = context.upstream_output if isinstance(context, dg.InputContext) else context
-        meta = (owner.definition_metadata if owner is not None else None) or {}
+        # An input names its table through the upstream asset's metadata, as that asset's output did.
+        output = context.upstream_output if isinstance(context, dg.InputContext) else context
+        meta = (output.definition_metadata if output is not None else None) or {}
         name = meta.get("table") or context.asset_key.path[-1]
         return tables.table_for(str(name), sa.MetaData(), schema)
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
-        # A frame built from a non-default CRM export carries its schema; tables follow it.
-        raw_schema = obj.attrs.get("schema")
-        schema = DatasetSchema.from_dict(raw_schema) if raw_schema else DEFAULT_SCHEMA
+        schema = output_schema(context)
         table = self._table(context, schema)
         engine = self.sql.engine
         meta = context.definition_metadata or {}
-        where = None
-        if context.has_asset_partitions and meta.get("partition_column"):
-            where = table.c[str(meta["partition_column"])].in_(list(context.asset_partition_keys))
+        mode = str(meta.get("write", "replace"))
+        if context.has_asset_partitions and mode == "replace":
+            raise SalespredError(f"{context.asset_key.to_user_string()} is partitioned and would replace the whole "
+                                 f"{table.name} table: declare metadata write='upsert' or 'append'")
         key = meta.get("key")
-        result = writer.write(engine, table, obj, mode=str(meta.get("write", "replace")), where=where, schema=schema,
-                              key=[str(k) for k in key] if isinstance(key, (list, tuple)) else key)
+        if obj.empty and mode != "replace":  # a batch with nothing valid in it: its tables stay as they are
+            result: dict = {"inserted": 0, "deleted": 0, "table": "untouched"}
+        else:
+            result = writer.write(engine, table, obj, mode=mode, schema=schema,
+                                  key=[str(k) for k in key] if isinstance(key, (list, tuple)) else key)
         metadata = {
             "table": table.name,
             "dialect": engine.dialect.name,
             "rows_written": result["inserted"],
             "rows_replaced": result["deleted"],
-            "rows_in_table": writer.count_rows(engine, table.name),
             "table_ddl": result["table"],
         }
+        if not context.has_asset_partitions:  # a batch's cost follows the batch: no count of the whole table
+            metadata["rows_in_table"] = writer.count_rows(engine, table.name)
         if "skipped" in result:
             metadata["rows_already_recorded"] = result["skipped"]
         if result.get("views_recreated") or result.get("views_left_out"):

@@ -50,7 +50,7 @@ class SqlResource(dg.ConfigurableResource):
     url: str = Field(default="", description="SQLAlchemy URL; empty uses SQLite under SALESPRED_HOME")
 
     def resolved_url(self) -> str:
-        return self.url or services.resolve("sql")
+        return self.url or services.embedded_url("sql")
 
     @property
     def engine(self) -> Engine:

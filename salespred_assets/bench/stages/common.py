@@ -19,14 +19,15 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from salespred_assets import settings
 from salespred_assets.core import synthetic
 from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.core.schema import DEFAULT_SCHEMA
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.settings import mask_url
 
-SHARED_DATA = Path(os.environ.get("SALESPRED_SHARED_DATA",
-                                  Path(__file__).resolve().parents[3].parent / "shared" / "data"))
+SHARED_DATA = Path(settings.get(settings.ENV_SHARED_DATA)
+                   or Path(__file__).resolve().parents[3].parent / "shared" / "data")
 REFERENCE_CSV = SHARED_DATA / "opportunities_seed.csv"
 SALESPRED = [sys.executable, "-m", "salespred_assets.cli"]
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -160,9 +161,9 @@ def _reap_orphans(before: set[int], timeout_s: float = 120) -> int:
 
 def env_for(servers: Servers, database: str, sql_url: str, search: str, home: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"SALESPRED_MONGO_URI": servers.mongo_uri_for(database),
-                "SALESPRED_REDIS_URL": servers.redis_url_for(database), "SALESPRED_SQL_URL": sql_url,
-                "SALESPRED_SEARCH": search, "SALESPRED_HOME": str(home),
+    env.update({settings.ENV_MONGO: servers.mongo_uri_for(database),
+                settings.ENV_REDIS: servers.redis_url_for(database), settings.ENV_SQL: sql_url,
+                settings.ENV_SEARCH: search, settings.ENV_HOME: str(home),
                 "DAGSTER_HOME": str(home / "dagster")})
     return env
 

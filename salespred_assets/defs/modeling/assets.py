@@ -1,13 +1,13 @@
 """Modeling: features, the tuned forest (a candidate), and the promoted production model."""
 
 import datetime as dt
-import os
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from salespred_assets import settings
 from salespred_assets.core import card, plots
 from salespred_assets.core.features import build_features, feature_spec
 from salespred_assets.core.model import SearchConfig, WinModel
@@ -24,7 +24,7 @@ GROUP = "modeling"
 
 
 class TrainingConfig(dg.Config):
-    search: str = Field(default_factory=lambda: os.environ.get("SALESPRED_SEARCH", "full"),
+    search: str = Field(default_factory=lambda: settings.value(settings.ENV_SEARCH),
                         description="'full' (production search) or 'fast' (smoke runs and tests)")
     yardstick: bool = Field(default=True, description="also train the HistGradientBoosting yardstick")
     as_of: str | None = Field(default=None, description="backtest date (YYYY-MM-DD); default: where the newest "

@@ -12,8 +12,6 @@ from salespred_assets.defs.common import md
 from salespred_assets.defs.modeling.assets import fact_model_switch, opportunity_features, production_model, win_model
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.registry import gate, model_store
-from salespred_assets.sql import tables, writer
-from salespred_assets.sql.resource import SqlResource
 
 # A feature row outside these bounds is a bug in the feature pipeline or impossible data, never drift.
 MONTH_FEATURES = ("created_month",)
@@ -133,8 +131,8 @@ def production_model_serves(opportunity_features: pd.DataFrame, mongo: MongoReso
 
 @dg.asset_check(asset=fact_model_switch, blocking=True,
                 description="One row per switch in MongoDB's pointer history; the last one names the current model.")
-def fact_model_switch_matches_pointer(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
-    frame = writer.read_table(sql.engine, tables.FACT_MODEL_SWITCH).sort_values("switch_number")
+def fact_model_switch_matches_pointer(fact_model_switch: pd.DataFrame, mongo: MongoResource) -> dg.AssetCheckResult:
+    frame = fact_model_switch.sort_values("switch_number")  # read back from SQL by the SQL IO manager
     history = model_store.pointer_history(mongo.db)
     pointer = model_store.current_version(mongo.db)
     last = str(frame["model_version"].iloc[-1]) if len(frame) else None

@@ -12,6 +12,7 @@ from salespred_assets.defs.modeling.assets import production_model
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.registry import model_store, model_versions
 from salespred_assets.sql import tables, views, writer
+from salespred_assets.sql.io_manager import schema_metadata
 from salespred_assets.sql.resource import SqlResource
 
 GROUP = "reporting"
@@ -21,9 +22,9 @@ DASHBOARD_FILE = "sales_dashboard.html"
 
 @dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,
           metadata={"table": tables.FACT_OPPORTUNITY, "write": "replace"})
-def fact_opportunity(opportunity_predictions: pd.DataFrame) -> pd.DataFrame:
+def fact_opportunity(opportunity_predictions: pd.DataFrame, mongo: MongoResource) -> dg.Output[pd.DataFrame]:
     """One row per opportunity: every input field and its latest prediction (replaced in one transaction)."""
-    return opportunity_predictions
+    return dg.Output(opportunity_predictions, metadata=schema_metadata(mongo.schema()))
 
 
 @dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,
@@ -50,9 +51,9 @@ def dim_model_version(mongo: MongoResource) -> dg.Output[pd.DataFrame]:
 
 @dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,
           metadata={"table": tables.FACT_PREDICTION_HISTORY, "write": "append"})
-def fact_prediction_history(opportunity_predictions: pd.DataFrame) -> pd.DataFrame:
+def fact_prediction_history(opportunity_predictions: pd.DataFrame, mongo: MongoResource) -> dg.Output[pd.DataFrame]:
     """Append-only: this scoring's probability, score and grade per opportunity (recording it twice is a no-op)."""
-    return opportunity_predictions[HISTORY_COLUMNS]
+    return dg.Output(opportunity_predictions[HISTORY_COLUMNS], metadata=schema_metadata(mongo.schema()))
 
 
 @dg.asset(group_name=GROUP, kinds={"sql"}, retry_policy=IO_RETRY,

@@ -5,6 +5,7 @@ import math
 import re
 
 import dagster as dg
+import pandas as pd
 import sqlalchemy as sa
 
 from salespred_assets.defs.reporting.assets import (
@@ -43,8 +44,8 @@ def fact_opportunity_reconciles(sql: SqlResource, mongo: MongoResource) -> dg.As
 
 @dg.asset_check(asset=dim_seller, blocking=True,
                 description="The seller table holds every seller and no column that could hold a password.")
-def dim_seller_safe(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
-    frame = writer.read_table(sql.engine, tables.DIM_SELLER)
+def dim_seller_safe(dim_seller: pd.DataFrame, mongo: MongoResource) -> dg.AssetCheckResult:
+    frame = dim_seller  # read back from SQL by the SQL IO manager
     leaky = [c for c in frame.columns if "pass" in c.lower() or "hash" in c.lower()]
     values = frame.astype(str).apply(lambda col: col.str.startswith("$argon2")).to_numpy().sum()
     expected = mongo.db["sellers"].count_documents({})
@@ -58,8 +59,8 @@ def dim_seller_safe(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResu
 
 @dg.asset_check(asset=dim_model_version, blocking=True,
                 description="One row per registry version, and the current version is the one scoring now.")
-def dim_model_version_matches_registry(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
-    frame = writer.read_table(sql.engine, tables.DIM_MODEL_VERSION)
+def dim_model_version_matches_registry(dim_model_version: pd.DataFrame, mongo: MongoResource) -> dg.AssetCheckResult:
+    frame = dim_model_version  # read back from SQL by the SQL IO manager
     registry = mongo.db[model_store.REGISTRY].count_documents({})
     pointer = model_store.current_version(mongo.db)
     current = sorted(frame.loc[frame["is_current"].astype(bool), "model_version"].astype(str))

@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
 from salespred_assets.core.features import feature_spec
 from salespred_assets.core.scoring import score
@@ -11,10 +12,11 @@ from salespred_assets.defs.common import IO_RETRY, counts_md, md
 from salespred_assets.defs.ingestion.assets import opportunities_collection
 from salespred_assets.defs.modeling.assets import production_model
 from salespred_assets.mongo.resource import MongoResource
-from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.redis_cache.cache import cache_frame
 from salespred_assets.registry import model_store
 from salespred_assets.scoring import batches
-from salespred_assets.sql.resource import SqlResource
+from salespred_assets.sql import tables
+from salespred_assets.sql.io_manager import schema_metadata
 
 GROUP = "scoring"
 
@@ -26,7 +28,6 @@ def opportunity_predictions(raw_opportunities: pd.DataFrame, opportunity_feature
     schema = mongo.schema()
     model = model_store.load_current(mongo.db)
     preds = score(model, raw_opportunities, schema, features=opportunity_features[feature_spec(schema).columns])
-    preds.attrs["schema"] = schema.to_dict()
     open_rows = preds[preds["outcome"] == "open"]
     metadata: dict[str, Any] = {
         "dagster/row_count": len(preds),
@@ -45,18 +46,40 @@ def opportunity_predictions(raw_opportunities: pd.DataFrame, opportunity_feature
 # "chg-<digest>" for changed documents (see salespred_assets/scoring/batches.py).
 opportunity_batches = dg.DynamicPartitionsDefinition(name=batches.PARTITIONS)
 
+NEW_OPPORTUNITY_SCORES = "new_opportunity_scores"
+NEW_OPPORTUNITY_HISTORY = "new_opportunity_history"
+NEW_OPPORTUNITY_CACHE = "new_opportunity_cache"
+HISTORY_COLUMNS = [c.name for c in tables.fact_prediction_history(sa.MetaData()).columns]
 
-@dg.asset(group_name=GROUP, kinds={"mongodb", "sql", "redis"}, partitions_def=opportunity_batches,
-          deps=[opportunities_collection, production_model], retry_policy=IO_RETRY)
-def new_opportunity_scores(context: dg.AssetExecutionContext, mongo: MongoResource, sql: SqlResource,
-                           redis: RedisResource) -> dg.MaterializeResult:
-    """One batch of new or changed opportunities, scored by the current model and written where sellers
-    and analysts read: its fact_opportunity rows upserted (one transaction), its prediction history
-    appended, its keys written into the live Redis generation. Only the batch is read and written."""
-    result = batches.score_batch(mongo, sql.engine, redis, context.partition_key, run_id=context.run.run_id)
+
+@dg.multi_asset(
+    outs={
+        NEW_OPPORTUNITY_SCORES: dg.AssetOut(
+            io_manager_key="sql_io_manager", kinds={"mongodb", "sql"},
+            metadata={"table": tables.FACT_OPPORTUNITY, "write": "upsert"},
+            description="One batch of new or changed opportunities, scored by the current model: its fact_opportunity "
+                        "rows upserted (one transaction). Only the batch is read and written."),
+        NEW_OPPORTUNITY_HISTORY: dg.AssetOut(
+            io_manager_key="sql_io_manager", kinds={"sql"},
+            metadata={"table": tables.FACT_PREDICTION_HISTORY, "write": "append"},
+            description="The batch's scorings appended to fact_prediction_history (recording one twice is a no-op)."),
+        NEW_OPPORTUNITY_CACHE: dg.AssetOut(
+            io_manager_key="redis_io_manager", kinds={"redis"},
+            metadata={"id_column": "opportunity_id", "write": "upsert"},
+            description="The batch's keys written into the live Redis generation (no new generation)."),
+    },
+    group_name=GROUP, partitions_def=opportunity_batches, deps=[opportunities_collection, production_model],
+    retry_policy=IO_RETRY)
+def new_opportunity_scores(context: dg.AssetExecutionContext, mongo: MongoResource):
+    """One batch scored (:func:`batches.score_batch`); each of its writes goes through its IO manager, in order:
+    SQL upsert, history append, live Redis generation. If the current model changed during the writes, the step
+    is retried, so the batch never keeps an old version's rows."""
+    schema = mongo.schema()
+    result = batches.score_batch(mongo, context.partition_key, run_id=context.run.run_id)
+    preds = result.predictions
     context.log.info(f"batch {result.key}: {result.scored} scored by {result.model_version}, "
                      f"{result.quarantined} quarantined, {sum(result.seconds.values()):.2f} s")
-    return dg.MaterializeResult(metadata={
+    yield dg.Output(preds, output_name=NEW_OPPORTUNITY_SCORES, metadata={
         "dagster/row_count": result.scored,
         "batch": result.key,
         "kind": "changed" if result.key.startswith(batches.CHANGES_PREFIX) else "new",
@@ -64,11 +87,16 @@ def new_opportunity_scores(context: dg.AssetExecutionContext, mongo: MongoResour
         "quarantined": result.quarantined,
         "model_version": result.model_version,
         "scored_at": result.scored_at or "none",
-        "sql_rows_upserted": result.sql["inserted"],
-        "sql_rows_replaced": result.sql["deleted"],
-        "history_rows_appended": result.history["inserted"],
-        "cache_keys_written": result.cache_keys,
-        "cache_generation": result.generation if result.generation is not None else "none",
-        "attempts": result.attempts,
+        "attempts": result.attempts + context.retry_number,
         **{f"seconds_{name.removesuffix('_s')}": round(value, 3) for name, value in result.seconds.items()},
+        **schema_metadata(schema),
     })
+    # A batch with nothing valid scores to an empty frame (no columns): its IO managers write nothing.
+    yield dg.Output(preds[HISTORY_COLUMNS] if result.scored else preds, output_name=NEW_OPPORTUNITY_HISTORY,
+                    metadata={"dagster/row_count": result.scored, **schema_metadata(schema)})
+    yield dg.Output(cache_frame(preds, schema.seller) if result.scored else preds, output_name=NEW_OPPORTUNITY_CACHE,
+                    metadata={"dagster/row_count": result.scored})
+    # Dagster has stored each output as it was yielded: a switch of model since the scoring means the rows
+    # just written are an old version's, so the whole batch runs again (a promotion's rescore may be done).
+    if not batches.still_current(mongo, result.model_version):
+        raise dg.RetryRequested(max_retries=2)

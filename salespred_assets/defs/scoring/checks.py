@@ -8,7 +8,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from salespred_assets.core.documents import records_frame, validate
-from salespred_assets.defs.scoring.assets import new_opportunity_scores, opportunity_predictions
+from salespred_assets.defs.scoring.assets import NEW_OPPORTUNITY_SCORES, opportunity_predictions
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.registry import model_store
@@ -39,7 +39,7 @@ def predictions_complete(opportunity_predictions: pd.DataFrame, raw_opportunitie
     )
 
 
-@dg.asset_check(asset=new_opportunity_scores, blocking=True,
+@dg.asset_check(asset=NEW_OPPORTUNITY_SCORES, blocking=True,
                 description="Every valid document of the batch has its fact_opportunity row, its history row and its "
                             "key in the live Redis generation, all by the current model.")
 def new_opportunity_scores_landed(context: dg.AssetCheckExecutionContext, mongo: MongoResource, sql: SqlResource,

@@ -5,7 +5,7 @@ import pandas as pd
 
 from salespred_assets.defs.common import IO_RETRY
 from salespred_assets.mongo.resource import MongoResource
-from salespred_assets.redis_cache.cache import VALUE_COLUMNS
+from salespred_assets.redis_cache.cache import cache_frame
 
 GROUP = "serving"
 
@@ -17,8 +17,4 @@ def prediction_cache(opportunity_predictions: pd.DataFrame, mongo: MongoResource
 
     Each entry names its seller, so that the app can tell who may see it without asking MongoDB.
     """
-    seller = mongo.schema().seller
-    out = opportunity_predictions[["opportunity_id", *VALUE_COLUMNS]].copy()
-    if seller:
-        out["seller"] = opportunity_predictions[seller].astype(str)
-    return out
+    return cache_frame(opportunity_predictions, mongo.schema().seller)
