@@ -23,7 +23,8 @@ from salespred_assets.cli.common import connected_mongo
               help="--csv: the largest share of rows that may be rejected (set aside in opportunities_quarantine); "
                    "above it nothing is written and the exit code is 2.")
 @click.option("--replace", is_flag=True,
-              help="Replace the opportunities (and, with --sellers, the sellers) as a whole: all or nothing.")
+              help="Replace the opportunities (and, with --sellers, the sellers). With --csv all or nothing: "
+                   "checked first, then swapped in whole.")
 def seed(n, csv_path, sellers_path, schema_path, seed, as_of, batch_size, max_rejected, replace) -> None:
     """Load opportunities into MongoDB: synthetic (--synthetic N) or an export (--csv PATH)."""
     from tqdm import tqdm
