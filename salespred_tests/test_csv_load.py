@@ -324,6 +324,23 @@ def test_replace_with_a_bad_seller_writes_nothing(mongo, mongo_server, tmp_path)
     assert snapshot(mongo) == before
 
 
+def test_synthetic_replace_swaps_in_a_whole_data_set(mongo, mongo_server, tmp_path):
+    old = write(clean_export(120, seed=1), tmp_path / "old.csv")
+    old_csv = clean_export(120, seed=1)
+    old_csv.loc[3, "acv"] = "12,5k"
+    assert run(mongo, mongo_server, tmp_path, "--csv", str(write(old_csv, old)), "--max-rejected", "1").returncode == 0
+    out = run(mongo, mongo_server, tmp_path, "--synthetic", "250", "--seed", "4", "--as-of", "2026-11-01",
+              "--sellers", str(_sellers(tmp_path / "bad.csv", True)), "--replace")
+    assert out.returncode == 2 and mongo.db[OPPORTUNITIES].count_documents({}) == 119  # a bad seller: nothing
+    out = run(mongo, mongo_server, tmp_path, "--synthetic", "250", "--seed", "4", "--as-of", "2026-11-01",
+              "--sellers", str(_sellers(tmp_path / "s.csv")), "--replace")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert mongo.db[OPPORTUNITIES].count_documents({}) == 250 and mongo.db[QUARANTINE].count_documents({}) == 0
+    assert mongo.db[SELLERS].count_documents({}) == 5 and "loaded 5 sellers" in out.stdout
+    assert not [c for c in mongo.db.list_collection_names() if c.endswith(loading.STAGING)]
+    assert {"numero_opportunidad_1", "cliente_1"} <= set(mongo.db[OPPORTUNITIES].index_information())
+
+
 KILL_POINTS = ["staging-dropped", "opportunities-batch", "opportunities-staged", "staged", "marked",
                f"swapped-{OPPORTUNITIES}", f"swapped-{QUARANTINE}", f"swapped-{OPPORTUNITY_HISTORY}"]
 KILLER = textwrap.dedent("""\

@@ -23,14 +23,13 @@ from salespred_assets.cli.common import connected_mongo
               help="--csv: the largest share of rows that may be rejected (set aside in opportunities_quarantine); "
                    "above it nothing is written and the exit code is 2.")
 @click.option("--replace", is_flag=True,
-              help="Replace the opportunities (and, with --sellers, the sellers). With --csv all or nothing: "
-                   "checked first, then swapped in whole.")
+              help="Replace the opportunities (and, with --sellers, the sellers), all or nothing: checked "
+                   "first, then swapped in whole.")
 def seed(n, csv_path, sellers_path, schema_path, seed, as_of, batch_size, max_rejected, replace) -> None:
     """Load opportunities into MongoDB: synthetic (--synthetic N) or an export (--csv PATH)."""
     from tqdm import tqdm
 
     from salespred_assets.core.schema import load_schema
-    from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE
     from salespred_assets.operations import loading
 
     if (n is None) == (csv_path is None):
@@ -62,16 +61,19 @@ def seed(n, csv_path, sellers_path, schema_path, seed, as_of, batch_size, max_re
         return
     # Synthetic data needs no validation: it is generated in the contract's shape.
     sellers = loading.read_sellers_csv(sellers_path) if sellers_path else None
-    if replace:
-        mongo.db[OPPORTUNITIES].delete_many({})
-        mongo.db[QUARANTINE].delete_many({})
+    day = as_of.date() if as_of else None
     with tqdm(total=n, unit="doc", desc="opportunities", file=sys.stderr, mininterval=0.5) as bar:
-        written = loading.seed_synthetic(mongo, n, seed=seed, as_of=as_of.date() if as_of else None,
-                                         batch_size=batch_size, progress=bar.update)
-    click.echo(f"inserted {written} synthetic opportunities in {time.perf_counter() - started:.1f} s")
+        if replace:  # swapped in whole, with the sellers (as --csv --replace)
+            written = loading.replace_synthetic(mongo, n, seed=seed, as_of=day, sellers=sellers, progress=bar.update)
+        else:
+            written = loading.seed_synthetic(mongo, n, seed=seed, as_of=day, batch_size=batch_size,
+                                             progress=bar.update)
+    click.echo(f"{'replaced the opportunities with' if replace else 'inserted'} {written} synthetic opportunities "
+               f"in {time.perf_counter() - started:.1f} s")
     if sellers is not None:
-        click.echo(f"loaded {loading.write_sellers(mongo, sellers, prepared=True)} sellers "
-                   "(passwords stored as argon2 hashes)")
+        if not replace:
+            loading.write_sellers(mongo, sellers, prepared=True)
+        click.echo(f"loaded {len(sellers)} sellers (passwords stored as argon2 hashes)")
     elif (path := loading.ensure_demo_sellers(mongo)) is not None:
         click.echo(f"created 5 demo sellers; their logins are in {path}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,25 @@ def _raise_counter(mongo: MongoResource, schema: DatasetSchema, docs: list[dict[
 
 def _replace(mongo: MongoResource, check: ExportCheck, schema: DatasetSchema, sellers: list[dict[str, Any]] | None,
              progress: Progress | None) -> None:
+    numbers = [int(x[3:]) for x in (d[schema.id] for d in check.documents)
+               if schema.id == DEFAULT_SCHEMA.id and str(x).startswith("OP-") and x[3:].isdigit()]
+    swap_in(mongo, [check.documents], check.quarantine, schema, sellers, max(numbers, default=0), progress)
+
+
+def replace_synthetic(mongo: MongoResource, n: int, *, seed: int = 42, as_of: dt.date | None = None,
+                      sellers: list[dict[str, Any]] | None = None, progress: Progress | None = None) -> int:
+    """``n`` synthetic opportunities (numbers from 0) in place of the data set, all or nothing (:func:`swap_in`)."""
+    if n <= 0:
+        raise SalespredError("--synthetic needs a positive number of opportunities")
+    finish_swap(mongo)
+    empty = pd.DataFrame(columns=["_id", "id", "reason", "document"])
+    swap_in(mongo, synthetic.generate(n, seed=seed, as_of=as_of), empty, DEFAULT_SCHEMA, sellers, n - 1, progress)
+    return n
+
+
+def swap_in(mongo: MongoResource, documents: Iterable[list[dict[str, Any]]], quarantine: pd.DataFrame,
+            schema: DatasetSchema, sellers: list[dict[str, Any]] | None, last_number: int,
+            progress: Progress | None) -> None:
     """Fill staging collections, mark them complete, then swap them in (:func:`finish_swap`).
 
     The history of the old opportunities is replaced by an empty one: it describes a data set that is gone,
@@ -283,18 +302,17 @@ def _replace(mongo: MongoResource, check: ExportCheck, schema: DatasetSchema, se
     checkpoint("staging-dropped")
     mongo.ensure_indexes(STAGING)  # the same indexes as the live collections, before any document
     db.create_collection(QUARANTINE + STAGING)
-    _insert(mongo, check.documents, OPPORTUNITIES + STAGING, progress)
+    for batch in documents:
+        _insert(mongo, batch, OPPORTUNITIES + STAGING, progress)
     checkpoint("opportunities-staged")
-    mongo.write_quarantine(check.quarantine, f"csv:{uuid.uuid4().hex[:12]}", replace_all=False,
+    mongo.write_quarantine(quarantine, f"load:{uuid.uuid4().hex[:12]}", replace_all=False,
                            collection=QUARANTINE + STAGING)
     if sellers is not None:
         for doc in sellers:
             db[SELLERS + STAGING].insert_one(dict(doc))
     checkpoint("staged")
-    numbers = [int(x[3:]) for x in (d[schema.id] for d in check.documents)
-               if schema.id == DEFAULT_SCHEMA.id and str(x).startswith("OP-") and x[3:].isdigit()]
     db[SETTINGS].replace_one({"_id": SWAP_MARKER}, {"_id": SWAP_MARKER, "collections": swapped,
-                                                    "schema": schema.to_dict(), "last_number": max(numbers, default=0),
+                                                    "schema": schema.to_dict(), "last_number": last_number,
                                                     "at": dt.datetime.now(dt.UTC)}, upsert=True)
     checkpoint("marked")
     finish_swap(mongo)
