@@ -174,7 +174,7 @@ class TooManyRejected(SalespredError):
             f"{report.file}: {report.rejected:,} of {report.rows:,} rows rejected ({report.rejected_share:.1%}), more "
             f"than --max-rejected {max_rejected:.1%} allows; nothing was written. Correct the rows listed above, or "
             f"pass --max-rejected {min(1.0, round(report.rejected_share + 0.005, 3))} to load the valid rows and set "
-            "the others aside in opportunities_quarantine")
+            "the others aside in opportunities_quarantine" + (f". {report.hints[0]}" if report.hints else ""))
 
 
 def load_csv(mongo: MongoResource, path: str | Path, schema: DatasetSchema = DEFAULT_SCHEMA, *,
