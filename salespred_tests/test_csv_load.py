@@ -216,7 +216,14 @@ def test_thirty_rejected_rows_refuse_the_load_then_go_to_quarantine_with_their_r
     # The same file again: nothing doubles, the quarantine is not repeated for rows already loaded.
     again = run(mongo, mongo_server, tmp_path, "--csv", str(path), "--max-rejected", "0.1")
     assert again.returncode == 0 and "471 rows were already loaded" in again.stdout
-    assert mongo.db[OPPORTUNITIES].count_documents({}) == 471
+    assert mongo.db[OPPORTUNITIES].count_documents({}) == 471 and mongo.db[QUARANTINE].count_documents({}) == 30
+
+    # Corrected and loaded again: the fixed rows get in, and leave the quarantine.
+    for i in bad[:10]:
+        frame.loc[i, ["acv", "fecha_cierre_oportunidad", "etapas"]] = ["1000", "2021-03-04", "Won"]
+    fixed = run(mongo, mongo_server, tmp_path, "--csv", str(write(frame, path)), "--max-rejected", "0.1")
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert mongo.db[OPPORTUNITIES].count_documents({}) == 481 and mongo.db[QUARANTINE].count_documents({}) == 20
 
 
 def test_a_typo_in_the_schemas_stage_list_refuses_the_load_and_suggests_the_value(mongo, mongo_server, tmp_path):

@@ -255,6 +255,8 @@ def _append(mongo: MongoResource, check: ExportCheck, schema: DatasetSchema, sel
     if schema != DEFAULT_SCHEMA:
         mongo.set_schema(schema)
     _insert(mongo, check.documents, OPPORTUNITIES, progress)
+    # A file loaded again (corrected, or after an interruption) replaces what its last load set aside.
+    mongo.db[QUARANTINE].delete_many({"source.file": check.name})
     mongo.write_quarantine(check.quarantine, f"csv:{uuid.uuid4().hex[:12]}", replace_all=False)
     if sellers is not None:
         write_sellers(mongo, sellers, prepared=True)
