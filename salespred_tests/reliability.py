@@ -43,6 +43,10 @@ SECTIONS = [
      "after, and pymongo's command monitoring watches every command the app sends meanwhile.")),
     ("Malformed data in MongoDB",
      "Bad documents planted beside good ones; the whole asset graph runs on SecantusDB, SQLite and Redis."),
+    ("Loading exports",
+     ("`salespred seed --csv` through the command line's entry point against SecantusDB: every row is loaded or "
+      "set aside in `opportunities_quarantine` with its reason; `seed --csv --replace` run as a subprocess is "
+      "killed (SIGKILL) at each named point of the load, then run again (`salespred_tests/test_csv_load.py`).")),
     ("Faults", "Each scenario runs against real servers (marked `slow`: `make test-slow`)."),
     ("Load", "Concurrent sellers capture through the API of a real uvicorn server (marked `slow`)."),
     ("Security", "What the security tests checked, with their figures."),

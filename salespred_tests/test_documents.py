@@ -30,12 +30,12 @@ def test_good_documents_become_typed_rows():
 def test_each_kind_of_bad_document_is_quarantined_with_its_reason():
     good = _good(8)
     bad = [dict(d) for d in good[:7]]
-    del bad[0]["tcv"]                                  # missing field
+    del bad[0]["fecha_creacion_oportunidad"]           # a required field missing (id, stage, dates)
     bad[1]["acv"] = "123.5"                            # a number stored as text
     bad[2]["etapas"] = "Maybe"                         # unknown stage
     bad[3]["margen_ganancia"] = 1.7                    # outside [0, 1]
     bad[4]["fecha_cierre_oportunidad"] = "27/11/2026"  # not YYYY-MM-DD
-    bad[5]["acv"] = float("nan")                       # NaN is missing, not a number
+    bad[5]["acv"] = float("inf")                       # not a finite number
     bad[6]["unidad_negocio"] = {"$gt": ""}             # an operator object is not a code
     for i, d in enumerate(bad):
         d["numero_opportunidad"] = f"OP-BAD{i}"
@@ -44,17 +44,33 @@ def test_each_kind_of_bad_document_is_quarantined_with_its_reason():
     v = validate(records_frame(docs, S), S)
     assert len(v.frame) == 1 and v.frame["numero_opportunidad"].iloc[0] == good[7]["numero_opportunidad"]
     reasons = dict(zip(v.quarantine["id"], v.quarantine["reason"], strict=True))
-    assert reasons["OP-BAD0"] == "tcv: missing"
+    assert reasons["OP-BAD0"] == "fecha_creacion_oportunidad: missing"
     assert reasons["OP-BAD1"] == "acv: not a finite number"
     assert reasons["OP-BAD2"] == "etapas: unknown stage"
     assert reasons["OP-BAD3"] == "margen_ganancia: outside [0, 1]"
     assert reasons["OP-BAD4"] == "fecha_cierre_oportunidad: not a YYYY-MM-DD date"
-    assert reasons["OP-BAD5"] == "acv: missing"
+    assert reasons["OP-BAD5"] == "acv: not a finite number"
     assert reasons["OP-BAD6"] == "unidad_negocio: not a non-empty text"
     assert reasons[good[7]["numero_opportunidad"]] == "numero_opportunidad: duplicate"
     assert len(v.quarantine) == 8
     assert v.quarantine["document"].map(lambda d: isinstance(d, dict)).all()
     assert v.reason_counts["duplicate"] == 1
+
+
+def test_a_missing_category_or_number_is_kept_for_the_model():
+    docs = _good(4)
+    del docs[0]["tcv"]                  # absent: NaN for the forest
+    docs[1]["acv"] = float("nan")       # NaN is a missing number, kept
+    docs[2]["unidad_negocio"] = None    # a missing category is a category of its own
+    del docs[3]["cliente"]              # no client: no client history
+    v = validate(records_frame(docs, S), S)
+    assert v.quarantine.empty and len(v.frame) == 4
+    assert np.isnan(v.frame["tcv"].iloc[0]) and np.isnan(v.frame["acv"].iloc[1])
+    assert pd.isna(v.frame["unidad_negocio"].iloc[2]) and pd.isna(v.frame["cliente"].iloc[3])
+    for field in (S.id, S.stage, *S.dates):
+        doc = dict(_good(1)[0])
+        del doc[field]
+        assert validate(records_frame([doc], S), S).quarantine["reason"].tolist() == [f"{field}: missing"]
 
 
 def test_synthetic_documents_follow_the_reference_shape():
@@ -105,4 +121,4 @@ def test_records_keep_each_value_whole_and_absent_keys_missing():
     assert raw.shape == (2, len(S.fields) + 1) and raw["_id"].tolist() == ["abc", None]
     assert raw["tipos"].iloc[0] == ["TY-00", "TY-01"] and raw["regiones"].iloc[0] is None
     reasons = validate(raw, S).quarantine["reason"].iloc[0]
-    assert reasons == "tipos: not a non-empty text; regiones: missing"
+    assert reasons == "tipos: not a non-empty text"  # an absent category is missing, and kept

@@ -45,7 +45,9 @@ def test_clean_documents_come_through_typed_and_in_order():
     ("tcv", False, "tcv: not a finite number"),
     ("acv", "45000", "acv: not a finite number"),
     ("acv", Decimal128("12.5"), "acv: not a finite number"),
-    ("acv", float("nan"), "acv: missing"),
+    ("acv", float("nan"), None),                                # a missing number is kept (NaN)
+    ("unidad_negocio", None, None),                             # a missing category is kept
+    ("fecha_creacion_oportunidad", None, "fecha_creacion_oportunidad: missing"),
     ("acv", float("inf"), "acv: not a finite number"),
     ("edad_oferta", 12, None),                                  # an integer is a number
     ("cliente", 5, "cliente: not a non-empty text"),

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.integration
 UNSET = object()
 # number -> (field, stored value or UNSET to remove it, the reason the pipeline must give)
 BAD: dict[str, tuple[str, Any, str]] = {
-    "OP-B01": ("acv", UNSET, "acv: missing"),
-    "OP-B02": ("numero_vendedor", UNSET, "numero_vendedor: missing"),
+    # Required fields (id, stage, dates); a missing category or number is kept for the model instead.
+    "OP-B01": ("fecha_creacion_oportunidad", UNSET, "fecha_creacion_oportunidad: missing"),
+    "OP-B02": ("fecha_cierre_oportunidad", UNSET, "fecha_cierre_oportunidad: missing"),
     "OP-B03": ("acv", "45000", "acv: not a finite number"),                 # a number stored as text
     "OP-B04": ("margen_ganancia", "0.25", "margen_ganancia: not a finite number"),
     "OP-B05": ("cliente", 42, "cliente: not a non-empty text"),             # wrong types
@@ -38,7 +39,7 @@ BAD: dict[str, tuple[str, Any, str]] = {
     "OP-B13": ("etapas", None, "etapas: missing"),
     "OP-B14": ("tcv", -5.0, "tcv: negative"),
     "OP-B15": ("margen_ganancia", 1.7, "margen_ganancia: outside [0, 1]"),
-    "OP-B16": ("acv", float("nan"), "acv: missing"),
+    "OP-B16": ("acv", float("inf"), "acv: not a finite number"),
 }
 NO_NUMBER_REASON = "numero_opportunidad: missing"
 DUPLICATE_REASON = "numero_opportunidad: duplicate"

@@ -18,7 +18,7 @@ def _plant(mongo) -> dict[str, str]:
     coll = mongo.db[OPPORTUNITIES]
     template = coll.find_one({}, {"_id": 0})
     bad = {
-        "OP-M1": ({"$unset": "tcv"}, "tcv: missing"),
+        "OP-M1": ({"$unset": "fecha_creacion_oportunidad"}, "fecha_creacion_oportunidad: missing"),
         "OP-M2": ({"acv": "45000"}, "acv: not a finite number"),
         "OP-M3": ({"etapas": "Ganada"}, "etapas: unknown stage"),
         "OP-M4": ({"fecha_creacion_oportunidad": 20240101}, "fecha_creacion_oportunidad: not a YYYY-MM-DD date"),

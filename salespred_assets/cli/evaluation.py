@@ -6,23 +6,20 @@ import json
 
 import click
 
-from salespred_assets.errors import SalespredError
-
 
 def _read_export(csv_path: str, schema_path: str | None):
-    """(schema, validated) for a CSV export: every row typed, or quarantined with its reason."""
-    import pandas as pd
+    """(schema, raw, validated) for a CSV export: every row typed, or quarantined with its reason.
 
-    from salespred_assets.core.documents import records_frame, validate
+    Read as ``seed --csv`` reads it (:mod:`salespred_assets.core.exports`): categories as written, a number
+    or date that cannot be read rejects its row only.
+    """
+    from salespred_assets.core.documents import validate
+    from salespred_assets.core.exports import read_export
     from salespred_assets.core.schema import load_schema
 
     schema = load_schema(schema_path)
-    raw = pd.read_csv(csv_path, dtype=dict.fromkeys(schema.text_fields + list(schema.dates), "str"),
-                      keep_default_na=False, na_values={c: [""] for c in schema.number_fields})
-    missing = [f for f in schema.fields if f not in raw.columns]
-    if missing:
-        raise SalespredError(f"{csv_path} lacks the fields {missing}; pass --schema for this export")
-    return schema, raw, validate(records_frame(raw.to_dict("records"), schema), schema)
+    raw = read_export(csv_path, schema)
+    return schema, raw, validate(raw, schema)
 
 
 @click.command()

@@ -153,16 +153,24 @@ def _repeated(ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+def required(schema: DatasetSchema) -> tuple[str, ...]:
+    """Fields without which a row is rejected: its id, its stage, and the dates every feature is counted from."""
+    return (schema.id, schema.stage, *schema.dates)
+
+
 def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -> Validated:
     """Type ``raw`` (columns straight from documents) and quarantine what does not fit.
 
-    Rules: every schema field present and non-null; text fields are strings; numbers are real,
-    finite numbers (a number stored as a string is refused, not guessed); dates are ``YYYY-MM-DD``
-    strings or datetimes; the stage is one the schema knows; amounts are >= 0 and fractions lie in
-    [0, 1]; an id seen twice keeps its first valid document. Columns of one clean type are checked
-    with vectorised operations; only a mixed column is inspected value by value.
+    Rules: the id, the stage and the dates are present (:func:`required`); a missing categorical value
+    (client and seller included) is kept as missing, its own category for the model, and a missing
+    number stays NaN (the forest splits on it); a present value must fit its type: text fields are
+    strings; numbers are real, finite numbers (a number stored as a string is refused, not guessed);
+    dates are ``YYYY-MM-DD`` strings or datetimes; the stage is one the schema knows; amounts are >= 0
+    and fractions lie in [0, 1]; an id seen twice keeps its first valid document. Columns of one clean
+    type are checked with vectorised operations; only a mixed column is inspected value by value.
     """
     n = len(raw)
+    needed = required(schema)
     reasons = np.full(n, "", dtype=object)
 
     def flag(mask: np.ndarray, text: str) -> None:
@@ -173,7 +181,8 @@ def validate(raw: pd.DataFrame, schema: DatasetSchema, *, dedupe: bool = True) -
     for col in schema.fields:
         arr = raw[col].to_numpy() if col in raw.columns else np.full(n, None, dtype=object)
         missing = pd.isna(arr)
-        flag(missing, f"{col}: missing")
+        if col in needed:
+            flag(missing, f"{col}: missing")
         if col in schema.number_fields:
             nums, bad = _numbers(arr, missing)
             flag(bad, f"{col}: not a finite number")

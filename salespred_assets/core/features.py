@@ -197,6 +197,9 @@ def client_history(frame: pd.DataFrame | Mapping[str, pd.Series], ctx: pd.DataFr
     # One factorisation of both sides, as stored (Arrow, in C): the frame's rows first.
     codes = pd.factorize(np.concatenate([frame[schema.client].to_numpy(dtype=object),
                                          ctx[schema.client].to_numpy(dtype=object)]))[0]
+    # A row without a client is a client of its own: no history, rather than one shared by all such rows.
+    lone = np.flatnonzero(codes < 0)
+    codes[lone] = codes.max(initial=-1) + 1 + np.arange(lone.size)
     mine, theirs = codes[:n], codes[n:]
     ctx_created = _days(ctx[schema.created])
     valid = ~np.isnat(ctx_created)
@@ -218,8 +221,9 @@ def client_history(frame: pd.DataFrame | Mapping[str, pd.Series], ctx: pd.DataFr
     spec_inputs = set(schema.model_fields)
     units_field = next((c for c in schema.categorical if c in spec_inputs), None)
     if units_field:
-        # A (client, unit) pair counts from the first day the client had an opportunity in that unit.
-        units = pd.factorize(ctx[units_field].to_numpy(dtype=object))[0][valid]
+        # A (client, unit) pair counts from the first day the client had an opportunity in that unit (a
+        # missing unit is a unit of its own).
+        units = pd.factorize(ctx[units_field].to_numpy(dtype=object), use_na_sentinel=False)[0][valid]
         pair = pd.factorize(theirs[valid].astype(np.int64) * (int(units.max(initial=0)) + 1) + units)[0]
         pair_first = np.full(int(pair.max(initial=-1)) + 1, np.iinfo(np.int64).max)
         np.minimum.at(pair_first, pair, day(ctx_created[valid]))

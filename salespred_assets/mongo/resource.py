@@ -46,6 +46,9 @@ OPPORTUNITY_COUNTER = "numero_opportunidad"
 ID_RANGE_INDEX = "id_range"
 HISTORY_INDEX = "opportunity_at"
 BATCH = 5_000
+# Quarantine entries set aside from ``opportunities`` by the read path; the others are rows of an export
+# (``source``: file and row) that were never written, and no count of documents may subtract them.
+FROM_OPPORTUNITIES: dict[str, Any] = {"source.file": {"$exists": False}}
 log = logging.getLogger("salespred.mongo")
 _schemas: Expiring[DatasetSchema] = Expiring(ttl_s=5.0)
 
@@ -93,22 +96,25 @@ class MongoResource(dg.ConfigurableResource):
         except PyMongoError as exc:
             raise ServiceUnavailable("MongoDB", uri, exc) from exc
 
-    def ensure_indexes(self) -> None:
+    def ensure_indexes(self, suffix: str = "") -> None:
+        """Indexes of the live collections, or of their staging copies (``suffix``) that a load swaps in."""
         db = self.db
-        db[OPPORTUNITIES].create_index(DEFAULT_SCHEMA.id, name="numero_opportunidad_1")
+        opportunities, history, sellers = (f"{c}{suffix}" for c in (OPPORTUNITIES, OPPORTUNITY_HISTORY, SELLERS))
+        db[opportunities].create_index(DEFAULT_SCHEMA.id, name="numero_opportunidad_1")
         client, seller = DEFAULT_SCHEMA.client, DEFAULT_SCHEMA.seller
         assert client and seller  # the default schema names both
-        db[OPPORTUNITIES].create_index(client, name="cliente_1")
-        db[OPPORTUNITIES].create_index(seller, name="numero_vendedor_1")
-        db[OPPORTUNITY_HISTORY].create_index([("opportunity", 1), ("at", 1)], name=HISTORY_INDEX)
-        self._keep_before_images()
-        db[SELLERS].create_index("username", unique=True, name="username_unique")
-        db[SELLERS].create_index("numero_vendedor", unique=True, name="numero_vendedor_unique")
+        db[opportunities].create_index(client, name="cliente_1")
+        db[opportunities].create_index(seller, name="numero_vendedor_1")
+        db[history].create_index([("opportunity", 1), ("at", 1)], name=HISTORY_INDEX)
+        if not suffix:
+            self._keep_before_images()
+        db[sellers].create_index("username", unique=True, name="username_unique")
+        db[sellers].create_index("numero_vendedor", unique=True, name="numero_vendedor_unique")
         if "secantusVersion" in self.client.admin.command("buildInfo"):
             # SecantusDB's built-in _id index answers point lookups only; an _id range (the new-opportunity
             # batches) would scan the collection. A secondary index led by _id serves ranges. mongod's own
             # _id index already does, so it is created on SecantusDB only.
-            db[OPPORTUNITIES].create_index([("_id", 1), (DEFAULT_SCHEMA.stage, 1)], name=ID_RANGE_INDEX)
+            db[opportunities].create_index([("_id", 1), (DEFAULT_SCHEMA.stage, 1)], name=ID_RANGE_INDEX)
 
     def _keep_before_images(self) -> None:
         """Ask the server to keep each change's before-image, so the change stream can say what a value was.
@@ -167,28 +173,34 @@ class MongoResource(dg.ConfigurableResource):
     def count_opportunities(self) -> int:
         return self.db[OPPORTUNITIES].estimated_document_count()
 
-    def insert_opportunities(self, docs: list[dict[str, Any]]) -> int:
+    def insert_opportunities(self, docs: list[dict[str, Any]], collection: str = OPPORTUNITIES) -> int:
         if not docs:
             return 0
-        result = self.db[OPPORTUNITIES].insert_many(docs, ordered=False)
+        result = self.db[collection].insert_many(docs, ordered=False)
         return len(result.inserted_ids)
 
-    def write_quarantine(self, quarantine: pd.DataFrame, run_id: str, *, replace_all: bool) -> int:
-        """Record each set-aside document with its reason; ``replace_all`` drops entries now fixed."""
-        coll = self.db[QUARANTINE]
+    def write_quarantine(self, quarantine: pd.DataFrame, run_id: str, *, replace_all: bool,
+                         collection: str = QUARANTINE) -> int:
+        """Record each set-aside document with its reason; ``replace_all`` drops entries now fixed.
+
+        Rows of a CSV load carry their ``source`` (file and row number); ``replace_all`` (the MongoDB read
+        path) leaves those alone: they were never in ``opportunities``, so no run of the pipeline fixes them.
+        """
+        coll = self.db[collection]
         now = pd.Timestamp.now(tz="UTC").to_pydatetime()
         ops = []
         for row in quarantine.to_dict("records"):
             key = _object_id(row[SOURCE_ID]) if row[SOURCE_ID] else ObjectId()
-            ops.append(pymongo.ReplaceOne({"_id": key}, {
-                "_id": key, "id": row["id"], "reason": row["reason"],
-                "document": _bson_safe(row["document"]), "run_id": run_id, "quarantined_at": now,
-            }, upsert=True))
+            doc = {"_id": key, "id": row["id"], "reason": row["reason"],
+                   "document": _bson_safe(row["document"]), "run_id": run_id, "quarantined_at": now}
+            if isinstance(row.get("source"), dict):
+                doc["source"] = row["source"]
+            ops.append(pymongo.ReplaceOne({"_id": key}, doc, upsert=True))
         for start in range(0, len(ops), BATCH):
             coll.bulk_write(ops[start:start + BATCH], ordered=False)
         if replace_all:
             keep = [op._filter["_id"] for op in ops]
-            coll.delete_many({"_id": {"$nin": keep}})
+            coll.delete_many({"_id": {"$nin": keep}, **FROM_OPPORTUNITIES})
         return len(ops)
 
     # ---- the active data contract ----------------------------------------------------------
@@ -245,4 +257,5 @@ def _bson_safe(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["OPPORTUNITIES", "OPPORTUNITY_HISTORY", "QUARANTINE", "SELLERS", "SOURCE_ID", "MongoResource"]
+__all__ = ["FROM_OPPORTUNITIES", "OPPORTUNITIES", "OPPORTUNITY_HISTORY", "QUARANTINE", "SELLERS", "SOURCE_ID",
+           "MongoResource"]

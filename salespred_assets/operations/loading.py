@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,30 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from salespred_assets import settings
 from salespred_assets.core import synthetic
-from salespred_assets.core.documents import records_frame, validate
+from salespred_assets.core.exports import ExportCheck, check_export, read_text
 from salespred_assets.core.passwords import hash_password, is_hash
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
-from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_COUNTER, SELLERS, MongoResource
+from salespred_assets.mongo.resource import (
+    OPPORTUNITIES,
+    OPPORTUNITY_COUNTER,
+    OPPORTUNITY_HISTORY,
+    QUARANTINE,
+    SELLERS,
+    SETTINGS,
+    MongoResource,
+)
 
 Progress = Callable[[int], None]
 SELLER_FIELDS = ["numero_vendedor", "username", "first_name", "last_name", "title"]
+STAGING = "__staging"       # suffix of the collections a --replace load fills before swapping them in
+SWAP_MARKER = "load_swap"   # settings document: staging is complete, swap these collections in
+DEFAULT_MAX_REJECTED = 0.01
+WRITE_BATCH = 5_000
+
+
+def checkpoint(name: str) -> None:
+    """A named point of a load; does nothing. The kill tests replace it to SIGKILL the process right there."""
 
 
 def credentials_path() -> Path:
@@ -68,76 +86,260 @@ def ensure_demo_sellers(mongo: MongoResource) -> Path | None:
     return path
 
 
-def write_sellers(mongo: MongoResource, sellers: list[dict[str, Any]]) -> int:
-    """Upsert sellers by number; a plain ``password`` is replaced by its argon2 hash before storage."""
-    mongo.ensure_indexes()
-    n = 0
-    for raw in sellers:
+def prepare_sellers(sellers: list[dict[str, Any]], source: str = "") -> list[dict[str, Any]]:
+    """Every seller checked, its password hashed, before anything is written: one bad seller, none written."""
+    out: list[dict[str, Any]] = []
+    seen: dict[str, set[str]] = {"numero_vendedor": set(), "username": set()}
+    for i, raw in enumerate(sellers):
+        where = f"{source} row {i + 2}" if source else "seller"
         doc = {k: (None if pd.isna(v) else str(v)) for k, v in raw.items() if k in [*SELLER_FIELDS, "reports_to"]}
         missing = [k for k in ("numero_vendedor", "username") if not doc.get(k)]
         if missing:
-            raise SalespredError(f"seller {raw.get('numero_vendedor') or raw.get('username') or '?'} lacks {missing}")
+            raise SalespredError(f"{where} ({raw.get('numero_vendedor') or raw.get('username') or '?'}) lacks "
+                                 f"{missing}; nothing was written")
         password = raw.get("password")
         if password is None or (isinstance(password, float) and pd.isna(password)) or str(password) == "":
-            raise SalespredError(f"seller {doc['numero_vendedor']} has no password to hash")
+            raise SalespredError(f"{where}: seller {doc['numero_vendedor']} has no password to hash; "
+                                 "nothing was written")
+        for key, values in seen.items():
+            value = str(doc[key])
+            if value in values:
+                raise SalespredError(f"{where}: {key} {value!r} is given to two sellers; nothing was written")
+            values.add(value)
         doc["password_hash"] = str(password) if is_hash(password) else hash_password(str(password))
+        out.append(doc)
+    return out
+
+
+def write_sellers(mongo: MongoResource, sellers: list[dict[str, Any]], *, collection: str = SELLERS,
+                  prepared: bool = False) -> int:
+    """Upsert sellers by number; a plain ``password`` is replaced by its argon2 hash before storage."""
+    mongo.ensure_indexes()
+    docs = sellers if prepared else prepare_sellers(sellers)
+    for doc in docs:
         try:
-            mongo.db[SELLERS].replace_one({"numero_vendedor": doc["numero_vendedor"]}, doc, upsert=True)
+            mongo.db[collection].replace_one({"numero_vendedor": doc["numero_vendedor"]}, doc, upsert=True)
         except DuplicateKeyError as exc:
             raise SalespredError(f"username {doc['username']!r} is already used by another seller") from exc
-        n += 1
-    return n
+    return len(docs)
 
 
-def load_sellers_csv(mongo: MongoResource, path: str | Path) -> int:
+def read_sellers_csv(path: str | Path) -> list[dict[str, Any]]:
+    """The sellers file, checked and hashed (nothing written)."""
     p = Path(path)
     if not p.exists():
         raise SalespredError(f"sellers file {p} does not exist")
-    frame = pd.read_csv(p, dtype=str, keep_default_na=False)
+    import io
+
+    try:
+        frame = pd.read_csv(io.StringIO(read_text(p)), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as exc:
+        raise SalespredError(f"{p} is not a well-formed CSV: {str(exc).strip().splitlines()[-1]}") from exc
     need = {"numero_vendedor", "username", "password"}
     if not need <= set(frame.columns):
         raise SalespredError(f"{p} must have the columns {sorted(need)}; it has {list(frame.columns)}")
-    return write_sellers(mongo, frame.to_dict("records"))
+    return prepare_sellers(frame.to_dict("records"), source=str(p))
+
+
+def load_sellers_csv(mongo: MongoResource, path: str | Path) -> int:
+    return write_sellers(mongo, read_sellers_csv(path), prepared=True)
+
+
+@dataclass
+class LoadReport:
+    """What a CSV load did (or would have done, when refused): every row loaded or set aside with its reasons."""
+
+    file: str
+    rows: int
+    inserted: int = 0
+    already_loaded: int = 0
+    rejected: int = 0
+    reasons: list[tuple[str, int, list[int]]] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+    sellers: int | None = None
+    replaced: bool = False
+    written: bool = False
+
+    @property
+    def rejected_share(self) -> float:
+        return self.rejected / self.rows if self.rows else 0.0
+
+
+class TooManyRejected(SalespredError):
+    """More rows were rejected than ``--max-rejected`` allows; nothing was written."""
+
+    def __init__(self, report: LoadReport, max_rejected: float) -> None:
+        self.report = report
+        super().__init__(
+            f"{report.file}: {report.rejected:,} of {report.rows:,} rows rejected ({report.rejected_share:.1%}), more "
+            f"than --max-rejected {max_rejected:.1%} allows; nothing was written. Correct the rows listed above, or "
+            f"pass --max-rejected {min(1.0, round(report.rejected_share + 0.005, 3))} to load the valid rows and set "
+            "the others aside in opportunities_quarantine" + (f". {report.hints[0]}" if report.hints else ""))
+
+
+def load_csv(mongo: MongoResource, path: str | Path, schema: DatasetSchema = DEFAULT_SCHEMA, *,
+             schema_name: str = "the default schema (the capture app's)", max_rejected: float = DEFAULT_MAX_REJECTED,
+             replace: bool = False, sellers_path: str | Path | None = None,
+             progress: Progress | None = None) -> LoadReport:
+    """Load a CRM export: every row is written to ``opportunities`` or set aside in the quarantine with its reasons.
+
+    Everything is read and checked first (the export and the sellers file); nothing is written when the
+    export cannot be read, a stage value is unknown to the schema, a seller is invalid, or more than
+    ``max_rejected`` of the rows are rejected. ``replace`` swaps in the new data set as a whole
+    (:func:`finish_swap`); otherwise the valid rows are added, and a row already loaded with the same
+    content is skipped, so a load interrupted and run again ends with every row once.
+    """
+    if not 0 <= max_rejected <= 1:
+        raise SalespredError(f"--max-rejected must lie between 0 and 1 (a share of the rows), not {max_rejected}")
+    finish_swap(mongo)
+    check = check_export(path, schema, schema_name)
+    if not check.rows:
+        raise SalespredError(f"{path} has a header but no rows: nothing to load")
+    sellers = read_sellers_csv(sellers_path) if sellers_path else None
+    already = 0 if replace else _set_aside_loaded(mongo, check, schema)
+    report = LoadReport(check.name, check.rows, already_loaded=already, rejected=check.rejected,
+                        reasons=check.reasons(), hints=check.hints, replaced=replace)
+    if report.rejected_share > max_rejected:
+        raise TooManyRejected(report, max_rejected)
+    if replace:
+        _replace(mongo, check, schema, sellers, progress)
+    else:
+        _append(mongo, check, schema, sellers, progress)
+    report.inserted, report.written = len(check.documents), True
+    report.sellers = len(sellers) if sellers is not None else None
+    return report
 
 
 def seed_csv(mongo: MongoResource, path: str | Path, schema: DatasetSchema = DEFAULT_SCHEMA,
-             chunk_rows: int = 20_000, progress: Progress | None = None) -> dict[str, int]:
-    """Load a CRM export into ``opportunities``: valid rows are inserted, invalid ones reported.
+             progress: Progress | None = None, max_rejected: float = 1.0) -> dict[str, int]:
+    """Add an export's rows (rejected ones to the quarantine); {"inserted": n, "rejected": m}."""
+    report = load_csv(mongo, path, schema, max_rejected=max_rejected, progress=progress)
+    return {"inserted": report.inserted, "rejected": report.rejected}
 
-    Each row becomes a document in the export's own field names and types (numbers as numbers, dates
-    as ``YYYY-MM-DD``), so that the pipeline reads it exactly as it reads the capture app's documents.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise SalespredError(f"CSV file {p} does not exist")
-    header = pd.read_csv(p, nrows=0).columns.tolist()
-    absent = [f for f in schema.fields if f not in header]
-    if absent:
-        raise SalespredError(f"{p} lacks the fields {absent} that the schema declares; "
-                             f"its columns are {header}. Pass --schema with a schema file for this export.")
-    dtypes = dict.fromkeys(schema.number_fields, "float64")
-    dtypes.update({c: "str" for c in schema.fields if c not in schema.number_fields})
+
+def _set_aside_loaded(mongo: MongoResource, check: ExportCheck, schema: DatasetSchema) -> int:
+    """Rows whose number is already in ``opportunities``: skipped when identical, else quarantined as duplicates."""
+    ids = [d[schema.id] for d in check.documents]
+    existing: dict[Any, dict[str, Any]] = {}
+    for start in range(0, len(ids), WRITE_BATCH):
+        for doc in mongo.db[OPPORTUNITIES].find({schema.id: {"$in": ids[start:start + WRITE_BATCH]}}, {"_id": 0}):
+            existing.setdefault(doc[schema.id], doc)
+    if not existing:
+        return 0
+    same = [i for i, d in enumerate(check.documents) if existing.get(d[schema.id]) == d]
+    clash = [i for i, d in enumerate(check.documents) if d[schema.id] in existing and existing[d[schema.id]] != d]
+    check.set_aside(clash, f"{schema.id}: duplicate")
+    gone = set(same)
+    kept = [(d, r) for i, (d, r) in enumerate(zip(check.documents, check.document_rows, strict=True)) if i not in gone]
+    check.documents = [d for d, _ in kept]
+    check.document_rows = [r for _, r in kept]
+    return len(same)
+
+
+def _insert(mongo: MongoResource, docs: list[dict[str, Any]], collection: str, progress: Progress | None) -> None:
+    for start in range(0, len(docs), WRITE_BATCH):
+        batch = [dict(d) for d in docs[start:start + WRITE_BATCH]]  # insert_many adds an _id to each
+        try:
+            mongo.insert_opportunities(batch, collection=collection)
+        except BulkWriteError as exc:
+            first_error = exc.details.get("writeErrors", [])[:1]
+            raise SalespredError(f"writing {collection} failed after {start} rows: {first_error}") from exc
+        if progress:
+            progress(len(batch))
+        checkpoint("opportunities-batch")
+
+
+def _append(mongo: MongoResource, check: ExportCheck, schema: DatasetSchema, sellers: list[dict[str, Any]] | None,
+            progress: Progress | None) -> None:
     mongo.ensure_indexes()
     if schema != DEFAULT_SCHEMA:
         mongo.set_schema(schema)
-    inserted = rejected = 0
-    for chunk in pd.read_csv(p, usecols=schema.fields, dtype=dtypes, chunksize=chunk_rows, keep_default_na=True):
-        records = chunk.to_dict("records")
-        checked = validate(records_frame(records, schema), schema, dedupe=False)
-        rejected += len(checked.quarantine)
-        ok = set(checked.frame[schema.id])
-        docs = [{k: v for k, v in r.items() if not (isinstance(v, float) and pd.isna(v))}
-                for r in records if r[schema.id] in ok]
-        try:
-            inserted += mongo.insert_opportunities(docs)
-        except BulkWriteError as exc:
-            first_error = exc.details.get("writeErrors", [])[:1]
-            raise SalespredError(f"loading {p} failed after {inserted} rows: {first_error}") from exc
-        if progress:
-            progress(len(records))
-    if schema.id == DEFAULT_SCHEMA.id:
-        numbers = [int(x[3:]) for x in mongo.db[OPPORTUNITIES].distinct(schema.id)
-                   if str(x).startswith("OP-") and x[3:].isdigit()]
-        if numbers:
-            mongo.raise_counter(OPPORTUNITY_COUNTER, max(numbers))
-    return {"inserted": inserted, "rejected": rejected}
+    _insert(mongo, check.documents, OPPORTUNITIES, progress)
+    # A file loaded again (corrected, or after an interruption) replaces what its last load set aside.
+    mongo.db[QUARANTINE].delete_many({"source.file": check.name})
+    mongo.write_quarantine(check.quarantine, f"csv:{uuid.uuid4().hex[:12]}", replace_all=False)
+    if sellers is not None:
+        write_sellers(mongo, sellers, prepared=True)
+    _raise_counter(mongo, schema, check.documents)
+
+
+def _raise_counter(mongo: MongoResource, schema: DatasetSchema, docs: list[dict[str, Any]]) -> None:
+    if schema.id != DEFAULT_SCHEMA.id:
+        return
+    numbers = [int(x[3:]) for x in (d[schema.id] for d in docs) if str(x).startswith("OP-") and x[3:].isdigit()]
+    if numbers:
+        mongo.raise_counter(OPPORTUNITY_COUNTER, max(numbers))
+
+
+def _replace(mongo: MongoResource, check: ExportCheck, schema: DatasetSchema, sellers: list[dict[str, Any]] | None,
+             progress: Progress | None) -> None:
+    numbers = [int(x[3:]) for x in (d[schema.id] for d in check.documents)
+               if schema.id == DEFAULT_SCHEMA.id and str(x).startswith("OP-") and x[3:].isdigit()]
+    swap_in(mongo, [check.documents], check.quarantine, schema, sellers, max(numbers, default=0), progress)
+
+
+def replace_synthetic(mongo: MongoResource, n: int, *, seed: int = 42, as_of: dt.date | None = None,
+                      sellers: list[dict[str, Any]] | None = None, progress: Progress | None = None) -> int:
+    """``n`` synthetic opportunities (numbers from 0) in place of the data set, all or nothing (:func:`swap_in`)."""
+    if n <= 0:
+        raise SalespredError("--synthetic needs a positive number of opportunities")
+    finish_swap(mongo)
+    empty = pd.DataFrame(columns=["_id", "id", "reason", "document"])
+    swap_in(mongo, synthetic.generate(n, seed=seed, as_of=as_of), empty, DEFAULT_SCHEMA, sellers, n - 1, progress)
+    return n
+
+
+def swap_in(mongo: MongoResource, documents: Iterable[list[dict[str, Any]]], quarantine: pd.DataFrame,
+            schema: DatasetSchema, sellers: list[dict[str, Any]] | None, last_number: int,
+            progress: Progress | None) -> None:
+    """Fill staging collections, mark them complete, then swap them in (:func:`finish_swap`).
+
+    The history of the old opportunities is replaced by an empty one: it describes a data set that is gone,
+    and training would rewind the new rows with it. Without a sellers file the sellers stay as they are.
+    """
+    db = mongo.db
+    swapped = [OPPORTUNITIES, QUARANTINE, OPPORTUNITY_HISTORY, *([SELLERS] if sellers is not None else [])]
+    for name in (OPPORTUNITIES, QUARANTINE, OPPORTUNITY_HISTORY, SELLERS):
+        db.drop_collection(name + STAGING)  # what a killed load left behind
+    checkpoint("staging-dropped")
+    mongo.ensure_indexes(STAGING)  # the same indexes as the live collections, before any document
+    db.create_collection(QUARANTINE + STAGING)
+    for batch in documents:
+        _insert(mongo, batch, OPPORTUNITIES + STAGING, progress)
+    checkpoint("opportunities-staged")
+    mongo.write_quarantine(quarantine, f"load:{uuid.uuid4().hex[:12]}", replace_all=False,
+                           collection=QUARANTINE + STAGING)
+    if sellers is not None:
+        for doc in sellers:
+            db[SELLERS + STAGING].insert_one(dict(doc))
+    checkpoint("staged")
+    db[SETTINGS].replace_one({"_id": SWAP_MARKER}, {"_id": SWAP_MARKER, "collections": swapped,
+                                                    "schema": schema.to_dict(), "last_number": last_number,
+                                                    "at": dt.datetime.now(dt.UTC)}, upsert=True)
+    checkpoint("marked")
+    finish_swap(mongo)
+
+
+def finish_swap(mongo: MongoResource) -> bool:
+    """Swap in the staging collections of a ``--replace`` load marked complete; True when there was one.
+
+    Each rename (``dropTarget``) replaces one live collection by its complete staging copy, indexes
+    included, so each collection always holds either its old or its new data. Renames of several
+    collections cannot be atomic together: the marker stays until the last one is done, and every load
+    calls this first, so a swap interrupted half-way is finished by the next ``salespred seed``.
+    """
+    db = mongo.db
+    marker = db[SETTINGS].find_one({"_id": SWAP_MARKER})
+    if marker is None:
+        return False
+    present = set(db.list_collection_names())
+    for name in marker["collections"]:
+        if name + STAGING in present:
+            db[name + STAGING].rename(name, dropTarget=True)
+            checkpoint(f"swapped-{name}")
+    mongo.set_schema(DatasetSchema.from_dict(marker["schema"], source="the load's swap marker"))
+    if marker.get("last_number"):
+        mongo.raise_counter(OPPORTUNITY_COUNTER, int(marker["last_number"]))
+    mongo.ensure_indexes()  # the live opportunities keep their before-images for the history
+    db[SETTINGS].delete_one({"_id": SWAP_MARKER})
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
 
+from salespred_assets.core.documents import required
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 
 FACT_OPPORTUNITY = "fact_opportunity"
@@ -29,12 +30,14 @@ PREDICTION_COLUMNS = ["probability", "predicted_won", "score", "grade", "factors
 
 
 def _input_column(name: str, schema: DatasetSchema, primary: bool = False) -> sa.Column:
+    # Only the fields a row cannot be loaded without are NOT NULL; a missing category or number is kept.
+    nullable = name not in required(schema)
     if name in schema.dates:
-        return sa.Column(name, sa.Date, nullable=False, comment=f"source field {name} (date)")
+        return sa.Column(name, sa.Date, nullable=nullable, comment=f"source field {name} (date)")
     if name in schema.number_fields:
-        return sa.Column(name, sa.Double, nullable=False, comment=f"source field {name}")
+        return sa.Column(name, sa.Double, nullable=nullable, comment=f"source field {name}")
     # Unicode: NVARCHAR on SQL Server, so that an export's accented text survives; VARCHAR elsewhere.
-    return sa.Column(name, sa.Unicode(64), primary_key=primary, nullable=False, comment=f"source field {name}")
+    return sa.Column(name, sa.Unicode(64), primary_key=primary, nullable=nullable, comment=f"source field {name}")
 
 
 def fact_opportunity(metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> sa.Table:

@@ -3,19 +3,22 @@
 import dagster as dg
 import pandas as pd
 
+from salespred_assets.core.documents import required
 from salespred_assets.defs.ingestion.assets import raw_opportunities, sellers
-from salespred_assets.mongo.resource import QUARANTINE, MongoResource
+from salespred_assets.mongo.resource import FROM_OPPORTUNITIES, QUARANTINE, MongoResource
 
 
 @dg.asset_check(asset=raw_opportunities, description="Share of documents quarantined (warns above 0, fails above 5%).")
 def raw_opportunities_quarantine(raw_opportunities: pd.DataFrame, mongo: MongoResource) -> dg.AssetCheckResult:
-    quarantined = mongo.db[QUARANTINE].count_documents({})
+    quarantined = mongo.db[QUARANTINE].count_documents(FROM_OPPORTUNITIES)
     total = quarantined + len(raw_opportunities)
     share = quarantined / total if total else 0.0
     return dg.AssetCheckResult(
         passed=quarantined == 0,
         severity=dg.AssetCheckSeverity.ERROR if share > 0.05 else dg.AssetCheckSeverity.WARN,
-        metadata={"quarantined": quarantined, "valid": len(raw_opportunities), "share_quarantined": share},
+        metadata={"quarantined": quarantined, "valid": len(raw_opportunities), "share_quarantined": share,
+                  # reported by `salespred seed --csv` when loaded; never in opportunities
+                  "export_rows_set_aside": mongo.db[QUARANTINE].count_documents({"source.file": {"$exists": True}})},
     )
 
 
@@ -29,7 +32,8 @@ def _dtype_ok(series: pd.Series, kind: str) -> bool:
 
 @dg.asset_check(asset=raw_opportunities, blocking=True,
                 description="The data contract holds for every row: each schema field present with its type "
-                            "(number, date, text), no nulls, one row per opportunity number.")
+                            "(number, date, text), no nulls in the required fields (id, stage, dates; a missing "
+                            "category or number is kept for the model), one row per opportunity number.")
 def raw_opportunities_schema(raw_opportunities: pd.DataFrame, mongo: MongoResource) -> dg.AssetCheckResult:
     schema = mongo.schema()
     frame = raw_opportunities
@@ -40,10 +44,12 @@ def raw_opportunities_schema(raw_opportunities: pd.DataFrame, mongo: MongoResour
                   if f in frame.columns and not _dtype_ok(frame[f], kinds[f])]
     nulls = {f: int(frame[f].isna().sum()) for f in schema.fields if f in frame.columns}
     duplicated = int(frame[schema.id].duplicated().sum()) if schema.id in frame.columns else 0
+    required_nulls = sum(n for f, n in nulls.items() if f in required(schema))
     return dg.AssetCheckResult(
-        passed=not absent and not wrong_type and sum(nulls.values()) == 0 and duplicated == 0,
+        passed=not absent and not wrong_type and required_nulls == 0 and duplicated == 0,
         metadata={"rows": len(frame), "fields": len(schema.fields), "missing_fields": ", ".join(absent) or "none",
                   "wrong_types": ", ".join(wrong_type) or "none", "null_values": sum(nulls.values()),
+                  "null_required_values": required_nulls,
                   "nulls_by_field": ", ".join(f"{f} ({n})" for f, n in nulls.items() if n) or "none",
                   "duplicate_numbers_in_frame": duplicated},
     )
@@ -54,8 +60,9 @@ def raw_opportunities_schema(raw_opportunities: pd.DataFrame, mongo: MongoResour
                             "kept, the others are quarantined).")
 def raw_opportunities_duplicate_numbers(mongo: MongoResource) -> dg.AssetCheckResult:
     quarantine = mongo.db[QUARANTINE]
-    duplicates = quarantine.count_documents({"reason": {"$regex": ": duplicate"}})
-    examples = [d.get("id") for d in quarantine.find({"reason": {"$regex": ": duplicate"}}, {"id": 1}).limit(5)]
+    query = {"reason": {"$regex": ": duplicate"}, **FROM_OPPORTUNITIES}
+    duplicates = quarantine.count_documents(query)
+    examples = [d.get("id") for d in quarantine.find(query, {"id": 1}).limit(5)]
     return dg.AssetCheckResult(
         passed=duplicates == 0, severity=dg.AssetCheckSeverity.WARN,
         metadata={"duplicate_documents": duplicates, "examples": ", ".join(map(str, examples)) or "none"},
@@ -79,7 +86,7 @@ def raw_opportunities_value_ranges(raw_opportunities: pd.DataFrame, mongo: Mongo
     for col in schema.non_negative:
         failures[f"{col} < 0"] = int((frame[col] < 0).sum())
     for col in schema.fractions:
-        failures[f"{col} outside [0, 1]"] = int((~frame[col].between(0, 1)).sum())
+        failures[f"{col} outside [0, 1]"] = int((frame[col].notna() & ~frame[col].between(0, 1)).sum())  # NaN: kept
     for col in schema.dates:
         outside = ~frame[col].between(EARLIEST_DATE, latest)
         failures[f"{col} outside {EARLIEST_DATE.year}-{latest.year}"] = int(outside.sum())
@@ -117,11 +124,13 @@ def sellers_cover_opportunities(sellers: pd.DataFrame, raw_opportunities: pd.Dat
     field = mongo.schema().seller
     if not field:
         return dg.AssetCheckResult(passed=True, metadata={"seller_field": "none (the export has no seller role)"})
-    owners = raw_opportunities[field].astype("str")
+    owners = raw_opportunities[field].dropna().astype("str")
+    without = len(raw_opportunities) - len(owners)  # a missing seller is kept (only managers see the row)
     unknown = owners[~owners.isin(set(sellers["numero_vendedor"].astype("str")))]
     return dg.AssetCheckResult(
-        passed=unknown.empty, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"opportunities": len(owners), "sellers": len(sellers),
+        passed=unknown.empty and not without, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"opportunities": len(raw_opportunities), "sellers": len(sellers),
+                  "opportunities_without_seller": without,
                   "opportunities_of_unknown_sellers": len(unknown), "unknown_sellers": int(unknown.nunique()),
                   "examples": ", ".join(sorted(unknown.unique())[:5]) or "none"},
     )

@@ -26,20 +26,22 @@ UNSEEN_ROWS_WARN = 0.01
 @dg.asset_check(asset=opportunity_features, blocking=True,
                 additional_ins={"raw_opportunities": dg.AssetIn("raw_opportunities")},
                 description="One feature row per opportunity; every numeric feature finite (or missing where there "
-                            "is no history yet) and within its bounds (months 1-12, ages, counts and ratios >= 0); "
-                            "no empty category.")
+                            "is no history yet, or the export left the number empty) and within its bounds (months "
+                            "1-12, ages, counts and ratios >= 0); no blank category (a missing one is a category).")
 def opportunity_features_ranges(opportunity_features: pd.DataFrame, raw_opportunities: pd.DataFrame,
                                 mongo: MongoResource) -> dg.AssetCheckResult:
-    spec = feature_spec(mongo.schema())
+    schema = mongo.schema()
+    spec = feature_spec(schema)
     frame = opportunity_features
     numeric = frame[list(spec.numeric)].to_numpy(dtype=float) if spec.numeric else np.empty((len(frame), 0))
+    may_be_missing = {*MAY_BE_MISSING, *schema.number_fields}  # an export's empty number stays NaN for the forest
     rules = {
-        "non_finite": {c: int((np.isinf(numeric[:, i]) | (np.isnan(numeric[:, i]) & (c not in MAY_BE_MISSING))).sum())
+        "non_finite": {c: int((np.isinf(numeric[:, i]) | (np.isnan(numeric[:, i]) & (c not in may_be_missing))).sum())
                        for i, c in enumerate(spec.numeric)},
         "month_outside_1_12": {c: int((~frame[c].between(1, 12)).sum()) for c in MONTH_FEATURES if c in frame},
         "negative": {c: int((frame[c] < 0).sum()) for c in NON_NEGATIVE_FEATURES if c in frame},
-        "empty_category": {c: int(frame[c].astype("str").str.strip().isin(["", "nan", "None"]).sum())
-                           for c in spec.categorical},
+        # Blank text only: a missing category is one, and "None" or "NA" is a category as written.
+        "blank_category": {c: int(frame[c].dropna().astype("str").str.strip().eq("").sum()) for c in spec.categorical},
     }
     violations = {f"{rule}:{col}": n for rule, cols in rules.items() for col, n in cols.items() if n}
     summary = pd.DataFrame({"feature": list(spec.numeric),

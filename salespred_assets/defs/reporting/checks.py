@@ -19,7 +19,7 @@ from salespred_assets.defs.reporting.assets import (
     reporting_views,
     sales_dashboard,
 )
-from salespred_assets.mongo.resource import OPPORTUNITIES, QUARANTINE, MongoResource
+from salespred_assets.mongo.resource import FROM_OPPORTUNITIES, OPPORTUNITIES, QUARANTINE, MongoResource
 from salespred_assets.registry import model_store
 from salespred_assets.sql import tables, views, writer
 from salespred_assets.sql.resource import SqlResource
@@ -30,7 +30,7 @@ from salespred_assets.sql.resource import SqlResource
 def fact_opportunity_reconciles(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
     sql_rows = writer.count_rows(sql.engine, tables.FACT_OPPORTUNITY)
     mongo_docs = mongo.db[OPPORTUNITIES].count_documents({})
-    quarantined = mongo.db[QUARANTINE].count_documents({})
+    quarantined = mongo.db[QUARANTINE].count_documents(FROM_OPPORTUNITIES)
     key = mongo.schema().id
     with sql.engine.connect() as conn:
         t = sa.table(tables.FACT_OPPORTUNITY, sa.column(key))
