@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 
 from salespred_assets import settings
+from salespred_assets.embedded import services
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.io_manager import RedisCacheIOManager
@@ -21,32 +22,40 @@ from salespred_assets.registry.io_manager import MongoModelIOManager
 from salespred_assets.sql.io_manager import SqlIOManager
 from salespred_assets.sql.resource import SqlResource
 
+_SERVICE = {settings.ENV_MONGO: "mongo", settings.ENV_REDIS: "redis", settings.ENV_SQL: "sql"}
 
-def _configured_or_embedded(name: str, production: bool, env_vars: bool) -> dg.EnvVar | str:
+
+def _configured_or_embedded(name: str, production: bool, env_vars: bool, pin: bool = False) -> dg.EnvVar | str:
     """The variable's value (as an EnvVar for Dagster, which keeps it out of its stored config), or "" for the
-    embedded service; in production an unset variable is an error that names it."""
+    embedded service (``pin``: its URL now, started if need be); in production an unset variable is an error
+    that names it."""
     if settings.get(name):
         return dg.EnvVar(name) if env_vars else str(settings.get(name))
     if production:
         if env_vars:
             return dg.EnvVar(name)  # Dagster reports the missing variable by name when the code location loads
         raise SalespredError(f"{name} must be set when SALESPRED_ENV=production")
-    return ""
+    return services.embedded_url(_SERVICE[name]) if pin else ""
 
 
 def database_resources(environment: str | None = None, *, env_vars: bool = False, mongo_timeout_ms: int | None = None,
-                       redis_timeout_s: float | None = None) -> tuple[MongoResource, SqlResource, RedisResource]:
+                       redis_timeout_s: float | None = None,
+                       pin_embedded: bool = False) -> tuple[MongoResource, SqlResource, RedisResource]:
     """MongoDB, the SQL database and Redis as the environment configures them.
 
     ``env_vars``: URLs as Dagster ``EnvVar``s (the definitions); otherwise their values (the CLI, the app).
     The timeouts replace the resources' defaults (the seller app answers sooner than a batch job).
+    ``pin_embedded``: an embedded service's URL is fixed now (the app), so that a stopped service stays
+    stopped for it, answering 503, instead of being started again by whichever request reads the URL next.
     """
     production = (environment or settings.environment()) == "production"
     mongo_options: dict[str, Any] = {} if mongo_timeout_ms is None else {"timeout_ms": mongo_timeout_ms}
     redis_options: dict[str, Any] = {} if redis_timeout_s is None else {"timeout_s": redis_timeout_s}
-    mongo = MongoResource(uri=_configured_or_embedded(settings.ENV_MONGO, production, env_vars), **mongo_options)
-    sql = SqlResource(url=_configured_or_embedded(settings.ENV_SQL, production, env_vars))
-    redis = RedisResource(url=_configured_or_embedded(settings.ENV_REDIS, production, env_vars), **redis_options)
+    mongo = MongoResource(uri=_configured_or_embedded(settings.ENV_MONGO, production, env_vars, pin_embedded),
+                          **mongo_options)
+    sql = SqlResource(url=_configured_or_embedded(settings.ENV_SQL, production, env_vars, pin_embedded))
+    redis = RedisResource(url=_configured_or_embedded(settings.ENV_REDIS, production, env_vars, pin_embedded),
+                          **redis_options)
     return mongo, sql, redis
 
 

