@@ -188,6 +188,17 @@ def day(days: np.ndarray) -> np.ndarray:
     return days.astype("int64")
 
 
+def history_fields(schema: DatasetSchema) -> tuple[str, ...]:
+    """The fields of the context rows :func:`client_history` reads (all it needs of a client's other rows)."""
+    if not (schema.client and schema.created):
+        return ()
+    inputs = set(schema.model_fields)
+    units_field = next((c for c in schema.categorical if c in inputs), None)
+    amount = schema.amount if schema.amount and schema.amount in inputs else None
+    close = (schema.close, schema.stage) if schema.close else ()
+    return tuple(dict.fromkeys(f for f in (schema.client, schema.created, units_field, amount, *close) if f))
+
+
 def client_history(frame: pd.DataFrame | Mapping[str, pd.Series], ctx: pd.DataFrame | Mapping[str, pd.Series],
                    schema: DatasetSchema, created: np.ndarray, at_days: np.ndarray) -> dict[str, np.ndarray]:
     """The client's facts for each row of ``frame``: its rows in ``ctx`` created before the row, and its
