@@ -88,7 +88,7 @@ def test_client_facts_match_a_full_recomputation_after_random_captures_changes_a
                 S.created: past.isoformat(), S.close: (past + dt.timedelta(days=20)).isoformat(),
                 S.stage: rng.choice(["Won", "Lost"])}})
             online.score_documents(mongo, [db[OPPORTUNITIES].find_one({S.id: number})], model=app_db.model)
-        else:  # a bulk load of a few documents for the client
+        else:  # a bulk load of a few documents for the client (dates in the past)
             start = dt.date.today() - dt.timedelta(days=rng.randint(1, 900))
             docs = [{**valid_payload(cliente=who, acv=1000.0, tcv=2000.0 * (i + 1)),
                      S.id: f"OP-L{rng.randint(0, 10**9)}",
@@ -96,6 +96,7 @@ def test_client_facts_match_a_full_recomputation_after_random_captures_changes_a
                      S.close: (start + dt.timedelta(days=10 * i)).isoformat(), "numero_vendedor": "NV-1",
                      "fecha_cierre_planificada": start.isoformat(), "edad_oferta": float(10 * i)} for i in range(3)]
             mongo.insert_opportunities(docs)
+            client_facts.rebuild_all(db, S)  # as `salespred seed` does after its load
         done[kind] += 1
     checked = _assert_same_features(mongo, clients)
     assert checked > 100 and done["capture"] >= 5 and done["close"] + done["change"] >= 5, done

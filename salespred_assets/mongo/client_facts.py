@@ -16,11 +16,11 @@ so concurrent captures for one client never overwrite each other and writing the
 no-op.
 
 Kept up to date by every write path: the seller app's capture and change (:func:`record`, right after
-its write), bulk loads (``MongoResource.insert_opportunities``), and every scoring outside a full
-refresh (``scoring.online.score_documents`` sets the members of the documents it scores, which brings
-in what other writers changed, as the new-opportunity sensor batches it). A client without a document,
-or whose document was built for other fields (a schema loaded since), is recomputed from its documents
-and repaired; ``salespred seed --replace`` empties the collection with the opportunities.
+its write), bulk loads (``salespred seed``: :func:`rebuild_all` once the documents are in), and every
+scoring outside a full refresh (``scoring.online.score_documents`` sets the members of the documents it
+scores, which brings in what other writers changed, as the new-opportunity sensor batches it). A client
+without a document, or whose document was built for other fields (a schema loaded since), is recomputed
+from its documents and repaired.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import bson
 import numpy as np
 import pandas as pd
 import pymongo
@@ -38,6 +39,7 @@ from pymongo.errors import PyMongoError
 from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.core.features import history_fields
 from salespred_assets.core.schema import DatasetSchema
+from salespred_assets.mongo.resource import OPPORTUNITIES
 
 log = logging.getLogger("salespred.client_facts")
 
@@ -176,8 +178,22 @@ def rebuild(db: Database, schema: DatasetSchema, clients: Sequence[str],
     return members
 
 
-def start_empty(db: Database) -> None:
-    """The opportunities are about to be loaded into an empty collection: forget every client's facts
-    (``salespred seed --replace``) and build them from here on, as the documents arrive."""
+def rebuild_all(db: Database, schema: DatasetSchema, batch_size: int = 20_000) -> int:
+    """Every client's facts from the stored opportunities, in one pass (after a bulk load: per-document
+    updates would cost a round trip per client per batch). Returns how many clients have facts."""
+    fields = history_fields(schema)
+    if not fields:
+        return 0
+    members: dict[str, dict[str, str]] = {}
+    # Whole documents: a document counts only if valid as a whole, as in the recomputation (and SecantusDB
+    # serves whole documents faster than projected ones).
+    for chunk in db[OPPORTUNITIES].find_raw_batches({}, batch_size=batch_size):
+        frame = validate(records_frame(bson.decode_all(chunk), schema), schema, dedupe=False).frame
+        for client, number, packed in pack(frame, schema):
+            members.setdefault(client, {})[member_key(number)] = packed
     db[CLIENT_FACTS].delete_many({})
+    docs = [{"_id": c, "fields": list(fields), "m": m} for c, m in members.items()]
+    for start in range(0, len(docs), 5_000):
+        db[CLIENT_FACTS].insert_many(docs[start:start + 5_000], ordered=False)
     db[CLIENT_FACTS].insert_one({"_id": COMPLETE})
+    return len(docs)

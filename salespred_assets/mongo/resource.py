@@ -27,14 +27,13 @@ import pymongo
 from bson import ObjectId
 from pydantic import Field
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from salespred_assets.core.documents import SOURCE_ID, Validated, combine, validate
 from salespred_assets.core.memo import Expiring
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.embedded import services
 from salespred_assets.errors import ServiceUnavailable
-from salespred_assets.mongo import client_facts
 from salespred_assets.mongo.extract import batch_frame
 
 OPPORTUNITIES = "opportunities"
@@ -171,15 +170,7 @@ class MongoResource(dg.ConfigurableResource):
     def insert_opportunities(self, docs: list[dict[str, Any]]) -> int:
         if not docs:
             return 0
-        if self.db[OPPORTUNITIES].estimated_document_count() == 0:
-            client_facts.start_empty(self.db)
-        try:
-            result = self.db[OPPORTUNITIES].insert_many(docs, ordered=False)
-        except BulkWriteError as exc:  # the others were inserted: their clients' facts follow all the same
-            failed = {e.get("index") for e in exc.details.get("writeErrors", [])}
-            client_facts.record(self.db, self.schema(), [d for i, d in enumerate(docs) if i not in failed])
-            raise
-        client_facts.record(self.db, self.schema(), docs)  # the clients' facts follow the load
+        result = self.db[OPPORTUNITIES].insert_many(docs, ordered=False)
         return len(result.inserted_ids)
 
     def write_quarantine(self, quarantine: pd.DataFrame, run_id: str, *, replace_all: bool) -> int:

@@ -17,6 +17,7 @@ from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.core.passwords import hash_password, is_hash
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
+from salespred_assets.mongo import client_facts
 from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_COUNTER, SELLERS, MongoResource
 
 Progress = Callable[[int], None]
@@ -49,6 +50,7 @@ def seed_synthetic(mongo: MongoResource, n: int, *, seed: int = 42, as_of: dt.da
         if progress:
             progress(len(buffer))
     mongo.raise_counter(OPPORTUNITY_COUNTER, start + n - 1)  # the last number used
+    client_facts.rebuild_all(db, mongo.schema())  # what captures score with, in one pass
     return written
 
 
@@ -140,4 +142,5 @@ def seed_csv(mongo: MongoResource, path: str | Path, schema: DatasetSchema = DEF
                    if str(x).startswith("OP-") and x[3:].isdigit()]
         if numbers:
             mongo.raise_counter(OPPORTUNITY_COUNTER, max(numbers))
+    client_facts.rebuild_all(mongo.db, schema)  # what captures score with, in one pass
     return {"inserted": inserted, "rejected": rejected}
