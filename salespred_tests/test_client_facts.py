@@ -42,7 +42,7 @@ def _assert_same_features(mongo, clients: list[str]) -> int:
     recomputed, n = online.recomputed_context(mongo, S, docs)
     assert n == len(frame)
     facts = online.facts_context(mongo, S, frame)
-    assert len(facts) == len(recomputed.frame)  # the same rows, counted once each
+    assert len(facts[S.client]) == len(recomputed.frame)  # the same rows, counted once each
     today = np.datetime64(dt.date.today(), "D")
     for at in (None, np.full(len(frame), today), np.full(len(frame), today + 1),
                np.full(len(frame), today - 400)):

@@ -132,7 +132,7 @@ def build_features(frame: pd.DataFrame, schema: DatasetSchema, at: np.ndarray | 
 
 
 def feature_columns(frame: pd.DataFrame | Mapping[str, pd.Series], schema: DatasetSchema, at: np.ndarray | None = None,
-                    context: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+                    context: pd.DataFrame | Mapping[str, pd.Series] | None = None) -> dict[str, np.ndarray]:
     """Model inputs for every row of ``frame`` (name -> array), each as of its day in ``at``.
 
     ``at`` defaults to each row's creation day (as at capture). ``context`` is every opportunity known

@@ -78,8 +78,8 @@ def pack(frame: pd.DataFrame, schema: DatasetSchema) -> list[tuple[str, str, str
     return list(zip(frame[str(schema.client)].astype(str), frame[schema.id].astype(str), packed, strict=True))
 
 
-def unpack(members: Iterable[str], schema: DatasetSchema) -> pd.DataFrame:
-    """The context rows of packed members, typed as validated documents are (for the feature code)."""
+def unpack(members: Iterable[str], schema: DatasetSchema) -> dict[str, np.ndarray]:
+    """The context columns of packed members, typed as validated documents are (for the feature code)."""
     fields = history_fields(schema)
     rows = [m.split(SEP) for m in members]
     cols = list(zip(*rows, strict=True)) if rows else [() for _ in fields]
@@ -92,7 +92,7 @@ def unpack(members: Iterable[str], schema: DatasetSchema) -> pd.DataFrame:
             data[f] = np.array(values, dtype="float64")
         else:
             data[f] = np.array(values, dtype=object)
-    return pd.DataFrame(data)
+    return data
 
 
 def _validated(docs: Sequence[Mapping[str, Any]], schema: DatasetSchema) -> tuple[pd.DataFrame, list[str]]:

@@ -56,26 +56,28 @@ def recomputed_context(mongo: MongoResource, schema: DatasetSchema,
     return checked, int(np.count_nonzero(checked.rows < len(docs)))
 
 
-def facts_context(mongo: MongoResource, schema: DatasetSchema, frame: pd.DataFrame) -> pd.DataFrame:
+def facts_context(mongo: MongoResource, schema: DatasetSchema, frame: pd.DataFrame) -> dict[str, pd.Series]:
     """The scoring context from the clients' facts: ``frame``'s rows (``docs`` as they are now) and the
-    clients' other members. Clients without facts are recomputed from their documents and repaired;
-    members that differ from ``frame``'s rows are updated (what another writer changed)."""
+    clients' other members, as columns. Clients without facts are recomputed from their documents and
+    repaired; members that differ from ``frame``'s rows are updated (what another writer changed)."""
     assert schema.client is not None  # history_fields is empty without a client field
-    fields = list(history_fields(schema))
-    clients = sorted(set(frame[schema.client].astype(str)))
+    fields = history_fields(schema)
+    packed = client_facts.pack(frame, schema)
+    clients = sorted({c for c, _, _ in packed})
     facts = client_facts.read(mongo.db, schema, clients)
     missing = [c for c in clients if c not in facts]
     if missing:
         stored = client_history(mongo, schema, [{schema.client: c} for c in missing])
         facts.update(client_facts.rebuild(mongo.db, schema, missing,
                                           validate(records_frame(stored, schema), schema).frame))
-    mine = {client_facts.member_key(str(n)) for n in frame[schema.id]}
-    stale = {n for c, n, v in client_facts.pack(frame, schema) if facts[c].get(client_facts.member_key(n)) != v}
+    mine = {client_facts.member_key(n) for _, n, _ in packed}
+    stale = {n for c, n, v in packed if facts[c].get(client_facts.member_key(n)) != v}
     if stale:
         client_facts.set_members(mongo.db, schema, frame[frame[schema.id].astype(str).isin(stale)])
-    others = [v for c in clients for k, v in facts.get(c, {}).items() if k not in mine]
-    return pd.concat([frame[fields].reset_index(drop=True), client_facts.unpack(others, schema)],
-                     ignore_index=True) if others else frame[fields]
+    others = client_facts.unpack([v for c in clients for k, v in facts[c].items() if k not in mine], schema)
+    # Columns, not a frame: for one capture, building and concatenating frames cost more than the rest.
+    return {f: pd.Series(np.concatenate([frame[f].to_numpy(dtype=others[f].dtype), others[f]]), copy=False)
+            for f in fields}
 
 
 def score_documents(mongo: MongoResource, docs: Sequence[dict[str, Any]], model: WinModel | None = None,
