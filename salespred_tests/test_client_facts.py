@@ -81,12 +81,14 @@ def test_client_facts_match_a_full_recomputation_after_random_captures_changes_a
                       else {"etapas": rng.choice(["Won", "Lost"])})
             answer = client.patch(f"/api/opportunities/{number}", headers=headers, json=change)
             assert answer.status_code in (200, 409), answer.text  # 409: it was closed already
-        elif kind == "direct":  # another writer backdates one, closed last month; the sensor scores it
+        elif kind == "direct":  # another writer backdates one, closed, or spoils one; the sensor scores it
             number = rng.choice(mine)
             past = dt.date.today() - dt.timedelta(days=rng.randint(30, 300))
-            db[OPPORTUNITIES].update_one({S.id: number}, {"$set": {
+            spoil = rng.random() < 0.3  # invalid now: the recomputation leaves it out, so must the facts
+            db[OPPORTUNITIES].update_one({S.id: number}, {"$set": {"tcv": "a lot"} if spoil else {
                 S.created: past.isoformat(), S.close: (past + dt.timedelta(days=20)).isoformat(),
                 S.stage: rng.choice(["Won", "Lost"])}})
+            done["spoiled"] += spoil
             online.score_documents(mongo, [db[OPPORTUNITIES].find_one({S.id: number})], model=app_db.model)
         else:  # a bulk load of a few documents for the client (dates in the past)
             start = dt.date.today() - dt.timedelta(days=rng.randint(1, 900))
@@ -98,8 +100,13 @@ def test_client_facts_match_a_full_recomputation_after_random_captures_changes_a
             mongo.insert_opportunities(docs)
             client_facts.rebuild_all(db, S)  # as `salespred seed` does after its load
         done[kind] += 1
+    # One more spoiled by another writer, after the last bulk load (which rebuilds every client's facts).
+    spoiled = mine[-1]
+    db[OPPORTUNITIES].update_one({S.id: spoiled}, {"$set": {"tcv": "a lot"}})
+    _, quarantined = online.score_documents(mongo, [db[OPPORTUNITIES].find_one({S.id: spoiled})], model=app_db.model)
+    assert list(quarantined["id"]) == [spoiled]
     checked = _assert_same_features(mongo, clients)
-    assert checked > 100 and done["capture"] >= 5 and done["close"] + done["change"] >= 5, done
+    assert checked > 100 and done["capture"] >= 5 and done["close"] + done["change"] >= 5 and done["spoiled"], done
 
     # Missing facts (a database from before them): recomputed from the documents, repaired, the same again.
     db[client_facts.CLIENT_FACTS].delete_many({"_id": {"$in": [*clients[:2], client_facts.COMPLETE]}})

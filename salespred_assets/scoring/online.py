@@ -91,6 +91,9 @@ def score_documents(mongo: MongoResource, docs: Sequence[dict[str, Any]], model:
     docs = list(docs)
     checked = validate(records_frame(docs, schema), schema)
     quarantine = checked.quarantine.reset_index(drop=True)
+    if len(quarantine) and history_fields(schema):  # a stored document that became invalid leaves its client's facts
+        bad = set(quarantine["id"].dropna().astype(str))
+        client_facts.record(mongo.db, schema, [d for d in docs if str(d.get(schema.id)) in bad])
     frame = checked.frame
     if frame.empty:
         return pd.DataFrame(), quarantine
