@@ -20,7 +20,7 @@ from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.core.features import feature_columns
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.mongo import client_facts
-from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.mongo.resource import OPPORTUNITIES, SETTINGS
 from salespred_assets.scoring import online
 from salespred_tests.app_fixtures import *  # noqa: F403 - the fixtures app, app_db, client (its __all__)
 from salespred_tests.app_fixtures import login_token, valid_payload
@@ -109,7 +109,8 @@ def test_client_facts_match_a_full_recomputation_after_random_captures_changes_a
     assert checked > 100 and done["capture"] >= 5 and done["close"] + done["change"] >= 5 and done["spoiled"], done
 
     # Missing facts (a database from before them): recomputed from the documents, repaired, the same again.
-    db[client_facts.CLIENT_FACTS].delete_many({"_id": {"$in": [*clients[:2], client_facts.COMPLETE]}})
+    db[client_facts.CLIENT_FACTS].delete_many({"_id": {"$in": clients[:2]}})
+    db[SETTINGS].delete_one({"_id": client_facts.COMPLETE})
     _assert_same_features(mongo, clients)
     assert db[client_facts.CLIENT_FACTS].count_documents({"_id": {"$in": clients[:2]}}) == 2
     # Facts built for other fields (a schema loaded since) are rebuilt, not read.
@@ -134,7 +135,8 @@ def test_a_capture_does_not_read_the_clients_documents(client, app_db, monkeypat
     assert answer.status_code == 201 and answer.json()["prediction_source"] == "model", answer.text
     assert reads == []
     # Without its facts (a database from before them), a capture reads the documents once and repairs them.
-    db[client_facts.CLIENT_FACTS].delete_many({"_id": {"$in": [largest, client_facts.COMPLETE]}})
+    db[client_facts.CLIENT_FACTS].delete_one({"_id": largest})
+    db[SETTINGS].delete_one({"_id": client_facts.COMPLETE})
     client.post("/api/opportunities", headers=headers, json=valid_payload(cliente=largest))
     client.post("/api/opportunities", headers=headers, json=valid_payload(cliente=largest))
     assert len(reads) == 1

@@ -39,17 +39,18 @@ from pymongo.errors import PyMongoError
 from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.core.features import history_fields
 from salespred_assets.core.schema import DatasetSchema
-from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_assets.mongo.resource import OPPORTUNITIES, SETTINGS
 
 log = logging.getLogger("salespred.client_facts")
 
 CLIENT_FACTS = "client_facts"
 SEP = "\x1f"  # ASCII unit separator: never in a code, an amount or a day number
 CLIENT_CHUNK = 100  # clients per {$in} (SecantusDB's $in grows with its square)
-# Present when the facts cover every stored opportunity (they were started on an empty collection): a
+# A settings document, present when the facts cover every stored opportunity (rebuild_all built them): a
 # write may then create a client's facts. Otherwise only existing ones are updated, and a client without
-# facts is built whole from its documents at its next scoring. (A document _id: never a client's.)
-COMPLETE = {"flag": "complete"}
+# facts is built whole from its documents at its next scoring. (In settings, not among the clients: a
+# non-string _id is no point lookup on SecantusDB, and cost a scan of every client's facts.)
+COMPLETE = "client_facts_complete"
 
 
 def member_key(number: str) -> str:
@@ -112,7 +113,7 @@ def set_members(db: Database, schema: DatasetSchema, frame: pd.DataFrame,
     for client, number in invalid:
         by_client.setdefault(client, {}).setdefault("$unset", {})[f"m.{member_key(number)}"] = ""
     fields = list(history_fields(schema))
-    complete = db[CLIENT_FACTS].find_one({"_id": COMPLETE}) is not None
+    complete = db[SETTINGS].find_one({"_id": COMPLETE}) is not None
     ops = []
     for client, update in by_client.items():
         if complete:
@@ -143,7 +144,7 @@ def record(db: Database, schema: DatasetSchema, docs: Sequence[Mapping[str, Any]
         log.warning("could not update the client facts of %s (%s); they are rebuilt at their next scoring",
                     ", ".join(clients[:5]), str(exc).splitlines()[0][:200])
         try:  # the flag first: a write may no longer create facts for a client that has documents
-            db[CLIENT_FACTS].delete_one({"_id": COMPLETE})
+            db[SETTINGS].delete_one({"_id": COMPLETE})
             db[CLIENT_FACTS].delete_many({"_id": {"$in": clients}})
         except PyMongoError:
             log.warning("could not drop the stale client facts either: %s", ", ".join(clients[:5]))
@@ -195,5 +196,5 @@ def rebuild_all(db: Database, schema: DatasetSchema, batch_size: int = 20_000) -
     docs = [{"_id": c, "fields": list(fields), "m": m} for c, m in members.items()]
     for start in range(0, len(docs), 5_000):
         db[CLIENT_FACTS].insert_many(docs[start:start + 5_000], ordered=False)
-    db[CLIENT_FACTS].insert_one({"_id": COMPLETE})
+    db[SETTINGS].replace_one({"_id": COMPLETE}, {"_id": COMPLETE}, upsert=True)
     return len(docs)
