@@ -334,3 +334,21 @@ def test_each_dialect_has_its_statistics_statement():
     assert writer.statistics_statement("mariadb", "`t`") == "ANALYZE TABLE `t`"
     with pytest.raises(SalespredError, match="no statistics statement for the oracle dialect"):
         writer.statistics_statement("oracle", "t")
+
+
+def test_an_index_an_earlier_release_declared_is_dropped(engine, scored_frames):
+    """A database created before the index review keeps (model_version, scored_at) on the history: the
+    next write drops it (it cannot be selective in a full refresh, and the planner walked it once per row)."""
+    history = tables.fact_prediction_history(sa.MetaData())
+    writer.write(engine, history, scored_frames["first"][rf.HISTORY_COLUMNS], mode="append")
+    old = tables.fact_prediction_history(sa.MetaData())  # the index as it was declared, on a copy
+    with engine.begin() as conn:
+        conn.execute(sa.schema.CreateIndex(sa.Index("ix_fact_prediction_history_run", old.c.model_version,
+                                                    old.c.scored_at)))
+    assert "ix_fact_prediction_history_run" in {i["name"] for i in sa.inspect(engine).get_indexes(history.name)}
+    writer.write(engine, tables.fact_prediction_history(sa.MetaData()), scored_frames["second"][rf.HISTORY_COLUMNS],
+                 mode="append")
+    names = {i["name"] for i in sa.inspect(engine).get_indexes(history.name)}
+    assert "ix_fact_prediction_history_run" not in names
+    assert {str(i.name) for i in history.indexes} <= names  # the declared ones stay
+    assert writer.count_rows(engine, history.name) == len(scored_frames["first"]) + len(scored_frames["second"])

@@ -41,7 +41,7 @@ from salespred_assets.app.context import (
 )
 from salespred_assets.app.models import OpportunityChange, OpportunityIn, today
 from salespred_assets.core.schema import DEFAULT_SCHEMA, OPEN_STAGES
-from salespred_assets.mongo import history
+from salespred_assets.mongo import client_facts, history
 from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_COUNTER
 from salespred_assets.registry.model_store import NoModel
 from salespred_assets.scoring import online
@@ -112,6 +112,7 @@ def capture(ctx: AppContext, viewer: Viewer, data: OpportunityIn) -> Captured:
     created = min(today(), data.fecha_cierre_oportunidad)  # validated "today or later", even across midnight
     doc = build_document(data, number, viewer.number, created)
     _insert(ctx, doc)
+    client_facts.record(ctx.mongo.db, schema, [doc])  # the client's facts for scoring, in the same write path
     _record_capture(ctx, doc, viewer.number)
     stored = {k: v for k, v in doc.items() if k != "_id"}
     try:
@@ -224,6 +225,7 @@ def change(ctx: AppContext, viewer: Viewer, number: str, data: OpportunityChange
     changes = history.diff(current, update, history.TRACKED)
     entry_id = history.new_id("app")
     stored = _apply(ctx, viewer, current, update, entry_id)
+    client_facts.record(ctx.mongo.db, DEFAULT_SCHEMA, [stored])  # a close changes the client's win history
     _record_change(ctx, number, changes, viewer.number, entry_id)
     prediction, source, error = _rescore(ctx, stored)
     return Changed(number, _public(stored), changes, entry_id if changes else None, prediction, source, error)

@@ -132,7 +132,7 @@ def build_features(frame: pd.DataFrame, schema: DatasetSchema, at: np.ndarray | 
 
 
 def feature_columns(frame: pd.DataFrame | Mapping[str, pd.Series], schema: DatasetSchema, at: np.ndarray | None = None,
-                    context: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+                    context: pd.DataFrame | Mapping[str, pd.Series] | None = None) -> dict[str, np.ndarray]:
     """Model inputs for every row of ``frame`` (name -> array), each as of its day in ``at``.
 
     ``at`` defaults to each row's creation day (as at capture). ``context`` is every opportunity known
@@ -186,6 +186,17 @@ class _Before:
 def day(days: np.ndarray) -> np.ndarray:
     """datetime64[D] as whole days since 1970 (int64)."""
     return days.astype("int64")
+
+
+def history_fields(schema: DatasetSchema) -> tuple[str, ...]:
+    """The fields of the context rows :func:`client_history` reads (all it needs of a client's other rows)."""
+    if not (schema.client and schema.created):
+        return ()
+    inputs = set(schema.model_fields)
+    units_field = next((c for c in schema.categorical if c in inputs), None)
+    amount = schema.amount if schema.amount and schema.amount in inputs else None
+    close = (schema.close, schema.stage) if schema.close else ()
+    return tuple(dict.fromkeys(f for f in (schema.client, schema.created, units_field, amount, *close) if f))
 
 
 def client_history(frame: pd.DataFrame | Mapping[str, pd.Series], ctx: pd.DataFrame | Mapping[str, pd.Series],

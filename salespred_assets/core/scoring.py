@@ -9,6 +9,7 @@ and grade are empty), so nobody reads a verdict on a deal that is already decide
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -33,9 +34,9 @@ def as_of_day(scored_at: dt.datetime) -> np.datetime64:
     return np.datetime64(scored_at.astimezone(dt.UTC).date(), "D")
 
 
-def score(model: WinModel, frame: pd.DataFrame, schema: DatasetSchema, *, context: pd.DataFrame | None = None,
-          scored_at: dt.datetime | None = None, explain: bool = True,
-          features: pd.DataFrame | None = None) -> pd.DataFrame:
+def score(model: WinModel, frame: pd.DataFrame, schema: DatasetSchema, *,
+          context: pd.DataFrame | Mapping[str, pd.Series] | None = None, scored_at: dt.datetime | None = None,
+          explain: bool = True, features: pd.DataFrame | None = None) -> pd.DataFrame:
     """Inputs plus prediction columns for every row of ``frame`` (client history counted over ``context``).
 
     Open rows are scored as of ``scored_at``'s day; closed rows carry their outcome (module doc).

@@ -19,6 +19,7 @@ from salespred_assets.core.exports import ExportCheck, check_export, read_text
 from salespred_assets.core.passwords import hash_password, is_hash
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
+from salespred_assets.mongo import client_facts
 from salespred_assets.mongo.resource import (
     OPPORTUNITIES,
     OPPORTUNITY_COUNTER,
@@ -67,6 +68,7 @@ def seed_synthetic(mongo: MongoResource, n: int, *, seed: int = 42, as_of: dt.da
         if progress:
             progress(len(buffer))
     mongo.raise_counter(OPPORTUNITY_COUNTER, start + n - 1)  # the last number used
+    client_facts.rebuild_all(db, mongo.schema())  # what captures score with, in one pass
     return written
 
 
@@ -261,6 +263,7 @@ def _append(mongo: MongoResource, check: ExportCheck, schema: DatasetSchema, sel
     if sellers is not None:
         write_sellers(mongo, sellers, prepared=True)
     _raise_counter(mongo, schema, check.documents)
+    client_facts.rebuild_all(mongo.db, schema)  # what captures score with, in one pass
 
 
 def _raise_counter(mongo: MongoResource, schema: DatasetSchema, docs: list[dict[str, Any]]) -> None:
@@ -332,6 +335,7 @@ def finish_swap(mongo: MongoResource) -> bool:
     marker = db[SETTINGS].find_one({"_id": SWAP_MARKER})
     if marker is None:
         return False
+    db[SETTINGS].delete_one({"_id": client_facts.COMPLETE})  # the old data set's facts: trusted no more
     present = set(db.list_collection_names())
     for name in marker["collections"]:
         if name + STAGING in present:
@@ -341,5 +345,7 @@ def finish_swap(mongo: MongoResource) -> bool:
     if marker.get("last_number"):
         mongo.raise_counter(OPPORTUNITY_COUNTER, int(marker["last_number"]))
     mongo.ensure_indexes()  # the live opportunities keep their before-images for the history
+    # Before the marker goes: a load killed while rebuilding finishes the swap, and the facts, again.
+    client_facts.rebuild_all(db, DatasetSchema.from_dict(marker["schema"], source="the load's swap marker"))
     db[SETTINGS].delete_one({"_id": SWAP_MARKER})
     return True

@@ -16,10 +16,12 @@ import numpy as np
 import pandas as pd
 import redis as redis_lib
 
-from salespred_assets.core.documents import records_frame, validate
+from salespred_assets.core.documents import Validated, records_frame, validate
+from salespred_assets.core.features import history_fields
 from salespred_assets.core.model import WinModel
 from salespred_assets.core.schema import DatasetSchema
 from salespred_assets.core.scoring import ID, score
+from salespred_assets.mongo import client_facts
 from salespred_assets.mongo.resource import OPPORTUNITIES, MongoResource
 from salespred_assets.redis_cache.cache import serialize
 from salespred_assets.redis_cache.resource import RedisResource
@@ -45,26 +47,59 @@ def client_history(mongo: MongoResource, schema: DatasetSchema, docs: Sequence[d
     return known
 
 
+def recomputed_context(mongo: MongoResource, schema: DatasetSchema,
+                       docs: Sequence[dict[str, Any]]) -> tuple[Validated, int]:
+    """The full recomputation: ``docs`` and their clients' stored documents, validated in one pass, ``docs``
+    first; returns it with how many of its first rows are ``docs``' valid ones."""
+    checked = validate(records_frame([*docs, *client_history(mongo, schema, docs)], schema), schema)
+    assert checked.rows is not None
+    return checked, int(np.count_nonzero(checked.rows < len(docs)))
+
+
+def facts_context(mongo: MongoResource, schema: DatasetSchema, frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """The scoring context from the clients' facts: ``frame``'s rows (``docs`` as they are now) and the
+    clients' other members, as columns. Clients without facts are recomputed from their documents and
+    repaired; members that differ from ``frame``'s rows are updated (what another writer changed)."""
+    assert schema.client is not None  # history_fields is empty without a client field
+    fields = history_fields(schema)
+    packed = client_facts.pack(frame, schema)
+    clients = sorted({c for c, _, _ in packed})
+    facts = client_facts.read(mongo.db, schema, clients)
+    missing = [c for c in clients if c not in facts]
+    if missing:
+        stored = client_history(mongo, schema, [{schema.client: c} for c in missing])
+        facts.update(client_facts.rebuild(mongo.db, schema, missing,
+                                          validate(records_frame(stored, schema), schema).frame))
+    mine = {client_facts.member_key(n) for _, n, _ in packed}
+    stale = {n for c, n, v in packed if facts[c].get(client_facts.member_key(n)) != v}
+    if stale:
+        client_facts.set_members(mongo.db, schema, frame[frame[schema.id].astype(str).isin(stale)])
+    others = client_facts.unpack([v for c in clients for k, v in facts[c].items() if k not in mine], schema)
+    # Columns, not a frame: for one capture, building and concatenating frames cost more than the rest.
+    return {f: pd.Series(np.concatenate([frame[f].to_numpy(dtype=others[f].dtype), others[f]]), copy=False)
+            for f in fields}
+
+
 def score_documents(mongo: MongoResource, docs: Sequence[dict[str, Any]], model: WinModel | None = None,
                     schema: DatasetSchema | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(predictions, quarantine) for documents; client facts come from everything MongoDB knows.
 
-    The documents and their clients' stored history are validated in one pass, ``docs`` first: the
-    valid ones among them are the first rows of the result, and the whole of it is the scoring context.
+    The documents are validated; their clients' history comes from ``client_facts`` (one small document
+    per client, recomputed from the client's documents when missing), ``docs`` counted as they are now.
     """
     schema = schema or mongo.schema()
     docs = list(docs)
-    checked = validate(records_frame([*docs, *client_history(mongo, schema, docs)], schema), schema)
-    assert checked.rows is not None and checked.quarantined_rows is not None
-    quarantine = checked.quarantine
-    if len(quarantine):
-        quarantine = quarantine[checked.quarantined_rows < len(docs)].reset_index(drop=True)
-    valid = int(np.count_nonzero(checked.rows < len(docs)))
-    if not valid:
+    checked = validate(records_frame(docs, schema), schema)
+    quarantine = checked.quarantine.reset_index(drop=True)
+    if len(quarantine) and history_fields(schema):  # a stored document that became invalid leaves its client's facts
+        bad = set(quarantine["id"].dropna().astype(str))
+        client_facts.record(mongo.db, schema, [d for d in docs if str(d.get(schema.id)) in bad])
+    frame = checked.frame
+    if frame.empty:
         return pd.DataFrame(), quarantine
+    context = facts_context(mongo, schema, frame) if history_fields(schema) else None
     model = model or model_store.load_current(mongo.db)
-    frame = checked.frame.iloc[:valid]
-    return score(model, frame, schema, context=checked.frame if schema.client else None), quarantine
+    return score(model, frame, schema, context=context), quarantine
 
 
 def cache_predictions(redis: RedisResource, predictions: pd.DataFrame, schema: DatasetSchema | None = None,

@@ -306,11 +306,16 @@ def refresh(engine: Engine, schema: DatasetSchema = DEFAULT_SCHEMA) -> list[str]
     return [name for name in NAMES if name not in skipped]
 
 
-def read(engine: Engine | Connection, name: str) -> pd.DataFrame:
-    """A view's rows as a frame; SQL decimals (MariaDB's SUM) become floats."""
+def read_statement(name: str) -> sa.Select:
+    """What the dashboard and the checks run to read a view: all of its rows."""
     if name not in NAMES:
         raise ViewError(f"{name!r} is not a reporting view; known: {', '.join(NAMES)}")
-    query = sa.select(sa.text("*")).select_from(sa.table(name))
+    return sa.select(sa.text("*")).select_from(sa.table(name))
+
+
+def read(engine: Engine | Connection, name: str) -> pd.DataFrame:
+    """A view's rows as a frame; SQL decimals (MariaDB's SUM) become floats."""
+    query = read_statement(name)
     if isinstance(engine, Connection):
         frame = pd.read_sql(query, engine)
     else:

@@ -55,6 +55,7 @@ def ensure_table(engine: Engine, table: sa.Table, schema: DatasetSchema | None =
                 _allow_nulls(conn, table, relax)
             for index in table.indexes:  # indexes declared since the table was created
                 index.create(conn, checkfirst=True)
+            _drop_retired_indexes(conn, table)
         return {"table": "kept", "columns_made_nullable": [c.name for c in relax]}
     if table.info.get("append_only"):
         raise SalespredError(
@@ -69,6 +70,18 @@ def ensure_table(engine: Engine, table: sa.Table, schema: DatasetSchema | None =
         skipped = views.create(conn, schema, dependent) if dependent else {}
     return {"table": "rebuilt", "views_recreated": [v for v in dependent if v not in skipped],
             "views_left_out": sorted(skipped)}
+
+
+def _drop_retired_indexes(conn: Connection, table: sa.Table) -> None:
+    """Drop the ``ix_<table>_*`` indexes an earlier release declared and this one does not (see tables.py)."""
+    declared = {str(index.name) for index in table.indexes}
+    for found in sa.inspect(conn).get_indexes(table.name):
+        name = str(found["name"])
+        if name.startswith(f"ix_{table.name}_") and name not in declared:
+            # On a stand-in of the table (MariaDB's and SQL Server's DROP INDEX name it), so that the
+            # declared table's indexes stay as declared.
+            stand_in = sa.Table(table.name, sa.MetaData(), sa.Column(found["column_names"][0] or "_", sa.Integer))
+            conn.execute(sa.schema.DropIndex(sa.Index(name, stand_in.c[0])))
 
 
 def _allow_nulls(conn: Connection, table: sa.Table, columns: list[sa.Column]) -> None:
@@ -240,9 +253,14 @@ def upsert_rows(engine: Engine, table: sa.Table, frame: pd.DataFrame, key: str) 
     with transaction.begin(engine) as conn:
         deleted = 0
         for chunk in _chunks(keys, IN_CHUNK):
-            deleted += conn.execute(table.delete().where(table.c[key].in_(chunk))).rowcount or 0
+            deleted += conn.execute(upsert_delete_statement(table, key, chunk)).rowcount or 0
         inserted = insert_frame(conn, table, frame)
     return {"deleted": int(deleted), "inserted": inserted}
+
+
+def upsert_delete_statement(table: sa.Table, key: str, ids: Sequence[str]) -> sa.Delete:
+    """The upsert's first half: delete the rows of ``ids`` (a key lookup each)."""
+    return table.delete().where(table.c[key].in_(list(ids)))
 
 
 def append_rows(engine: Engine, table: sa.Table, frame: pd.DataFrame, key: Sequence[str]) -> dict[str, int]:

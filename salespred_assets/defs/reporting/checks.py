@@ -21,20 +21,18 @@ from salespred_assets.defs.reporting.assets import (
 )
 from salespred_assets.mongo.resource import FROM_OPPORTUNITIES, OPPORTUNITIES, QUARANTINE, MongoResource
 from salespred_assets.registry import model_store
-from salespred_assets.sql import tables, views, writer
+from salespred_assets.sql import queries, tables, views, writer
 from salespred_assets.sql.resource import SqlResource
 
 
 @dg.asset_check(asset=fact_opportunity, blocking=True,
                 description="SQL rows = MongoDB documents - quarantined documents, with no duplicate ids.")
 def fact_opportunity_reconciles(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
-    sql_rows = writer.count_rows(sql.engine, tables.FACT_OPPORTUNITY)
     mongo_docs = mongo.db[OPPORTUNITIES].count_documents({})
     quarantined = mongo.db[QUARANTINE].count_documents(FROM_OPPORTUNITIES)
-    key = mongo.schema().id
     with sql.engine.connect() as conn:
-        t = sa.table(tables.FACT_OPPORTUNITY, sa.column(key))
-        distinct = conn.execute(sa.select(sa.func.count(sa.distinct(t.c[key])))).scalar_one()
+        sql_rows = int(conn.execute(queries.row_count(tables.FACT_OPPORTUNITY)).scalar_one())
+        distinct = conn.execute(queries.distinct_ids(mongo.schema())).scalar_one()
     return dg.AssetCheckResult(
         passed=sql_rows == mongo_docs - quarantined and distinct == sql_rows,
         metadata={"sql_rows": sql_rows, "mongo_documents": mongo_docs, "quarantined": quarantined,
@@ -74,19 +72,10 @@ def dim_model_version_matches_registry(dim_model_version: pd.DataFrame, mongo: M
 @dg.asset_check(asset=fact_prediction_history, blocking=False,
                 description="Every opportunity's latest scoring (fact_opportunity) is recorded in the history.")
 def fact_prediction_history_has_latest_scoring(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
-    md = sa.MetaData()
-    schema = mongo.schema()
-    fact = tables.fact_opportunity(md, schema)
-    history = tables.fact_prediction_history(md)
-    joined = fact.outerjoin(history, sa.and_(history.c.opportunity_id == fact.c[schema.id],
-                                             history.c.model_version == fact.c.model_version,
-                                             history.c.scored_at == fact.c.scored_at))
     with sql.engine.connect() as conn:
-        missing = conn.execute(sa.select(sa.func.count()).select_from(joined)
-                               .where(history.c.opportunity_id.is_(None))).scalar_one()
-        rows = conn.execute(sa.select(sa.func.count()).select_from(history)).scalar_one()
-        scorings = conn.execute(sa.select(sa.func.count()).select_from(
-            sa.select(history.c.model_version, history.c.scored_at).distinct().subquery())).scalar_one()
+        missing = conn.execute(queries.latest_scoring_missing(mongo.schema())).scalar_one()
+        rows = conn.execute(queries.row_count(tables.FACT_PREDICTION_HISTORY)).scalar_one()
+        scorings = conn.execute(queries.history_scorings()).scalar_one()
     return dg.AssetCheckResult(
         passed=int(missing) == 0, severity=dg.AssetCheckSeverity.WARN,
         metadata={"fact_rows_without_history": int(missing), "history_rows": int(rows), "scorings": int(scorings)},
@@ -102,18 +91,14 @@ def _close(a: float | None, b: float | None) -> bool:
 def reporting_views_reconcile(sql: SqlResource, mongo: MongoResource) -> dg.AssetCheckResult:
     schema = mongo.schema()
     engine = sql.engine
-    fact = tables.fact_opportunity(sa.MetaData(), schema)
     expected_names = sorted(views.definitions(schema))
     with engine.connect() as conn:
         present = sorted(views.existing(conn))
         if present != expected_names or not schema.amount:
             return dg.AssetCheckResult(passed=present == expected_names and not schema.amount, metadata={
                 "views_expected": ", ".join(expected_names), "views_present": ", ".join(present) or "none"})
-        amount = fact.c[schema.amount]
-        is_open = fact.c.outcome == "open"
-        open_count, open_expected = conn.execute(
-            sa.select(sa.func.count(), sa.func.sum(amount * fact.c.probability)).where(is_open)).one()
-        closed_tcv = conn.execute(sa.select(sa.func.sum(amount)).where(fact.c.outcome.in_(["won", "lost"]))).scalar()
+        open_count, open_expected = conn.execute(queries.open_totals(schema)).one()
+        closed_tcv = conn.execute(queries.closed_tcv(schema)).scalar()
         totals = {name: views.read(conn, name) for name in present if name != views.MODEL_QUALITY}
     metadata: dict = {"open_opportunities": int(open_count), "expected_open_tcv": float(open_expected or 0.0)}
     passed = True

@@ -5,7 +5,6 @@ import json
 import dagster as dg
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
 from salespred_assets.core.documents import records_frame, validate
 from salespred_assets.defs.scoring.assets import NEW_OPPORTUNITY_SCORES, opportunity_predictions
@@ -13,7 +12,7 @@ from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.registry import model_store
 from salespred_assets.scoring import batches
-from salespred_assets.sql import tables, writer
+from salespred_assets.sql import queries, writer
 from salespred_assets.sql.resource import SqlResource
 
 
@@ -49,20 +48,12 @@ def new_opportunity_scores_landed(context: dg.AssetCheckExecutionContext, mongo:
     docs = batches.read_batch(mongo, batch, schema)
     numbers = validate(records_frame(docs, schema), schema).frame[schema.id].astype(str).tolist()
     version = model_store.current_version(mongo.db)
-    md = sa.MetaData()
-    fact = tables.fact_opportunity(md, schema)
-    history = tables.fact_prediction_history(md)
-    key = fact.c[schema.id]
-    joined = fact.outerjoin(history, sa.and_(history.c.opportunity_id == key,
-                                             history.c.model_version == fact.c.model_version,
-                                             history.c.scored_at == fact.c.scored_at))
     in_sql, without_history = 0, 0
     sql_versions: set[str] = set()
     with sql.engine.connect() as conn:
         for start in range(0, len(numbers), writer.IN_CHUNK):
             chunk = numbers[start:start + writer.IN_CHUNK]
-            rows = conn.execute(sa.select(fact.c.model_version, history.c.opportunity_id.is_(None))
-                                .select_from(joined).where(key.in_(chunk))).all()
+            rows = conn.execute(queries.batch_rows(schema, chunk)).all()
             in_sql += len(rows)
             without_history += sum(bool(missing) for _, missing in rows)
             sql_versions.update(str(v) for v, _ in rows)

@@ -1,0 +1,98 @@
+"""The queries the asset checks and the batch path run against the reporting database, each named once.
+
+The checks run these very statements, and ``salespred_tests/test_query_plans.py`` reads the plan of
+each of them (with the views the dashboard reads and the writer's lookups, see :func:`catalogue`) on
+PostgreSQL at 200,000 opportunities, so a plan that turns quadratic fails a test, not a night's refresh.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from salespred_assets.core.schema import DatasetSchema
+from salespred_assets.sql import tables, views, writer
+
+
+def row_count(table_name: str) -> sa.Select:
+    return sa.select(sa.func.count()).select_from(sa.table(table_name))
+
+
+def distinct_ids(schema: DatasetSchema) -> sa.Select:
+    """fact_opportunity_reconciles: distinct opportunity numbers (the key: an index-only count)."""
+    t = sa.table(tables.FACT_OPPORTUNITY, sa.column(schema.id))
+    return sa.select(sa.func.count(sa.distinct(t.c[schema.id])))
+
+
+def _fact_and_history(schema: DatasetSchema) -> tuple[sa.Table, sa.Table, sa.Join]:
+    md = sa.MetaData()
+    fact, history = tables.fact_opportunity(md, schema), tables.fact_prediction_history(md)
+    # The history's whole key: a hash anti join on it, or a unique lookup per row, never a range walk.
+    joined = fact.outerjoin(history, sa.and_(history.c.opportunity_id == fact.c[schema.id],
+                                             history.c.model_version == fact.c.model_version,
+                                             history.c.scored_at == fact.c.scored_at))
+    return fact, history, joined
+
+
+def latest_scoring_missing(schema: DatasetSchema) -> sa.Select:
+    """fact_prediction_history_has_latest_scoring: fact rows whose latest scoring the history lacks."""
+    _, history, joined = _fact_and_history(schema)
+    return sa.select(sa.func.count()).select_from(joined).where(history.c.opportunity_id.is_(None))
+
+
+def history_scorings() -> sa.Select:
+    """fact_prediction_history_has_latest_scoring: how many scorings (model version, time) the history holds."""
+    history = tables.fact_prediction_history(sa.MetaData())
+    return sa.select(sa.func.count()).select_from(
+        sa.select(history.c.model_version, history.c.scored_at).distinct().subquery())
+
+
+def open_totals(schema: DatasetSchema) -> sa.Select:
+    """reporting_views_reconcile: count and expected TCV of the open opportunities."""
+    fact = tables.fact_opportunity(sa.MetaData(), schema)
+    amount = fact.c[str(schema.amount)]
+    return sa.select(sa.func.count(), sa.func.sum(amount * fact.c.probability)).where(fact.c.outcome == "open")
+
+
+def closed_tcv(schema: DatasetSchema) -> sa.Select:
+    """reporting_views_reconcile: TCV of the closed opportunities."""
+    fact = tables.fact_opportunity(sa.MetaData(), schema)
+    return sa.select(sa.func.sum(fact.c[str(schema.amount)])).where(fact.c.outcome.in_(["won", "lost"]))
+
+
+def batch_rows(schema: DatasetSchema, ids: Sequence[str]) -> sa.Select:
+    """new_opportunity_scores_landed: for a chunk of a batch, each row's model version and whether its
+    scoring is missing from the history (key lookups on both tables)."""
+    fact, history, joined = _fact_and_history(schema)
+    return (sa.select(fact.c.model_version, history.c.opportunity_id.is_(None))
+            .select_from(joined).where(fact.c[schema.id].in_(list(ids))))
+
+
+def catalogue(schema: DatasetSchema, ids: Sequence[str], model_version: str,
+              scored_at: dt.datetime) -> dict[str, sa.Executable]:
+    """Every query a check, a view read (the dashboard), or the batch path runs, by name.
+
+    ``ids``, ``model_version`` and ``scored_at`` fill the parameters of the per-batch statements (a
+    chunk of opportunity numbers as the batch path sends them).
+    """
+    md = sa.MetaData()
+    fact, history = tables.fact_opportunity(md, schema), tables.fact_prediction_history(md)
+    out: dict[str, sa.Executable] = {
+        "check fact_opportunity_reconciles: rows": row_count(tables.FACT_OPPORTUNITY),
+        "check fact_opportunity_reconciles: distinct ids": distinct_ids(schema),
+        "check fact_prediction_history_has_latest_scoring: missing": latest_scoring_missing(schema),
+        "check fact_prediction_history_has_latest_scoring: rows": row_count(tables.FACT_PREDICTION_HISTORY),
+        "check fact_prediction_history_has_latest_scoring: scorings": history_scorings(),
+        "check new_opportunity_scores_landed: batch rows": batch_rows(schema, ids),
+        "batch path: history rows already recorded": writer.held_keys_statement(
+            history, ["opportunity_id", "model_version", "scored_at"], [model_version, scored_at], ids),
+        "batch path: upsert's delete": writer.upsert_delete_statement(fact, schema.id, ids),
+    }
+    if schema.amount:
+        out["check reporting_views_reconcile: open totals"] = open_totals(schema)
+        out["check reporting_views_reconcile: closed TCV"] = closed_tcv(schema)
+    for name in views.definitions(schema):
+        out[f"view {name} (dashboard, reporting_views_reconcile)"] = views.read_statement(name)
+    return out
