@@ -1,13 +1,19 @@
 """Checks on the predictions before they reach analysts and sellers, and on each new-opportunity batch."""
 
 import json
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from salespred_assets.core.documents import records_frame, validate
-from salespred_assets.defs.scoring.assets import NEW_OPPORTUNITY_SCORES, opportunity_predictions
+from salespred_assets.defs.scoring.assets import (
+    NEW_OPPORTUNITY_CACHE,
+    NEW_OPPORTUNITY_HISTORY,
+    NEW_OPPORTUNITY_SCORES,
+    opportunity_predictions,
+)
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.registry import model_store
@@ -38,11 +44,19 @@ def predictions_complete(opportunity_predictions: pd.DataFrame, raw_opportunitie
     )
 
 
-@dg.asset_check(asset=NEW_OPPORTUNITY_SCORES, blocking=True,
-                description="Every valid document of the batch has its fact_opportunity row, its history row and its "
-                            "key in the live Redis generation, all by the current model.")
-def new_opportunity_scores_landed(context: dg.AssetCheckExecutionContext, mongo: MongoResource, sql: SqlResource,
-                                  redis: RedisResource) -> dg.AssetCheckResult:
+@dg.multi_asset_check(specs=[
+    dg.AssetCheckSpec("new_opportunity_scores_landed", asset=NEW_OPPORTUNITY_SCORES, blocking=True,
+                      description="Every valid document of the batch has its fact_opportunity row, by the current "
+                                  "model."),
+    dg.AssetCheckSpec("new_opportunity_history_landed", asset=NEW_OPPORTUNITY_HISTORY, blocking=True,
+                      description="Every row the batch put in fact_opportunity has its scoring in the history."),
+    dg.AssetCheckSpec("new_opportunity_cache_landed", asset=NEW_OPPORTUNITY_CACHE, blocking=True,
+                      description="Every valid document of the batch has its key in the live Redis generation, by "
+                                  "the current model."),
+])
+def new_opportunity_batch_landed(context: dg.AssetCheckExecutionContext, mongo: MongoResource, sql: SqlResource,
+                                 redis: RedisResource) -> Iterator[dg.AssetCheckResult]:
+    """The batch's three writes, read back: one result per output of the batch's step."""
     schema = mongo.schema()
     batch = context.op_execution_context.partition_key
     docs = batches.read_batch(mongo, batch, schema)
@@ -61,13 +75,18 @@ def new_opportunity_scores_landed(context: dg.AssetCheckExecutionContext, mongo:
     cached = [json.loads(raw)["model_version"] for raw in cache.get_many(numbers) if raw is not None]
     cache_versions = set(cached)
     expected = {version} if numbers else set()
-    return dg.AssetCheckResult(
-        passed=in_sql == len(numbers) and without_history == 0 and len(cached) == len(numbers)
-        and sql_versions <= expected and cache_versions <= expected,
-        metadata={"batch": batch, "valid_documents": len(numbers), "documents": len(docs),
-                  "sql_rows": in_sql, "sql_rows_without_history": without_history, "cached": len(cached),
-                  "current_model": version or "none",
-                  "sql_model_versions": ", ".join(sorted(sql_versions)) or "none",
-                  "cache_model_versions": ", ".join(sorted(cache_versions)) or "none",
-                  "live_generation": cache.current_generation() or "none"},
-    )
+    common: dict[str, str | int] = {"batch": batch, "valid_documents": len(numbers), "documents": len(docs),
+              "current_model": version or "none"}
+    yield dg.AssetCheckResult(
+        asset_key=NEW_OPPORTUNITY_SCORES, check_name="new_opportunity_scores_landed",
+        passed=in_sql == len(numbers) and sql_versions <= expected,
+        metadata={**common, "sql_rows": in_sql, "sql_model_versions": ", ".join(sorted(sql_versions)) or "none"})
+    yield dg.AssetCheckResult(
+        asset_key=NEW_OPPORTUNITY_HISTORY, check_name="new_opportunity_history_landed",
+        passed=without_history == 0,
+        metadata={**common, "sql_rows": in_sql, "sql_rows_without_history": without_history})
+    yield dg.AssetCheckResult(
+        asset_key=NEW_OPPORTUNITY_CACHE, check_name="new_opportunity_cache_landed",
+        passed=len(cached) == len(numbers) and cache_versions <= expected,
+        metadata={**common, "cached": len(cached), "cache_model_versions": ", ".join(sorted(cache_versions)) or "none",
+                  "live_generation": cache.current_generation() or "none"})
