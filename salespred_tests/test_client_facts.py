@@ -51,6 +51,8 @@ def _assert_same_features(mongo, clients: list[str]) -> int:
         for name, values in want.items():
             if values.dtype.kind == "f" and name == "amount_vs_client":  # a mean: summation order may differ
                 np.testing.assert_allclose(got[name], values, rtol=1e-12, err_msg=name)
+            elif values.dtype == object:  # categories: a missing one (NaN) equals a missing one
+                assert pd.Series(got[name], dtype=object).equals(pd.Series(values, dtype=object)), name
             else:
                 np.testing.assert_array_equal(got[name], values, err_msg=name)
     return len(frame)
@@ -140,3 +142,27 @@ def test_a_capture_does_not_read_the_clients_documents(client, app_db, monkeypat
     client.post("/api/opportunities", headers=headers, json=valid_payload(cliente=largest))
     client.post("/api/opportunities", headers=headers, json=valid_payload(cliente=largest))
     assert len(reads) == 1
+
+
+def test_rows_without_a_client_or_a_unit_score_and_match_the_recomputation(app_db):
+    """An export may leave the client or the business unit empty (both are kept): scoring a batch that mixes
+    them with a client's rows works, no facts document gathers the client-less rows, and a missing unit in
+    the facts is the same missing unit the recomputation sees."""
+    mongo = app_db.mongo
+    db = mongo.db
+    start = dt.date.today() - dt.timedelta(days=200)
+    docs = [{**valid_payload(cliente="CL-77001", acv=1000.0, tcv=2000.0 * (i + 1)), S.id: f"OP-N{i}",
+             S.stage: ["Won", "Lost", "S2", "S3"][i % 4], S.created: (start + dt.timedelta(days=7 * i)).isoformat(),
+             S.close: (start + dt.timedelta(days=7 * i + 30)).isoformat(), "numero_vendedor": "NV-1",
+             "fecha_cierre_planificada": start.isoformat(), "edad_oferta": 0.0} for i in range(8)]
+    for i in (1, 5):
+        docs[i].pop("unidad_negocio")  # a missing unit
+    for i in (2, 6):
+        docs[i].pop(S.client)  # no client: no history
+    mongo.insert_opportunities([dict(d) for d in docs])
+    client_facts.rebuild_all(db, S)
+    assert all(isinstance(d["_id"], str) and d["_id"] for d in db[client_facts.CLIENT_FACTS].find({}, {"_id": 1}))
+    stored = list(db[OPPORTUNITIES].find({S.id: {"$in": [d[S.id] for d in docs]}}))
+    predictions, quarantined = online.score_documents(mongo, stored, model=app_db.model)
+    assert len(predictions) == len(docs) and quarantined.empty
+    _assert_same_features(mongo, ["CL-77001"])

@@ -61,9 +61,14 @@ def member_key(number: str) -> str:
 
 
 def pack(frame: pd.DataFrame, schema: DatasetSchema) -> list[tuple[str, str, str]]:
-    """(client, opportunity number, packed values) for each row of a validated frame."""
+    """(client, opportunity number, packed values) for each row of a validated frame that names its client (a
+    row without one has no history to keep)."""
     fields = history_fields(schema)
     if not fields or frame.empty:
+        return []
+    client = frame[str(schema.client)]
+    frame = frame[client.notna() & (client.astype(str) != "")]
+    if frame.empty:
         return []
     columns = []
     for f in fields:
@@ -73,8 +78,8 @@ def pack(frame: pd.DataFrame, schema: DatasetSchema) -> list[tuple[str, str, str
             columns.append(["" if np.isnat(d) else str(int(d.astype("int64"))) for d in days])
         elif f in schema.number_fields:
             columns.append([repr(float(v)) for v in values])
-        else:
-            columns.append([str(v) for v in values])
+        else:  # a missing category packs as "" (a category is never empty text: empty means missing)
+            columns.append(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values])
     packed = [SEP.join(parts) for parts in zip(*columns, strict=True)]
     return list(zip(frame[str(schema.client)].astype(str), frame[schema.id].astype(str), packed, strict=True))
 
@@ -92,7 +97,7 @@ def unpack(members: Iterable[str], schema: DatasetSchema) -> dict[str, np.ndarra
         elif f in schema.number_fields:
             data[f] = np.array(values, dtype="float64")
         else:
-            data[f] = np.array(values, dtype=object)
+            data[f] = np.array([v if v else np.nan for v in values], dtype=object)
     return data
 
 
@@ -192,9 +197,13 @@ def rebuild_all(db: Database, schema: DatasetSchema, batch_size: int = 20_000) -
         frame = validate(records_frame(bson.decode_all(chunk), schema), schema, dedupe=False).frame
         for client, number, packed in pack(frame, schema):
             members.setdefault(client, {})[member_key(number)] = packed
+    # The flag first: while facts are rebuilt, a capture updates only facts that exist and creates none
+    # (one created now would hold only its own opportunity); replaces, so one created anyway is overwritten.
+    db[SETTINGS].delete_one({"_id": COMPLETE})
     db[CLIENT_FACTS].delete_many({})
     docs = [{"_id": c, "fields": list(fields), "m": m} for c, m in members.items()]
     for start in range(0, len(docs), 5_000):
-        db[CLIENT_FACTS].insert_many(docs[start:start + 5_000], ordered=False)
+        db[CLIENT_FACTS].bulk_write([pymongo.ReplaceOne({"_id": d["_id"]}, d, upsert=True)
+                                     for d in docs[start:start + 5_000]], ordered=False)
     db[SETTINGS].replace_one({"_id": COMPLETE}, {"_id": COMPLETE}, upsert=True)
     return len(docs)
