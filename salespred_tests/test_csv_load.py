@@ -304,7 +304,8 @@ def test_twelve_and_a_half_k_is_a_rejected_row_not_a_traceback(mongo, mongo_serv
     out = run(mongo, mongo_server, tmp_path, "--csv", str(write(frame, tmp_path / "k.csv")))
     assert out.returncode == 0, out.stderr[-2000:]
     (doc,) = mongo.db[QUARANTINE].find()
-    assert doc["reason"] == "acv: not a finite number" and doc["source"] == {"file": "k.csv", "row": 9}
+    assert doc["reason"] == "acv: not a finite number" and {k: doc["source"][k] for k in ("file", "row")} == \
+        {"file": "k.csv", "row": 9}
     assert mongo.db[OPPORTUNITIES].count_documents({}) == 199
 
 
@@ -330,6 +331,49 @@ def test_replace_with_a_bad_seller_writes_nothing(mongo, mongo_server, tmp_path)
     (line,) = errors(out)
     assert "bad.csv row 5" in line and "no password" in line and "nothing was written" in line
     assert snapshot(mongo) == before
+
+
+def test_a_load_run_again_after_its_inserts_still_raises_the_counter(mongo, mongo_server, tmp_path):
+    """Killed after its inserts, before its counter: run again, every row is already loaded, and the counter
+    must still pass them, or the app's next capture would take a number the file holds."""
+    path = write(clean_export(80, seed=4), tmp_path / "c.csv")
+    assert run(mongo, mongo_server, tmp_path, "--csv", str(path)).returncode == 0
+    top = max(int(str(d[ID])[3:]) for d in mongo.db[OPPORTUNITIES].find({}, {ID: 1}))
+    mongo.db["counters"].delete_many({})  # as a load killed before its counter left it
+    again = run(mongo, mongo_server, tmp_path, "--csv", str(path))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert mongo.next_value(loading.OPPORTUNITY_COUNTER) == top + 1
+
+
+def test_a_seller_whose_username_another_holds_stops_an_append_before_anything(mongo, mongo_server, tmp_path):
+    assert run(mongo, mongo_server, tmp_path, "--csv", str(write(clean_export(40, seed=5), tmp_path / "a.csv")),
+               "--sellers", str(_sellers(tmp_path / "s.csv"))).returncode == 0
+    before = snapshot(mongo)
+    clash = pd.read_csv(tmp_path / "s.csv")
+    clash.loc[2, "numero_vendedor"] = "NV-99"  # another seller number under a username already stored
+    clash.to_csv(tmp_path / "clash.csv", index=False)
+    out = run(mongo, mongo_server, tmp_path, "--csv", str(write(clean_export(60, seed=6), tmp_path / "b.csv")),
+              "--sellers", str(tmp_path / "clash.csv"))
+    assert out.returncode == 2
+    (line,) = errors(out)
+    assert "already used by seller" in line and "nothing was written" in line
+    assert snapshot(mongo) == before
+
+
+def test_a_file_loaded_again_replaces_only_its_own_quarantine(mongo, mongo_server, tmp_path):
+    """Two exports with the same name in two folders: loading one again keeps the other's rejected rows."""
+    for folder, seed in (("2024", 7), ("2025", 8)):
+        frame = clean_export(40, seed=seed)
+        frame[ID] = [f"OP-{folder}{i:04d}" for i in range(len(frame))]  # numbers of each year's own
+        frame.loc[3, "acv"] = "12,5k"
+        (tmp_path / folder).mkdir()
+        assert run(mongo, mongo_server, tmp_path, "--csv", str(write(frame, tmp_path / folder / "opps.csv")),
+                   "--max-rejected", "1").returncode == 0
+    assert mongo.db[QUARANTINE].count_documents({"source.file": "opps.csv"}) == 2
+    assert run(mongo, mongo_server, tmp_path, "--csv", str(tmp_path / "2025" / "opps.csv"),
+               "--max-rejected", "1").returncode == 0
+    paths = sorted(d["source"]["path"] for d in mongo.db[QUARANTINE].find({"source.file": "opps.csv"}))
+    assert paths == [str((tmp_path / f / "opps.csv").resolve()) for f in ("2024", "2025")]
 
 
 def test_synthetic_replace_swaps_in_a_whole_data_set(mongo, mongo_server, tmp_path):

@@ -40,8 +40,9 @@ class ExportCheck:
     rows: int
     documents: list[dict[str, Any]]            # valid rows, in the export's own field names and types
     document_rows: list[int]                   # the row number of each document
-    quarantine: pd.DataFrame                   # QUARANTINE_COLUMNS + "source" ({"file", "row"})
+    quarantine: pd.DataFrame                   # QUARANTINE_COLUMNS + "source" ({"file", "path", "row"})
     hints: list[str] = field(default_factory=list)
+    path: str = ""                             # the file's resolved path: which load set a row aside
 
     @property
     def rejected(self) -> int:
@@ -64,7 +65,7 @@ class ExportCheck:
             "id": [str(self.documents[i][self.id_field])[:200] for i in positions],
             "reason": reason,
             "document": [self.documents[i] for i in positions],
-            "source": [{"file": self.name, "row": self.document_rows[i]} for i in positions],
+            "source": [{"file": self.name, "path": self.path, "row": self.document_rows[i]} for i in positions],
         })
         gone = set(positions)
         self.documents = [d for i, d in enumerate(self.documents) if i not in gone]
@@ -184,6 +185,7 @@ def check_export(path: str | Path, schema: DatasetSchema, schema_name: str) -> E
     records = raw.drop(columns=[SOURCE_ID]).iloc[checked.rows].to_dict("records")
     documents = [{k: v for k, v in r.items() if v is not None} for r in records]
     quarantine = checked.quarantine[QUARANTINE_COLUMNS].copy()
-    quarantine["source"] = [{"file": p.name, "row": int(i) + FIRST_ROW} for i in checked.quarantined_rows]
+    path = str(p.resolve())
+    quarantine["source"] = [{"file": p.name, "path": path, "row": int(i) + FIRST_ROW} for i in checked.quarantined_rows]
     return ExportCheck(p.name, schema.id, len(raw), documents, [int(i) + FIRST_ROW for i in checked.rows],
-                       quarantine, _mistyped(raw, checked, schema, schema_name, p.name))
+                       quarantine, _mistyped(raw, checked, schema, schema_name, p.name), path=path)

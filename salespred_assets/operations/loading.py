@@ -198,6 +198,11 @@ def load_csv(mongo: MongoResource, path: str | Path, schema: DatasetSchema = DEF
     if not check.rows:
         raise SalespredError(f"{path} has a header but no rows: nothing to load")
     sellers = read_sellers_csv(sellers_path) if sellers_path else None
+    if sellers is not None and not replace:
+        _check_sellers_fit(mongo, sellers)
+    # Every number of the file, before rows already loaded are set aside: a load killed after its inserts and
+    # run again must still raise the counter past them, or the app would hand out their numbers again.
+    top_number = _top_number(schema, check.documents)
     already = 0 if replace else _set_aside_loaded(mongo, check, schema)
     report = LoadReport(check.name, check.rows, already_loaded=already, rejected=check.rejected,
                         reasons=check.reasons(), hints=check.hints, replaced=replace)
@@ -206,7 +211,7 @@ def load_csv(mongo: MongoResource, path: str | Path, schema: DatasetSchema = DEF
     if replace:
         _replace(mongo, check, schema, sellers, progress)
     else:
-        _append(mongo, check, schema, sellers, progress)
+        _append(mongo, check, schema, sellers, top_number, progress)
     report.inserted, report.written = len(check.documents), True
     report.sellers = len(sellers) if sellers is not None else None
     return report
@@ -252,26 +257,36 @@ def _insert(mongo: MongoResource, docs: list[dict[str, Any]], collection: str, p
 
 
 def _append(mongo: MongoResource, check: ExportCheck, schema: DatasetSchema, sellers: list[dict[str, Any]] | None,
-            progress: Progress | None) -> None:
+            top_number: int, progress: Progress | None) -> None:
     mongo.ensure_indexes()
     if schema != DEFAULT_SCHEMA:
         mongo.set_schema(schema)
+    if top_number:  # first ($max): numbers the app hands out never meet the file's, even if killed below
+        mongo.raise_counter(OPPORTUNITY_COUNTER, top_number)
+    if sellers is not None:  # checked against the stored sellers already: before the opportunities that name them
+        write_sellers(mongo, sellers, prepared=True)
     _insert(mongo, check.documents, OPPORTUNITIES, progress)
     # A file loaded again (corrected, or after an interruption) replaces what its last load set aside.
-    mongo.db[QUARANTINE].delete_many({"source.file": check.name})
+    mongo.db[QUARANTINE].delete_many({"source.path": check.path})  # the same file, not one of the same name
     mongo.write_quarantine(check.quarantine, f"csv:{uuid.uuid4().hex[:12]}", replace_all=False)
-    if sellers is not None:
-        write_sellers(mongo, sellers, prepared=True)
-    _raise_counter(mongo, schema, check.documents)
     client_facts.rebuild_all(mongo.db, schema)  # what captures score with, in one pass
 
 
-def _raise_counter(mongo: MongoResource, schema: DatasetSchema, docs: list[dict[str, Any]]) -> None:
+def _top_number(schema: DatasetSchema, docs: list[dict[str, Any]]) -> int:
+    """The highest OP-<n> number among ``docs`` (0 when none, or when the export numbers otherwise)."""
     if schema.id != DEFAULT_SCHEMA.id:
-        return
-    numbers = [int(x[3:]) for x in (d[schema.id] for d in docs) if str(x).startswith("OP-") and x[3:].isdigit()]
-    if numbers:
-        mongo.raise_counter(OPPORTUNITY_COUNTER, max(numbers))
+        return 0
+    return max((int(x[3:]) for x in (str(d[schema.id]) for d in docs) if x.startswith("OP-") and x[3:].isdigit()),
+               default=0)
+
+
+def _check_sellers_fit(mongo: MongoResource, sellers: list[dict[str, Any]]) -> None:
+    """A username another stored seller holds would stop the sellers' write half-way: refuse before writing."""
+    wanted = {s["username"]: s["numero_vendedor"] for s in sellers}
+    for held in mongo.db[SELLERS].find({"username": {"$in": list(wanted)}}, {"username": 1, "numero_vendedor": 1}):
+        if held["numero_vendedor"] != wanted[held["username"]]:
+            raise SalespredError(f"username {held['username']!r} is already used by seller {held['numero_vendedor']}"
+                                 f", not {wanted[held['username']]}: fix the sellers file; nothing was written")
 
 
 def _replace(mongo: MongoResource, check: ExportCheck, schema: DatasetSchema, sellers: list[dict[str, Any]] | None,
