@@ -170,6 +170,17 @@ def dashboard_figures(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+def retired_indexes(name: str, schema: DatasetSchema = DEFAULT_SCHEMA) -> set[str]:
+    """Indexes earlier releases declared on ``name`` that no query used (a full refresh cannot make them
+    selective); the writer drops them from a deployed table, by these names only."""
+    if name == FACT_OPPORTUNITY:
+        roles = ("outcome", schema.seller, schema.close, schema.stage, region_field(schema))
+        return {f"ix_{FACT_OPPORTUNITY}_{role}" for role in roles if role}
+    return {DIM_MODEL_VERSION: {f"ix_{DIM_MODEL_VERSION}_trained_at"},
+            FACT_PREDICTION_HISTORY: {f"ix_{FACT_PREDICTION_HISTORY}_run"},
+            FACT_MODEL_SWITCH: {f"ix_{FACT_MODEL_SWITCH}_model_version"}}.get(name, set())
+
+
 def table_for(name: str, metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> sa.Table:
     if name in metadata.tables:
         return metadata.tables[name]

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
-from salespred_assets.sql import transaction, views
+from salespred_assets.sql import tables, transaction, views
 
 BATCH_ROWS = 5_000
 IN_CHUNK = 900  # below SQLite's and SQL Server's bound-parameter limits
@@ -55,7 +55,7 @@ def ensure_table(engine: Engine, table: sa.Table, schema: DatasetSchema | None =
                 _allow_nulls(conn, table, relax)
             for index in table.indexes:  # indexes declared since the table was created
                 index.create(conn, checkfirst=True)
-            _drop_retired_indexes(conn, table)
+            _drop_retired_indexes(conn, table, table.info.get("schema") or schema or DEFAULT_SCHEMA)
         return {"table": "kept", "columns_made_nullable": [c.name for c in relax]}
     if table.info.get("append_only"):
         raise SalespredError(
@@ -72,12 +72,14 @@ def ensure_table(engine: Engine, table: sa.Table, schema: DatasetSchema | None =
             "views_left_out": sorted(skipped)}
 
 
-def _drop_retired_indexes(conn: Connection, table: sa.Table) -> None:
-    """Drop the ``ix_<table>_*`` indexes an earlier release declared and this one does not (see tables.py)."""
+def _drop_retired_indexes(conn: Connection, table: sa.Table, schema: DatasetSchema) -> None:
+    """Drop the indexes an earlier release created and this one retired (``tables.retired_indexes``); an index
+    an operator added under another name (one a Power BI report needs, say) is left alone."""
     declared = {str(index.name) for index in table.indexes}
+    retired = tables.retired_indexes(table.name, schema) - declared
     for found in sa.inspect(conn).get_indexes(table.name):
         name = str(found["name"])
-        if name.startswith(f"ix_{table.name}_") and name not in declared:
+        if name in retired:
             # On a stand-in of the table (MariaDB's and SQL Server's DROP INDEX name it), so that the
             # declared table's indexes stay as declared.
             stand_in = sa.Table(table.name, sa.MetaData(), sa.Column(found["column_names"][0] or "_", sa.Integer))
