@@ -56,8 +56,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable(ENV_ENV, "local", "`local` (embedded services when a URL is unset) or `production` (every URL required)"),
     Variable(ENV_SECRET_KEY, "", "signs the seller app's sessions; unset and local: generated once into "
              "`$SALESPRED_HOME/secret_key` (mode 0600); required in production"),
-    Variable(ENV_HEALTH_TOKEN, "", "the operator's token: `/healthz` shows the servers' details only to a request "
-             "carrying it in `X-Health-Token` (unset: to nobody)"),
+    Variable(ENV_HEALTH_TOKEN, "", "the operator's token, which `/healthz` asks for in `X-Health-Token` before it "
+             "shows the servers' details (unset: it shows them to nobody)"),
     Variable(ENV_STORAGE_DIR, "", "intermediate frames between steps; unset: `$SALESPRED_HOME/storage` (point it at "
              "a volume every run container mounts)"),
     Variable(ENV_SEARCH, "full", "the hyperparameter search: `full`, or `fast` for smoke runs"),

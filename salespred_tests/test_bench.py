@@ -30,12 +30,15 @@ def test_the_suite_runs_at_smoke_scale(tmp_path, mongo_server, redis_url, monkey
     report = json.loads((tmp_path / "BENCHMARKS.json").read_text())
     assert report["scale"] == "smoke" and report["machine"]["cores"]
     names = {s["name"] for s in report["stages"]}
-    assert names == {"seed", "extract", "sql", "redis", "training", "single_row", "full_refresh", "incremental", "app"}
+    assert names == {"seed", "extract", "sql", "redis", "training", "single_row", "full_refresh", "incremental", "app",
+                     "dashboard"}
     by_name = {s["name"]: s for s in report["stages"]}
     for name in ("seed", "extract", "sql", "redis", "full_refresh", "incremental"):
         assert by_name[name]["skipped"] is None and by_name[name]["figures"], name
     if shutil.which("wrk"):
         assert by_name["app"]["skipped"] is None
+        if os.environ.get("SALESPRED_TEST_POSTGRES_URL"):  # the dashboard stage loads it on PostgreSQL
+            assert by_name["dashboard"]["skipped"] is None and by_name["dashboard"]["figures"]
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Goals" in markdown and "ratio ours / raw" in markdown
 
