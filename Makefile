@@ -20,10 +20,10 @@ demo: $(STAMP)
 	$(BIN)/salespred demo
 
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 test-slow: $(STAMP) system-deps
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow --durations=10
 
 # Test runs write their reliability figures to .salespred/test-reports/RELIABILITY.md (untracked); this
 # regenerates the tracked RELIABILITY.md on purpose: the suite (default sections), then the slow scenarios.
