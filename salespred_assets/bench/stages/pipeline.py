@@ -86,11 +86,15 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
 CHECK_OR_VIEW_STEPS = ("reporting_views", "dashboard_figures")
 
 
-def _is_check_or_view(step: str) -> bool:
+@functools.cache
+def _check_names() -> frozenset[str]:
     from salespred_assets.definitions import defs
 
-    checks = {key.name for key in defs().resolve_asset_graph().asset_check_keys}
-    return step in CHECK_OR_VIEW_STEPS or any(step.endswith(f"_{name}") for name in checks)
+    return frozenset(key.name for key in defs().resolve_asset_graph().asset_check_keys)
+
+
+def _is_check_or_view(step: str) -> bool:
+    return step in CHECK_OR_VIEW_STEPS or any(step.endswith(f"_{name}") for name in _check_names())
 
 
 def _dialect(url: str) -> str:
