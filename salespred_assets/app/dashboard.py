@@ -31,7 +31,10 @@ MESSAGES = {
 
 
 def _sql(request: Request) -> SqlResource:
-    return getattr(request.app.state, "sql", None) or database_resources()[1]
+    sql = getattr(request.app.state, "sql", None)
+    if sql is None:  # once per app, not per request: the environment's reporting database
+        sql = request.app.state.sql = database_resources()[1]
+    return sql
 
 
 def _messages(lang: str) -> dict[str, str]:
