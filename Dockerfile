@@ -23,7 +23,11 @@ COPY salespred_assets ./salespred_assets
 # The installed package has no pyproject.toml beside it: dg.load_from_defs_folder (salespred_assets/definitions.py)
 # finds the project's [tool.dg] configuration in the nearest directory above the package that holds one, which in
 # the image is /opt/venv. The check runs from / so that it loads the installed package, not the sources in /src.
-RUN pip install -c constraints.txt ".[${EXTRAS}]" \
+# The message catalog is compiled (.po to .mo) before the install, so the wheel carries the .mo files.
+RUN pip install -c constraints.txt babel \
+ && for po in salespred_assets/i18n/locales/*/LC_MESSAGES/messages.po; do \
+      pybabel compile -i "$po" -o "${po%.po}.mo" -l "$(basename "$(dirname "$(dirname "$po")")")"; done \
+ && pip install -c constraints.txt ".[${EXTRAS}]" \
  && cp pyproject.toml /opt/venv/pyproject.toml \
  && cd / && python -c "import salespred_assets.definitions as d, dagster_postgres, dagster_docker; d.defs()"
 

@@ -85,7 +85,7 @@ def test_urls_with_inline_passwords_are_found():
     ("README.md", "SALESPRED_SQL_URL=postgresql+psycopg://salespred:<password>@db/salespred\n"),
     ("salespred_assets/settings.py", 'ENV_SECRET_KEY = "SALESPRED_SECRET_KEY"\n'),
     ("salespred_assets/auth.py", "def login(password: str = Form(...)):\n    check(password=password)\n"),
-    ("salespred_assets/app/i18n.py", '    "login.password": "Contraseña",\n    "login.password": "Password",\n'),
+    ("salespred_assets/i18n/locales/es/LC_MESSAGES/messages.po", 'msgid "login.password"\nmsgstr "Contraseña"\n'),
     ("deploy/postgres/init.sh", "CREATE ROLE salespred LOGIN PASSWORD :'salespred_password';\n"),
     (".env.example", "MONGO_ROOT_PASSWORD=\nSALESPRED_SECRET_KEY=\n"),
     ("docs/deployment.md", "password: changeme-before-use\n"),

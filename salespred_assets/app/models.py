@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 
-from salespred_assets.app.i18n import translate
 from salespred_assets.core.schema import CODE_SETS, DEFAULT_SCHEMA
+from salespred_assets.i18n import translate
 
 CLIENT_PATTERN = r"^CL-[0-9]{1,12}$"
 MAX_AMOUNT = 1e12          # USD; the reference data's largest TCV is 4.9e8

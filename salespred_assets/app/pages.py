@@ -9,10 +9,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from salespred_assets.app import auth, i18n, idempotency, opportunities
+from salespred_assets import i18n
+from salespred_assets.app import auth, idempotency, opportunities
 from salespred_assets.app.auth import LoginRefused, Sessions, Viewer
 from salespred_assets.app.context import AppContext, Unavailable
 from salespred_assets.app.models import (
@@ -28,14 +30,13 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 
-def _number(value: Any) -> Any:
-    """48000.0 -> 48000; 8.23694 -> 8.2369; text as it is."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and abs(value) < 1e15 else round(value, 4)
-    return value
+@pass_context
+def _value(context: Any, item: Any) -> str:
+    """A stored value in the page's locale: 48000.0 -> 48.000 (es) or 48,000 (en); text as it is."""
+    return i18n.value(context.get("lang", i18n.DEFAULT), item)
 
 
-templates.env.filters["num"] = _number
+templates.env.filters["num"] = _value
 PAGE_SIZE = 20
 FORM_FIELDS = ["cliente", "unidad_negocio", "tipos", "regiones", "territorios", "industrias", "lead_source",
                "acv", "contract_years", "tcv", "margen_ganancia", "fecha_cierre_oportunidad"]

@@ -14,48 +14,23 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from salespred_assets import i18n
 from salespred_assets.dashboard import svg
 from salespred_assets.dashboard.figures import figures as read_figures
 from salespred_assets.errors import SalespredError
 
-TEXT: dict[str, dict[str, str]] = {
-    "en": {
-        "title": "Sales forecast", "closed": "Closed opportunities", "won": "Won", "lost": "Lost",
-        "pipeline": "Expected sales of the open pipeline", "headline": "In the coming months we expect to sell",
-        "pipeline_note": "Expected TCV (TCV × probability) of {n} open opportunities worth {tcv}.",
-        "rule": "Every open opportunity counts, whatever its close date; the rows split it by close month "
-        "against the month of the latest scoring.", "as_of": "As of the scoring of {when}",
-        "h0": "all", "h1": "overdue", "h2": "next 3 months", "h3": "in 3-5 months", "h4": "in 6-11 months",
-        "h5": "in 12+ months",
-        "horizon": "Close date", "by_month": "Expected TCV by close month", "by_region": "Expected TCV by region",
-        "matrix": "Open pipeline by seller and stage", "seller": "Seller", "count": "Nr. op.", "tcv": "TCV",
-        "total": "Total", "quality": "Model quality over versions (backtest: new opportunities scored as at capture)",
-        "version": "Version", "trained": "Trained",
-        "status": "Status", "roc_auc": "ROC AUC", "accuracy": "Accuracy", "brier": "Brier",
-        "predictions": "Predictions recorded", "unavailable": "Not available: the data has no field for this tile.",
-        "empty": "No data yet.", "current": "current",
-    },
-    "es": {
-        "title": "Predicción de ventas", "closed": "Oportunidades de venta cerradas", "won": "Ganadas",
-        "lost": "Perdidas", "pipeline": "Ventas esperadas de la cartera abierta",
-        "headline": "En los próximos meses se estima vender",
-        "pipeline_note": "TCV esperado (TCV × probabilidad) de {n} oportunidades abiertas por {tcv}.",
-        "rule": "Cuentan todas las oportunidades abiertas, sea cual sea su fecha de cierre; las filas las reparten "
-        "por mes de cierre respecto al mes de la última puntuación.", "as_of": "Según la puntuación del {when}",
-        "horizon": "Fecha de cierre", "h0": "todas", "h1": "vencidas", "h2": "próximos 3 meses",
-        "h3": "en 3-5 meses", "h4": "en 6-11 meses", "h5": "en 12 meses o más",
-        "by_month": "TCV esperado por mes de cierre", "by_region": "TCV esperado por región",
-        "matrix": "Cartera abierta por vendedor y etapa", "seller": "Vendedor", "count": "Nr. op.", "tcv": "TCV",
-        "total": "Total",
-        "quality": "Calidad del modelo por versión (backtest: oportunidades nuevas puntuadas al capturarlas)",
-        "version": "Versión", "trained": "Entrenado",
-        "status": "Estado", "roc_auc": "ROC AUC", "accuracy": "Exactitud", "brier": "Brier",
-        "predictions": "Predicciones registradas",
-        "unavailable": "No disponible: los datos no tienen un campo para este panel.", "empty": "Aún no hay datos.",
-        "current": "actual",
-    },
-}
-LANGUAGES = tuple(TEXT)
+LANGUAGES = tuple(i18n.LANGUAGES)
+KEYS = ("title", "closed", "won", "lost", "pipeline", "headline", "pipeline_note", "rule", "as_of", "h0", "h1", "h2",
+        "h3", "h4", "h5", "horizon", "by_month", "by_region", "matrix", "seller", "count", "tcv", "total", "quality",
+        "version", "trained", "status", "roc_auc", "accuracy", "brier", "predictions", "unavailable", "empty",
+        "current")
+
+
+def texts(lang: str) -> dict[str, str]:
+    """The dashboard's texts in ``lang``, from the one message catalog (keys ``dash.*``)."""
+    return {key: i18n.translate(lang, f"dash.{key}") for key in KEYS}
+
+
 WIDE = 1200  # viewBox width of full-width charts: about 1:1 on a desktop screen, so text keeps its size
 
 CSS = """
@@ -193,9 +168,9 @@ def render_html(figs: dict[str, Any], lang: str = "en", *, stylesheet: str | Non
     Content-Security-Policy without ``'unsafe-inline'``; the page has no inline ``style`` attribute
     either. ``back``: (href, text) of a link back to the app.
     """
-    if lang not in TEXT:
+    if lang not in LANGUAGES:
         raise SalespredError(f"unknown dashboard language {lang!r}; use one of {', '.join(LANGUAGES)}")
-    t = TEXT[lang]
+    t = texts(lang)
     # Inside <script>, no "<", ">" or "&" of the data may reach the HTML parser: JSON's \u escapes hide them.
     data = (json.dumps(figs, ensure_ascii=False, sort_keys=True)
             .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))

@@ -1,0 +1,68 @@
+"""The one message catalog (gettext .po/.mo through Babel) and the locale formatting everything people read uses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+from babel import numbers as babel_numbers
+
+from salespred_assets import i18n
+from salespred_assets.i18n.__main__ import problems
+
+PACKAGE = Path(i18n.__file__).parents[1]
+# A literal key handed to the translator: t('detail.title'), translate(lang, "err.missing"), t("dash...").
+USES = re.compile(r"""(?:\bt|translate\([^,()]+,|Translator\([^()]*\))\(?\s*["']([a-z_]+(?:\.[a-z0-9_]+)+)["']""")
+
+
+def test_the_catalog_is_complete_and_consistent():
+    assert problems() == []
+
+
+def test_the_compiled_catalog_is_the_current_one():
+    for lang in i18n.LANGUAGES:
+        po, mo = i18n.catalog_path(lang), i18n.catalog_path(lang, ".mo")
+        assert mo.exists() and mo.stat().st_mtime >= po.stat().st_mtime, f"run `make locale`: {mo} is stale"
+    assert i18n.translate("es", "login.submit") == "Ingresar" and i18n.translate("en", "login.submit") == "Log in"
+
+
+def test_every_key_the_code_uses_is_translated():
+    used: dict[str, str] = {}
+    for path in [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.html")]:
+        for key in USES.findall(path.read_text(encoding="utf-8")):
+            used.setdefault(key, str(path.relative_to(PACKAGE)))
+    assert len(used) > 50, "the scan found too few keys: the pattern no longer matches the code"
+    missing = {key: where for key, where in used.items()
+               if not all(i18n.has(lang, key) for lang in i18n.LANGUAGES)}
+    assert missing == {}
+
+
+def test_placeholders_are_filled_and_unknown_keys_fall_back_to_the_key():
+    assert i18n.translate("es", "detail.title", number="OP-1") == "Oportunidad OP-1"
+    assert i18n.translate("en", "no.such.key") == "no.such.key"
+    assert i18n.Translator("fr")("login.submit") == "Ingresar"  # an unsupported language is the default
+
+
+@pytest.mark.parametrize(("lang", "expected"), [("es", ["11.187", "73,0\xa0%", "30 nov 2026", "3280\xa0M"]),
+                                                ("en", ["11,187", "73.0%", "Nov 30, 2026", "3.28B"])])
+def test_numbers_money_percentages_and_dates_follow_the_locale(lang, expected):
+    t = i18n.Translator(lang)
+    got = [t.number(11187), t.percent(0.73, 1), t.date(dt.date(2026, 11, 30)), t.compact(3.28e9)]
+    assert got == expected
+    assert t.number(1234.5, 1) == babel_numbers.format_decimal(1234.5, format="#,##0.0", locale=lang)
+    assert t.value(48000.0) == babel_numbers.format_decimal(48000, locale=lang) and t.value("CL-1") == "CL-1"
+    assert t.number(float("nan")) == t.percent(None) == t.date(None) == i18n.MISSING
+    assert t.datetime(dt.datetime(2026, 11, 30, 19, 54, tzinfo=dt.UTC)).startswith(expected[2])
+
+
+def test_points_are_signed():
+    assert i18n.points("es", 0.123) == "+12 puntos" and i18n.points("en", -0.03) == "\u22123 points"
+
+
+@pytest.mark.parametrize(("query", "header", "expected"), [
+    ("en", "es-CO,es;q=0.9", "en"), (None, "en-GB,en;q=0.9,es;q=0.8", "en"), (None, "fr, es;q=0.5", "es"),
+    (None, "es;q=0.2, en;q=0.9", "en"), (None, None, "es"), ("xx", "de", "es"), (None, "en;q=0", "es")])
+def test_the_api_language_comes_from_the_query_then_accept_language(query, header, expected):
+    assert i18n.negotiate(query, header) == expected
