@@ -21,6 +21,7 @@ def test_goals_and_percentiles_are_computed_right():
     assert percentile([1, 2, 3, 4, 5], 50) == 3 and percentile([1.0, 2.0], 100) == 2.0
 
 
+@pytest.mark.slow  # four minutes of the ten stages end to end: `make test-slow`, which .ci/run also runs
 def test_the_suite_runs_at_smoke_scale(tmp_path, mongo_server, redis_url, monkeypatch):
     monkeypatch.setenv("SALESPRED_BENCH_MONGO_URI", mongo_server.uri)
     monkeypatch.setenv("SALESPRED_BENCH_REDIS_URL", redis_url)
