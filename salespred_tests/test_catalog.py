@@ -54,7 +54,8 @@ def test_a_name_falls_back_to_the_other_language_then_to_the_code():
 def test_options_are_sorted_by_name_in_the_language_and_grouped():
     lookup = Names(names.demo_entries())
     options = lookup.options("territorios", CODE_SETS["territorios"], "es")
-    assert [o["code"] for o in options][:4] == ["TE-04", "TE-07", "TE-06", "TE-05"]  # Andina: Bogotá, Bucaramanga, Cali, Medellín
+    # Andina (Colombia) first, its cities by name: Bogotá, Bucaramanga, Cali, Medellín.
+    assert [o["code"] for o in options][:4] == ["TE-04", "TE-07", "TE-06", "TE-05"]
     assert {o["group"] for o in options} == {"Andina (Colombia)", "Caribe (Colombia)", "España centro y norte",
                                              "España este y sur"}
     industries = [o["name"] for o in lookup.options("industrias", CODE_SETS["industrias"], "es")]
@@ -92,18 +93,21 @@ def test_csv_and_yaml_read_the_same_shape(tmp_path):
 
 
 BAD_FILES = [
-    ("unknown-kind.csv", "kind,code,es,en\nindustrias,IN-00,A,A\npaises,CO,Colombia,Colombia\n".encode(),
+    ("unknown-kind.csv", b"kind,code,es,en\nindustrias,IN-00,A,A\npaises,CO,Colombia,Colombia\n",
      "row 3: unknown kind 'paises'"),
     ("empty-code.csv", b"kind,code,es,en\nindustrias,,Agricultura,Agriculture\n", "row 2: empty code"),
-    ("missing-name.csv", b"kind,code,es,en\nindustrias,IN-00,Agricultura,\n", "row 2: industrias IN-00 has no name in 'en'"),
+    ("missing-name.csv", b"kind,code,es,en\nindustrias,IN-00,Agricultura,\n",
+     "row 2: industrias IN-00 has no name in 'en'"),
     ("duplicate.csv", b"kind,code,es,en\nindustrias,IN-00,A,A\nindustrias,IN-00,B,B\n",
      "row 3: industrias IN-00 is given twice"),
     ("empty.csv", b"", "the file is empty"),
     ("header-only.csv", b"kind,code,es,en\n", "no entries"),
-    ("bad-header.csv", b"kind,code,spanish,english\nindustrias,IN-00,A,A\n", "row 1: the header lacks the column(s) es, en"),
+    ("bad-header.csv", b"kind,code,spanish,english\nindustrias,IN-00,A,A\n",
+     "row 1: the header lacks the column(s) es, en"),
     ("latin1.csv", "kind,code,es,en\nindustrias,IN-00,Minería,Mining\n".encode("latin-1"), "not UTF-8"),
     ("empty.yaml", b"", "the file is empty"),
-    ("missing-name.yaml", b"industrias:\n  IN-00: {es: Agricultura}\n", "industrias.IN-00: industrias IN-00 has no name in 'en'"),
+    ("missing-name.yaml", b"industrias:\n  IN-00: {es: Agricultura}\n",
+     "industrias.IN-00: industrias IN-00 has no name in 'en'"),
     ("unknown-kind.yaml", b"paises:\n  CO: {es: Colombia, en: Colombia}\n", "unknown kind 'paises'"),
     ("not-a-mapping.yaml", b"- industrias\n", "expected a mapping"),
     ("broken.yaml", b"industrias: {IN-00: {es: A, en: B}\n", "not valid YAML"),
@@ -158,7 +162,7 @@ def test_a_refused_file_writes_nothing_and_exits_2(replace, mongo, tmp_path, mon
     path = tmp_path / "bad.csv"
     # Good rows first: a load that wrote as it read would have changed IN-00 before meeting row 3.
     path.write_text("kind,code,es,en\nindustrias,IN-00,Otra,Other\nindustrias,IN-01,,Food\n", encoding="utf-8")
-    code, out, err = _cli(["catalog", "load", str(path), *(["--replace"] if replace else [])], mongo, monkeypatch,
+    code, _, err = _cli(["catalog", "load", str(path), *(["--replace"] if replace else [])], mongo, monkeypatch,
                           capsys)
     assert code == 2
     assert err.strip().splitlines() == [f"error: {path} row 3: industrias IN-01 has no name in 'es'"]

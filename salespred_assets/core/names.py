@@ -99,6 +99,15 @@ class Names:
                         "group": self.display(parent, group, lang) if parent and group else ""})
         return sorted(out, key=lambda o: (sort_key(o["group"]), sort_key(o["name"]), o["code"]))
 
+    def grouped(self, kind: str, codes: Iterable[str], lang: str) -> list[tuple[str, list[dict[str, str]]]]:
+        """:meth:`options` in runs of the same group (``""``: not grouped), for ``<optgroup>``s."""
+        out: list[tuple[str, list[dict[str, str]]]] = []
+        for option in self.options(kind, codes, lang):
+            if not out or out[-1][0] != option["group"]:
+                out.append((option["group"], []))
+            out[-1][1].append(option)
+        return out
+
     def entries(self, kind: str | None = None) -> list[Entry]:
         return sorted((e for e in self._entries.values() if kind is None or e.kind == kind),
                       key=lambda e: (KINDS.index(e.kind) if e.kind in KINDS else len(KINDS), e.kind, e.code))

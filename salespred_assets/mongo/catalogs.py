@@ -58,6 +58,11 @@ def names(mongo: MongoResource) -> Names:
     return _cache.get(mongo.identity(), _reader(mongo))
 
 
+def cached(mongo: MongoResource) -> Names | None:
+    """The catalogs when this process holds them fresh (no MongoDB read); None when they must be read first."""
+    return _cache.peek(mongo.identity(), _reader(mongo))
+
+
 def name(mongo: MongoResource, kind: str, code: object, lang: str) -> str:
     """``code``'s display name in ``lang`` (the other language's, else the code itself when unknown)."""
     return names(mongo).display(kind, code, lang)
