@@ -209,6 +209,16 @@ def _checked(rows: list[tuple[str, dict[str, str]]], source: str) -> list[Entry]
     return out
 
 
+def dimension(names: Names, kind: str, used: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    """A reporting dimension's rows: every catalog entry of ``kind``, and each code the data uses without a
+    name (named as itself, so a report never shows a blank where the data has a code)."""
+    rows = {e.code: {"code": e.code, "name_es": e.es or e.en, "name_en": e.en or e.es,
+                     **({"region": e.group} if kind in PARENT else {})} for e in names.entries(kind)}
+    for code in sorted({str(c) for c in used if c is not None and str(c) != ""} - set(rows)):
+        rows[code] = {"code": code, "name_es": code, "name_en": code, **({"region": None} if kind in PARENT else {})}
+    return [rows[c] for c in sorted(rows)]
+
+
 def demo_entries() -> list[Entry]:
     """The catalog shipped for the synthetic data (every code :data:`CODE_SETS` holds, and the stages)."""
     return read_file(DEMO_CATALOG)
