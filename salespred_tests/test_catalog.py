@@ -202,3 +202,22 @@ def test_seeding_synthetic_data_ships_the_demo_catalog_and_keeps_edited_names(mo
 
 def test_the_demo_catalog_file_is_in_the_package():
     assert names.DEMO_CATALOG.is_file() and names.DEMO_CATALOG.parent == Path(names.__file__).parent
+
+
+def test_replacing_the_data_with_synthetic_data_ships_the_demo_catalog(mongo):
+    from salespred_assets.operations import loading
+
+    loading.replace_synthetic(mongo, 30)
+    assert catalogs.name(mongo, "industrias", "IN-23", "en") == "Healthcare"
+
+
+def test_the_dashboard_matrix_rows_carry_the_sellers_name():
+    import pandas as pd
+
+    from salespred_assets.dashboard.figures import matrix
+
+    frame = pd.DataFrame({"seller": ["NV-1", "NV-7"], "seller_name": ["Luis Gómez", ""], "stage": ["S1", "S2"],
+                          "opportunities": [2, 1], "tcv": [10.0, 5.0], "expected_tcv": [4.0, 1.0]})
+    rows = {r["seller"]: r for r in matrix(frame)["rows"]}
+    assert rows["NV-1"]["name"] == "Luis Gómez"
+    assert rows["NV-7"]["name"] == "NV-7"  # no name in dim_seller: the number, never a blank
