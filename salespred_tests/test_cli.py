@@ -61,6 +61,12 @@ def test_demo_once_runs_the_whole_system_on_embedded_services(tmp_path):
         assert "new opportunities as at capture: ROC AUC" in text and "http://127.0.0.1:3000" in text
         creds = Path(tmp_path / "demo-credentials.txt")
         assert str(creds) in text and oct(creds.stat().st_mode & 0o777) == "0o600"
+        # The demo's catalog reached SQL as dimension tables: Power BI shows names.
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "salespred.db") as db:
+            assert db.execute("SELECT name_es FROM dim_industria WHERE code = 'IN-23'").fetchone() == ("Sanidad",)
+            assert db.execute("SELECT count(*) FROM dim_territorio").fetchone() == (16,)
         # The run is recorded in the instance that the Dagster UI serves.
         assert (tmp_path / "dagster" / "dagster.yaml").exists() and any((tmp_path / "dagster").rglob("*.db"))
         # A second run reuses the data (no reseed) and the running services.

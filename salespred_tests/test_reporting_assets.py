@@ -93,6 +93,21 @@ def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
     assert stored.pop("computed_at") and live.pop("computed_at")
     assert stored == live and set(stored) == {"closed", "pipeline", "by_month", "by_region", "matrix", "model_quality"}
 
+    # The catalogs as dimension tables (the demo catalog that seeding loaded), one per kind of code; every code
+    # the opportunities use has its row, and the seller table has names but no password or hash.
+    industries = writer.read_table(engine, "dim_industria").set_index("code")
+    assert industries.loc["IN-23", "name_es"] == "Sanidad" and industries.loc["IN-23", "name_en"] == "Healthcare"
+    assert set(preds["industrias"]) <= set(industries.index)
+    territories = writer.read_table(engine, "dim_territorio").set_index("code")
+    assert territories.loc["TE-04", ["name_es", "region"]].tolist() == ["Bogotá", "RE-01"]
+    assert writer.read_table(engine, "dim_etapa").set_index("code").loc["Won", "name_es"] == "Ganada"
+    for table in tables.CODE_DIMENSIONS.values():
+        assert writer.count_rows(engine, table) > 0, table
+    sellers = writer.read_table(engine, tables.DIM_SELLER)
+    assert "Luis Gómez" in set(sellers["full_name"])
+    assert not [c for c in sellers.columns if "pass" in c or "hash" in c]
+    assert not sellers.astype(str).apply(lambda col: col.str.contains("argon2")).any().any()
+
     # Model versions: the second is current, the first retired after one promotion.
     mv = writer.read_table(engine, tables.DIM_MODEL_VERSION).set_index("model_version")
     assert list(mv.loc[versions, "status"]) == ["retired", "promoted"]

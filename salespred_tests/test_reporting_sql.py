@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from salespred_assets import dashboard
+from salespred_assets.core import names
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S, DatasetSchema
 from salespred_assets.errors import SalespredError
 from salespred_assets.registry import model_versions
@@ -75,6 +76,9 @@ def _write_all(engine: sa.Engine, preds: pd.DataFrame, registry: pd.DataFrame, h
         "action": ["gate"] * len(versions), "reason": ["passed the promotion gate"] * len(versions)}))
     for frame in history:
         writer.write(engine, t[tables.FACT_PREDICTION_HISTORY], frame[rf.HISTORY_COLUMNS], mode="append")
+    lookup = names.Names(names.demo_entries())
+    for kind, table in tables.CODE_DIMENSIONS.items():
+        writer.write(engine, t[table], pd.DataFrame(names.dimension(lookup, kind, preds.get(kind, []))))
 
 
 def test_views_match_pandas(engine, scored_frames):
@@ -354,3 +358,21 @@ def test_an_index_an_earlier_release_declared_is_dropped(engine, scored_frames):
     assert "ix_fact_prediction_history_run" not in names and "ix_fact_prediction_history_outcome" in names
     assert {str(i.name) for i in history.indexes} <= names  # the declared ones stay
     assert writer.count_rows(engine, history.name) == len(scored_frames["first"]) + len(scored_frames["second"])
+
+
+def test_code_dimensions_keep_accents_and_name_unknown_codes_by_themselves(engine):
+    lookup = names.Names(names.demo_entries())
+    t = tables.all_tables(sa.MetaData(), S)
+    territories = pd.DataFrame(names.dimension(lookup, "territorios", ["TE-04", "TE-99", None]))
+    writer.write(engine, t["dim_territorio"], territories)
+    stored = writer.read_table(engine, "dim_territorio").set_index("code")
+    assert len(stored) == 17 and stored.loc["TE-04", "name_es"] == "Bogotá"  # accents survive every dialect
+    assert stored.loc["TE-99", ["name_es", "name_en"]].tolist() == ["TE-99", "TE-99"]  # used, unnamed: its code
+    assert stored.loc["TE-05", "region"] == "RE-01" and pd.isna(stored.loc["TE-99", "region"])
+    industries = pd.DataFrame(names.dimension(lookup, "industrias"))
+    writer.write(engine, t["dim_industria"], industries)
+    writer.write(engine, t["dim_industria"], industries)  # replaced, not appended
+    assert writer.count_rows(engine, "dim_industria") == 65
+    with engine.connect() as conn:  # the relationship Power BI draws: fact code -> dimension code
+        dim = sa.table("dim_industria", sa.column("code"), sa.column("name_es"))
+        assert conn.execute(sa.select(dim.c.name_es).where(dim.c.code == "IN-61")).scalar_one() == "Videojuegos"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any, TypeVar
 
 import redis as redis_lib
@@ -13,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from salespred_assets import i18n
 from salespred_assets.app import auth, idempotency, opportunities
 from salespred_assets.app.auth import LoginRefused, Viewer
 from salespred_assets.app.context import AppContext, Unavailable
@@ -28,8 +30,11 @@ from salespred_assets.app.models import (
     SellerOut,
     TokenOut,
 )
+from salespred_assets.core.names import STAGE_CODES, Names
 from salespred_assets.core.schema import CODE_SETS
+from salespred_assets.mongo import catalogs
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api")
 bearer = HTTPBearer(auto_error=False, description="A token from POST /api/auth/token")
 M = TypeVar("M", bound=BaseModel)
@@ -141,9 +146,27 @@ def me(viewer: ViewerDep) -> SellerOut:
 
 
 @router.get("/codes", tags=["opportunities"])
-def codes() -> dict[str, list[str]]:
-    """The codes each dropdown offers (business units, types, regions, territories, industries, lead sources)."""
-    return CODE_SETS
+def codes(request: Request, response: Response,
+          lang: Annotated[str | None, Query(max_length=8, description="`es` or `en`; else `Accept-Language`")] = None,
+          accept_language: Annotated[str | None, Header(max_length=256)] = None) -> dict[str, Any]:
+    """The codes each dropdown offers (business units, types, regions, territories, industries, lead sources).
+
+    Each kind's key lists its codes, as always. `names` gives, per kind (and for the stages, `etapas`), every
+    code with its display name in `lang` (from `?lang=`, else `Accept-Language`, else Spanish), sorted by
+    that name, and for a territory the region it is grouped under (`group`, a name). A code the catalog
+    does not name has its code as its name. Submit the code, show the name.
+    """
+    language = i18n.negotiate(lang, accept_language)
+    try:
+        names = catalogs.names(ctx_of(request).mongo)
+    except Exception as exc:  # noqa: BLE001 - without names every code still shows, as itself
+        log.warning("catalog names unavailable for /api/codes: %s", exc)
+        names = Names()
+    response.headers["Content-Language"] = language
+    response.headers["Vary"] = "Accept-Language"
+    kinds: dict[str, list[str]] = {**CODE_SETS, "etapas": list(STAGE_CODES)}
+    return {**CODE_SETS, "lang": language,
+            "names": {kind: names.options(kind, values, language) for kind, values in kinds.items()}}
 
 
 # ---- opportunities ------------------------------------------------------------------------------

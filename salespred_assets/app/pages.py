@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,9 +24,12 @@ from salespred_assets.app.models import (
     OpportunityIn,
     field_errors,
 )
+from salespred_assets.core.names import SELLER, Names
 from salespred_assets.core.schema import CODE_SETS, DEFAULT_SCHEMA
+from salespred_assets.mongo import catalogs
 from salespred_assets.registry.model_store import NoModel
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -44,6 +48,7 @@ DETAIL_FIELDS = ["numero_opportunidad", "cliente", "unidad_negocio", "tipos", "r
                  "lead_source", "acv", "tcv", "margen_ganancia", "fecha_creacion_oportunidad",
                  "fecha_cierre_oportunidad", "fecha_cierre_planificada", "edad_oferta", "etapas", "numero_vendedor"]
 STAGES = [*DEFAULT_SCHEMA.open, *DEFAULT_SCHEMA.won, *DEFAULT_SCHEMA.lost]
+CODE_FIELDS = tuple(CODE_SETS)
 CHANGE_FIELDS = ["etapas"]  # the detail page's form changes the stage (the API changes the rest too)
 
 
@@ -59,10 +64,46 @@ def lang_of(request: Request) -> str:
     return i18n.pick(request.cookies.get(i18n.COOKIE))
 
 
+def names_of(request: Request) -> Names:
+    """The catalogs as this process holds them (read off the event loop by :func:`page_viewer`); never a read here."""
+    ctx: AppContext | None = getattr(request.app.state, "ctx", None)
+    try:
+        return (catalogs.cached(ctx.mongo) if ctx else None) or Names()
+    except Exception as exc:  # noqa: BLE001 - names help; a page without them still shows every code
+        log.warning("catalog names unavailable: %s", exc)
+        return Names()
+
+
+class Naming:
+    """What templates call to show a code: ``name(kind, code)``, ``stage(code)``, ``seller(number)``."""
+
+    def __init__(self, names: Names, lang: str) -> None:
+        self.names, self.lang = names, lang
+
+    def name(self, kind: str, code: Any) -> str:
+        if kind == DEFAULT_SCHEMA.stage:
+            return self.stage(code)
+        return self.names.display(kind, code, self.lang)
+
+    def stage(self, code: Any) -> str:
+        """The catalog's name of the stage, else the message catalog's (Ganada / Won), else the code."""
+        if code is None:
+            return ""
+        if self.names.known("etapas", code):
+            return self.names.display("etapas", code, self.lang)
+        key = f"stage.{code}"
+        return i18n.translate(self.lang, key) if i18n.has(self.lang, key) else str(code)
+
+    def seller(self, number: Any) -> str:
+        return self.names.display(SELLER, number, self.lang)
+
+
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     lang = lang_of(request)
+    naming = Naming(names_of(request), lang)
     base = {"t": i18n.Translator(lang), "lang": lang, "languages": i18n.LANGUAGES, "viewer": None, "csrf": "",
-            "here": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
+            "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            "name": naming.name, "stage": naming.stage, "seller": naming.seller, "code_fields": CODE_FIELDS}
     return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
 
 
@@ -80,6 +121,10 @@ def page_viewer(request: Request) -> Viewer:
     if session is None or viewer is None:
         raise LoginRequired()
     request.state.sid = session["sid"]
+    try:  # on this worker thread: the page then renders names from memory
+        catalogs.names(ctx.mongo)
+    except Exception as exc:  # noqa: BLE001 - the page shows codes instead of names
+        log.warning("catalog names could not be read: %s", exc)
     return viewer
 
 
@@ -170,7 +215,9 @@ def capture_page(request: Request, viewer: Viewer, status: int = 200, values: di
     """The capture form, with a one-time submission token for this session (a new one unless given)."""
     ctx: AppContext = request.app.state.ctx
     token = submission or idempotency.form_token(ctx.sessions.secret, request.state.sid)
-    return render(request, "capture.html", status, **page_context(request, viewer), codes=CODE_SETS,
+    names, lang = names_of(request), lang_of(request)
+    options = {kind: names.grouped(kind, codes, lang) for kind, codes in CODE_SETS.items()}
+    return render(request, "capture.html", status, **page_context(request, viewer), options=options,
                   values=values or {}, errors=errors or {}, submission=token)
 
 

@@ -2,6 +2,7 @@
 
 - ``services``: the embedded MongoDB and Redis (:mod:`.services`)
 - ``seed``: data into MongoDB (:mod:`.data`)
+- ``catalog``: the codes' display names, loaded and shown (:mod:`.catalog`)
 - ``backtest``, ``evaluate``: the model judged on a CRM export (:mod:`.evaluation`)
 - ``model``: versions by hand: list, promote, roll back (:mod:`.model`)
 - ``batches``: partitions of new and changed opportunities (:mod:`.batches`)
@@ -16,7 +17,7 @@ import sys
 import click
 
 from salespred_assets import settings
-from salespred_assets.cli import batches, bench, data, demo, evaluation, model, serve, services
+from salespred_assets.cli import batches, bench, catalog, data, demo, evaluation, model, serve, services
 from salespred_assets.errors import SalespredError, ServiceUnavailable
 
 
@@ -27,7 +28,7 @@ def cli() -> None:
 
 
 # One module per command group; click lists the commands by name.
-for command in (services.services, data.seed, evaluation.backtest, evaluation.evaluate, model.model,
+for command in (services.services, data.seed, catalog.catalog, evaluation.backtest, evaluation.evaluate, model.model,
                 batches.batches_group, demo.demo, demo.materialize, serve.serve, bench.bench):
     cli.add_command(command)
 

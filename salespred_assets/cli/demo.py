@@ -21,6 +21,7 @@ from salespred_assets.cli.common import APP_PORT, DAGSTER_PORT, connected_mongo,
 @click.option("--app-port", default=APP_PORT, show_default=True)
 def demo(once, n, dagster_port, app_port) -> None:
     """Start services, load demo data if empty, materialise everything, then serve the UIs."""
+    from salespred_assets.mongo import catalogs
     from salespred_assets.mongo.resource import OPPORTUNITIES
     from salespred_assets.operations import loading, runner
 
@@ -30,6 +31,8 @@ def demo(once, n, dagster_port, app_port) -> None:
         click.echo(f"MongoDB is empty: generating {n} synthetic opportunities ...")
         loading.seed_synthetic(mongo, n)
     loading.ensure_demo_sellers(mongo)
+    if mongo.db[catalogs.CATALOGS].estimated_document_count() == 0:  # a loaded catalog is never overwritten
+        catalogs.ensure_demo(mongo)
     click.echo("materialising the asset graph (job full_refresh) ...")
     started = time.perf_counter()
     outcome = runner.materialize("full_refresh")

@@ -82,8 +82,10 @@ def matrix(frame: pd.DataFrame) -> dict[str, Any]:
     stages = sorted({str(s) for s in frame["stage"]}, key=_stage_key)
     rows: dict[str, dict[str, Any]] = {}
     for r in frame.itertuples(index=False):
-        row = rows.setdefault(str(r.seller), {"seller": str(r.seller), "seller_name": str(r.seller_name), "cells": {},
-                                              "opportunities": 0, "tcv": 0.0, "expected_tcv": 0.0})
+        # "name": what a person reads (first and last name from dim_seller; the number when it has none).
+        name = str(r.seller_name) if r.seller_name is not None and str(r.seller_name).strip() else str(r.seller)
+        row = rows.setdefault(str(r.seller), {"seller": str(r.seller), "seller_name": name, "name": name,
+                                              "cells": {}, "opportunities": 0, "tcv": 0.0, "expected_tcv": 0.0})
         cell = {"opportunities": _int(r.opportunities), "tcv": _num(r.tcv), "expected_tcv": _num(r.expected_tcv)}
         row["cells"][str(r.stage)] = cell
         for k in ("opportunities", "tcv", "expected_tcv"):

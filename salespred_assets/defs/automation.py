@@ -30,7 +30,13 @@ from salespred_assets.defs.common import IO_RETRY
 from salespred_assets.defs.ingestion.assets import raw_opportunities, sellers
 from salespred_assets.defs.modeling.assets import fact_model_switch, opportunity_features, win_model
 from salespred_assets.defs.monitoring.assets import opportunity_drift
-from salespred_assets.defs.reporting.assets import dashboard_figures, dim_model_version, dim_seller, sales_dashboard
+from salespred_assets.defs.reporting.assets import (
+    code_dimensions,
+    dashboard_figures,
+    dim_model_version,
+    dim_seller,
+    sales_dashboard,
+)
 from salespred_assets.defs.scoring.assets import NEW_OPPORTUNITY_SCORES, new_opportunity_scores, opportunity_predictions
 from salespred_assets.errors import SalespredError
 from salespred_assets.mongo.resource import MongoResource
@@ -48,7 +54,7 @@ RETRAIN = (dg.AssetSelection.assets(win_model).upstream() | dg.AssetSelection.as
 # Rescoring with the current model: fresh data and features, predictions and everything they feed (the
 # reporting views need the sellers too), and the model-version tables (a switch is recorded by the same run).
 RESCORE = (dg.AssetSelection.assets(raw_opportunities, opportunity_features, sellers, dim_seller, dim_model_version,
-                                    fact_model_switch)
+                                    fact_model_switch, code_dimensions)
            | dg.AssetSelection.assets(opportunity_predictions).downstream()) - BATCHES
 
 full_refresh_job = dg.define_asset_job(

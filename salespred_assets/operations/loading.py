@@ -19,7 +19,7 @@ from salespred_assets.core.exports import ExportCheck, check_export, read_text
 from salespred_assets.core.passwords import hash_password, is_hash
 from salespred_assets.core.schema import DEFAULT_SCHEMA, DatasetSchema
 from salespred_assets.errors import SalespredError
-from salespred_assets.mongo import client_facts
+from salespred_assets.mongo import catalogs, client_facts
 from salespred_assets.mongo.resource import (
     OPPORTUNITIES,
     OPPORTUNITY_COUNTER,
@@ -69,6 +69,7 @@ def seed_synthetic(mongo: MongoResource, n: int, *, seed: int = 42, as_of: dt.da
             progress(len(buffer))
     mongo.raise_counter(OPPORTUNITY_COUNTER, start + n - 1)  # the last number used
     client_facts.rebuild_all(db, mongo.schema())  # what captures score with, in one pass
+    catalogs.ensure_demo(mongo)  # names for the synthetic codes; names already stored are kept
     return written
 
 
@@ -304,6 +305,7 @@ def replace_synthetic(mongo: MongoResource, n: int, *, seed: int = 42, as_of: dt
     finish_swap(mongo)
     empty = pd.DataFrame(columns=["_id", "id", "reason", "document"])
     swap_in(mongo, synthetic.generate(n, seed=seed, as_of=as_of), empty, DEFAULT_SCHEMA, sellers, n - 1, progress)
+    catalogs.ensure_demo(mongo)
     return n
 
 

@@ -21,6 +21,12 @@ DIM_MODEL_VERSION = "dim_model_version"
 FACT_PREDICTION_HISTORY = "fact_prediction_history"
 FACT_MODEL_SWITCH = "fact_model_switch"
 DASHBOARD_FIGURES = "rpt_dashboard_figures"
+# One dimension table per kind of code (a star schema: Power BI relates each fact column to its own table).
+CODE_DIMENSIONS: dict[str, str] = {
+    "unidad_negocio": "dim_unidad_negocio", "tipos": "dim_tipo", "regiones": "dim_region",
+    "territorios": "dim_territorio", "industrias": "dim_industria", "lead_source": "dim_lead_source",
+    "etapas": "dim_etapa",
+}
 
 # Long text (JSON): TEXT elsewhere, NVARCHAR(max) on SQL Server (its NTEXT is deprecated).
 LONG_TEXT = sa.UnicodeText().with_variant(mssql.NVARCHAR(), "mssql")
@@ -86,6 +92,21 @@ def dim_seller(metadata: sa.MetaData) -> sa.Table:
         sa.Column("full_name", sa.Unicode(201), nullable=True, comment="first and last name"),
         comment="Sellers; never holds a password or a password hash",
     )
+
+
+def dim_code(metadata: sa.MetaData, kind: str) -> sa.Table:
+    """The display names of one kind of code (``fact_opportunity.<kind>`` relates to ``code``)."""
+    cols = [
+        sa.Column("code", sa.Unicode(64), primary_key=True, comment=f"the code, as fact_opportunity.{kind} holds it"),
+        sa.Column("name_es", sa.Unicode(200), nullable=False, comment="display name in Spanish (the code if unnamed)"),
+        sa.Column("name_en", sa.Unicode(200), nullable=False, comment="display name in English (the code if unnamed)"),
+    ]
+    if kind == "territorios":
+        cols.append(sa.Column("region", sa.Unicode(64), nullable=True,
+                              comment="the region code (dim_region.code) the territory is grouped under"))
+    return sa.Table(CODE_DIMENSIONS[kind], metadata, *cols,
+                    comment=f"Names of the {kind} codes in Spanish and English, from the catalog (salespred catalog "
+                            "load); a code the data uses without a name is listed with itself as its name")
 
 
 def dim_model_version(metadata: sa.MetaData) -> sa.Table:
@@ -189,12 +210,16 @@ def table_for(name: str, metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_
                 FACT_PREDICTION_HISTORY: lambda: fact_prediction_history(metadata),
                 FACT_MODEL_SWITCH: lambda: fact_model_switch(metadata),
                 DASHBOARD_FIGURES: lambda: dashboard_figures(metadata)}
+    kinds = {table: kind for kind, table in CODE_DIMENSIONS.items()}
+    if name in kinds:
+        return dim_code(metadata, kinds[name])
     if name not in builders:
-        raise KeyError(f"no reporting table is declared as {name!r}; known: {sorted(builders)}")
+        raise KeyError(f"no reporting table is declared as {name!r}; known: {sorted([*builders, *kinds])}")
     return builders[name]()
 
 
 def all_tables(metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> dict[str, sa.Table]:
     """Every reporting table, declared in ``metadata``."""
-    names = (FACT_OPPORTUNITY, DIM_SELLER, DIM_MODEL_VERSION, FACT_PREDICTION_HISTORY, FACT_MODEL_SWITCH)
+    names = (FACT_OPPORTUNITY, DIM_SELLER, DIM_MODEL_VERSION, FACT_PREDICTION_HISTORY, FACT_MODEL_SWITCH,
+             *CODE_DIMENSIONS.values())
     return {name: table_for(name, metadata, schema) for name in names}

@@ -21,6 +21,14 @@ sellers_collection = dg.AssetSpec(
     description="MongoDB collection `sellers`: logins, titles and argon2 password hashes.",
 )
 
+catalogs_collection = dg.AssetSpec(
+    key=["mongo", "catalogs"],
+    group_name=GROUP,
+    kinds={"mongodb"},
+    description="MongoDB collection `catalogs`: display names of the codes in Spanish and English "
+                "(`salespred catalog load`).",
+)
+
 
 @dg.asset(group_name=GROUP, kinds={"mongodb", "pandas"}, deps=[opportunities_collection], retry_policy=IO_RETRY)
 def raw_opportunities(context: dg.AssetExecutionContext, mongo: MongoResource) -> dg.Output[pd.DataFrame]:

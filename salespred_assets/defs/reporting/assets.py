@@ -7,8 +7,12 @@ import dagster as dg
 import pandas as pd
 
 from salespred_assets import dashboard, settings
+from salespred_assets.core import names
+from salespred_assets.core.names import Names
 from salespred_assets.defs.common import IO_RETRY, md
+from salespred_assets.defs.ingestion.assets import catalogs_collection
 from salespred_assets.defs.modeling.assets import production_model
+from salespred_assets.mongo import catalogs
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.registry import model_store, model_versions
 from salespred_assets.sql import tables, views, writer
@@ -34,6 +38,22 @@ def dim_seller(sellers: pd.DataFrame) -> pd.DataFrame:
     out = sellers[["numero_vendedor", "username", "first_name", "last_name", "title"]].copy()
     out["full_name"] = (out["first_name"].fillna("") + " " + out["last_name"].fillna("")).str.strip()
     return out
+
+
+@dg.multi_asset(
+    group_name=GROUP, deps=[catalogs_collection], retry_policy=IO_RETRY, can_subset=False,
+    outs={table: dg.AssetOut(kinds={"sql"}, io_manager_key="sql_io_manager",
+                             metadata={"table": table, "write": "replace"},
+                             description=f"Names of the {kind} codes in Spanish and English (for Power BI)")
+          for kind, table in tables.CODE_DIMENSIONS.items()})
+def code_dimensions(raw_opportunities: pd.DataFrame, mongo: MongoResource):
+    """One dimension table per kind of code, from the catalog and the codes the opportunities use."""
+    lookup = Names(catalogs.read(mongo))
+    for kind, table in tables.CODE_DIMENSIONS.items():
+        used = raw_opportunities[kind] if kind in raw_opportunities.columns else []
+        frame = pd.DataFrame(names.dimension(lookup, kind, used))
+        unnamed = int((frame["name_es"] == frame["code"]).sum()) if len(frame) else 0
+        yield dg.Output(frame, output_name=table, metadata={"dagster/row_count": len(frame), "unnamed_codes": unnamed})
 
 
 @dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,

@@ -1,0 +1,108 @@
+"""The catalogs in MongoDB (collection ``catalogs``, one document per kind and code) and their cached reader.
+
+Readers (the app, scoring's reasons) ask :func:`names` for a :class:`~salespred_assets.core.names.Names`:
+read at most every few seconds per process, so a ``salespred catalog load`` shows within seconds and a
+page costs no MongoDB read. ``names(mongo).display(kind, code, lang)`` is the lookup; sellers are named
+through the same object (kind ``numero_vendedor``), from their first and last names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pymongo import UpdateOne
+
+from salespred_assets.core.memo import Expiring
+from salespred_assets.core.names import KINDS, Entry, Names, demo_entries
+from salespred_assets.mongo.resource import SELLERS, MongoResource
+
+CATALOGS = "catalogs"
+STAGING = CATALOGS + "__staging"
+INDEX = "kind_code_unique"
+TTL_S = 5.0
+
+_cache: Expiring[Names] = Expiring(ttl_s=TTL_S, refresh_ahead=True)
+
+
+def ensure_index(mongo: MongoResource, collection: str = CATALOGS) -> None:
+    mongo.db[collection].create_index([("kind", 1), ("code", 1)], name=INDEX, unique=True)
+
+
+def read(mongo: MongoResource) -> list[Entry]:
+    out = []
+    for doc in mongo.db[CATALOGS].find({}, {"_id": 0}):
+        if doc.get("kind") in KINDS and doc.get("code"):
+            out.append(Entry(str(doc["kind"]), str(doc["code"]), str(doc.get("es") or ""), str(doc.get("en") or ""),
+                             str(doc["group"]) if doc.get("group") else None))
+    return out
+
+
+def seller_names(mongo: MongoResource) -> dict[str, str]:
+    """Seller number -> "first last" (the username only when both are empty). Never reads a hash."""
+    out = {}
+    for doc in mongo.db[SELLERS].find({}, {"_id": 0, "numero_vendedor": 1, "first_name": 1, "last_name": 1,
+                                           "username": 1}):
+        if doc.get("numero_vendedor") is None:
+            continue
+        full = f"{doc.get('first_name') or ''} {doc.get('last_name') or ''}".strip()
+        out[str(doc["numero_vendedor"])] = full or str(doc.get("username") or "")
+    return out
+
+
+def _reader(mongo: MongoResource) -> Callable[[], Names]:
+    return lambda: Names(read(mongo), seller_names(mongo))
+
+
+def names(mongo: MongoResource) -> Names:
+    """The catalogs and the sellers' names, at most :data:`TTL_S` seconds old."""
+    return _cache.get(mongo.identity(), _reader(mongo))
+
+
+def cached(mongo: MongoResource) -> Names | None:
+    """The catalogs when this process holds them fresh (no MongoDB read); None when they must be read first."""
+    return _cache.peek(mongo.identity(), _reader(mongo))
+
+
+def name(mongo: MongoResource, kind: str, code: object, lang: str) -> str:
+    """``code``'s display name in ``lang`` (the other language's, else the code itself when unknown)."""
+    return names(mongo).display(kind, code, lang)
+
+
+def forget() -> None:
+    """Drop the cached catalogs (this process's next read goes to MongoDB)."""
+    _cache.clear()
+
+
+def write(mongo: MongoResource, entries: list[Entry], *, replace: bool = False) -> dict[str, int]:
+    """Store checked entries: added or updated by (kind, code); with ``replace``, the catalog becomes exactly these.
+
+    A replacement is filled in a staging collection and renamed over the live one (one rename), so a
+    reader sees the old catalog or the new one, never a mix. Returns counts for the command's summary.
+    """
+    db = mongo.db
+    if replace:
+        before = db[CATALOGS].count_documents({})
+        db.drop_collection(STAGING)  # what an interrupted replacement left
+        ensure_index(mongo, STAGING)
+        db[STAGING].insert_many([e.as_doc() for e in entries], ordered=False)
+        db[STAGING].rename(CATALOGS, dropTarget=True)
+        forget()
+        return {"written": len(entries), "removed": before, "total": len(entries)}
+    ensure_index(mongo)
+    ops = [UpdateOne({"kind": e.kind, "code": e.code},
+                     {"$set": e.as_doc(), **({} if e.group else {"$unset": {"group": ""}})}, upsert=True)
+           for e in entries]
+    result = db[CATALOGS].bulk_write(ops, ordered=False)
+    forget()
+    return {"written": result.upserted_count + result.modified_count, "removed": 0,
+            "total": db[CATALOGS].count_documents({})}
+
+
+def ensure_demo(mongo: MongoResource) -> int:
+    """Add the demo catalog's entries that are missing (a name already stored, edited or not, is kept)."""
+    ensure_index(mongo)
+    ops = [UpdateOne({"kind": e.kind, "code": e.code}, {"$setOnInsert": e.as_doc()}, upsert=True)
+           for e in demo_entries()]
+    result = mongo.db[CATALOGS].bulk_write(ops, ordered=False)
+    forget()
+    return int(result.upserted_count)

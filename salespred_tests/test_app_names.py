@@ -1,0 +1,111 @@
+"""Names instead of codes in the seller app: the capture form, the pages, the header and /api/codes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from salespred_assets.core.schema import CODE_SETS
+from salespred_assets.mongo import catalogs
+from salespred_assets.mongo.resource import OPPORTUNITIES
+from salespred_tests.app_fixtures import *  # noqa: F403 - the fixtures app, app_db, client (its __all__)
+from salespred_tests.app_fixtures import valid_payload
+from salespred_tests.test_app_pages import csrf_of, page_login, submission_of
+
+pytestmark = pytest.mark.integration
+CODE = re.compile(r"\b(?:BU|TY|RE|TE|IN|LS)-\d\d\b|\bNV-\d+\b")
+
+
+def _select(html: str, name: str) -> str:
+    return re.search(rf'<select id="{name}".*?</select>', html, re.DOTALL).group(0)
+
+
+def _visible(html: str) -> str:
+    """The page's text as read: tags (and the attributes holding submitted codes) removed."""
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+def test_the_capture_form_offers_names_sorted_and_grouped_and_stores_codes(client, app_db):
+    page_login(client, app_db, "luis")
+    form = client.get("/opportunities/new").text
+    industries = _select(form, "industrias")
+    labels = re.findall(r'<option value="IN-\d\d"[^>]*>([^<]+)</option>', industries)
+    assert len(labels) == 65 and "Agricultura" in labels and labels.index("Agricultura") < labels.index("Banca")
+    assert 'value="IN-23">Sanidad</option>' in industries
+    territories = _select(form, "territorios")
+    groups = re.findall(r'<optgroup label="([^"]+)">', territories)
+    assert groups == ["Andina (Colombia)", "Caribe (Colombia)", "España centro y norte", "España este y sur"]
+    andina = territories.split('<optgroup label="Andina (Colombia)">')[1].split("</optgroup>")[0]
+    assert re.findall(r">([^<]+)</option>", andina) == ["Bogotá", "Bucaramanga", "Cali", "Medellín"]
+    assert not CODE.search(_visible(form)), CODE.search(_visible(form))  # no code where a name exists
+    assert "NV-1" not in form  # the seller shows by name, in the header too
+    client.get("/lang/en")
+    english = _select(client.get("/opportunities/new").text, "industrias")
+    assert 'value="IN-23">Healthcare</option>' in english
+    client.get("/lang/es")
+    saved = client.post("/opportunities/new", data={**valid_payload(), "csrf": csrf_of(form),
+                                                    "submission": submission_of(form)}, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    number = saved.headers["location"].split("/")[-1].split("?")[0]
+    stored = app_db.mongo.db[OPPORTUNITIES].find_one({"numero_opportunidad": number})
+    assert (stored["industrias"], stored["territorios"], stored["lead_source"]) == ("IN-23", "TE-09", "LS-06")
+    detail = client.get(saved.headers["location"]).text
+    data = detail.split('<dl class="data">')[1].split("</dl>")[0]
+    for name in ("Servicios gestionados", "Renovación", "España centro y norte", "Bilbao", "Sanidad",
+                 "Correo en frío", "Luis Gómez", "Calificación"):
+        assert name in data, name
+    assert not CODE.search(_visible(data)), CODE.search(_visible(data))
+
+
+def test_an_unknown_code_is_refused_without_listing_codes(client, app_db):
+    page_login(client, app_db, "luis")
+    form = client.get("/opportunities/new").text
+    refused = client.post("/opportunities/new", data={**valid_payload(industrias="IN-99"), "csrf": csrf_of(form),
+                                                      "submission": submission_of(form)})
+    assert refused.status_code == 422
+    message = re.search(r'id="industrias-error"[^>]*>([^<]+)<', refused.text).group(1)
+    assert message == "Elija una opción de la lista." and not CODE.search(message)
+
+
+def test_list_and_header_show_seller_names_and_stage_names(client, app_db):
+    page_login(client, app_db, "ana")  # a manager: the team's opportunities, several sellers
+    listing = client.get("/opportunities").text
+    who = re.search(r'<p class="who">(.*?)</p>', listing, re.DOTALL).group(1)
+    assert "Ana Martínez" in who and "NV-0" not in who
+    items = listing.split('<ul class="items">')[1].split("</ul>")[0]
+    assert "Luis Gómez" in items or "Sofía Herrera" in items or "Ana Martínez" in items
+    assert not re.search(r"\bNV-\d", items) and not re.search(r"· (S[1-6]|Won|Lost) ·", items)
+
+
+def test_a_code_without_a_name_still_shows_as_itself(client, app_db):
+    doc = app_db.mongo.db[OPPORTUNITIES].find_one({"numero_vendedor": "NV-1", "etapas": "S2"}, {"_id": 0})
+    try:
+        app_db.mongo.db[catalogs.CATALOGS].delete_one({"kind": "industrias", "code": doc["industrias"]})
+        catalogs.forget()
+        page_login(client, app_db, "luis")
+        page = client.get(f"/opportunities/{doc['numero_opportunidad']}").text
+        data = page.split('<dl class="data">')[1].split("</dl>")[0]
+        assert f"<dd>{doc['industrias']}</dd>" in data
+    finally:
+        catalogs.ensure_demo(app_db.mongo)
+
+
+def test_api_codes_keeps_its_lists_and_adds_names_in_the_asked_language(client):
+    spanish = client.get("/api/codes")
+    assert spanish.status_code == 200 and spanish.headers["content-language"] == "es"
+    body = spanish.json()
+    for kind, codes in CODE_SETS.items():
+        assert body[kind] == codes  # the existing fields, unchanged
+        assert sorted(o["code"] for o in body["names"][kind]) == codes
+    assert body["lang"] == "es"
+    tipos = {o["code"]: o["name"] for o in body["names"]["tipos"]}
+    assert tipos["TY-00"] == "Renovación"
+    assert {o["code"]: o["name"] for o in body["names"]["etapas"]}["Won"] == "Ganada"
+    bogota = next(o for o in body["names"]["territorios"] if o["code"] == "TE-04")
+    assert bogota == {"code": "TE-04", "name": "Bogotá", "group": "Andina (Colombia)"}
+    english = client.get("/api/codes", headers={"Accept-Language": "en-GB,en;q=0.9,es;q=0.5"}).json()
+    assert english["lang"] == "en" and {o["code"]: o["name"] for o in english["names"]["tipos"]}["TY-00"] == "Renewal"
+    assert client.get("/api/codes?lang=en", headers={"Accept-Language": "es"}).json()["lang"] == "en"
+    names = [o["name"] for o in english["names"]["industrias"]]
+    assert names[0] == "Accounting and auditing"  # sorted by the English name
