@@ -21,10 +21,18 @@ from salespred_assets.core.training import fit
 from salespred_tests.helpers import AS_OF
 
 SCORED_AT = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
-CUSTOM = DatasetSchema.from_dict({
-    "id": "deal", "stage": {"field": "status", "won": ["W"], "lost": ["L"]},
-    "categorical": ["segment"], "numeric": ["amount", "discount", "seats"], "fractions": ["discount"],
-    "dates": {"created": "created", "close": "closed"}, "amount": "amount", "client": "account"})
+CUSTOM = DatasetSchema.from_dict(
+    {
+        "id": "deal",
+        "stage": {"field": "status", "won": ["W"], "lost": ["L"]},
+        "categorical": ["segment"],
+        "numeric": ["amount", "discount", "seats"],
+        "fractions": ["discount"],
+        "dates": {"created": "created", "close": "closed"},
+        "amount": "amount",
+        "client": "account",
+    }
+)
 
 
 def stored(*concepts: tuple) -> str:
@@ -43,35 +51,66 @@ def texts(value: str, lang: str, **kw) -> list[str]:
 
 # ---- grouping --------------------------------------------------------------------------------------
 def test_every_input_of_the_default_schema_has_a_concept_and_day_numbers_have_none():
-    features = ["unidad_negocio", "tipos", "numero_vendedor", "acv", "tcv", "margen_ganancia", "age_days",
-                "created_month", "client_prior_opportunities", "client_tenure_days", "client_prior_units",
-                "amount_vs_client", "client_closed_before", "client_won_before", "client_win_rate",
-                "fecha_creacion_oportunidad", "fecha_cierre_oportunidad", "model_internal_aggregate"]
+    features = [
+        "unidad_negocio",
+        "tipos",
+        "numero_vendedor",
+        "acv",
+        "tcv",
+        "margen_ganancia",
+        "age_days",
+        "created_month",
+        "client_prior_opportunities",
+        "client_tenure_days",
+        "client_prior_units",
+        "amount_vs_client",
+        "client_closed_before",
+        "client_won_before",
+        "client_win_rate",
+        "fecha_creacion_oportunidad",
+        "fecha_cierre_oportunidad",
+        "model_internal_aggregate",
+    ]
     got = reasons.concepts(S, features)
     assert got["tipos"] == "category:tipos" and got["numero_vendedor"] == "category:numero_vendedor"
     assert got["acv"] == got["tcv"] == got["amount_vs_client"] == reasons.DEAL_SIZE
     assert got["margen_ganancia"] == "fraction:margen_ganancia"
     assert got["age_days"] == got["created_month"] == reasons.TIMING
-    assert {got[f] for f in ("client_prior_opportunities", "client_tenure_days", "client_prior_units")} == \
-        {reasons.RELATIONSHIP}
+    assert {got[f] for f in ("client_prior_opportunities", "client_tenure_days", "client_prior_units")} == {
+        reasons.RELATIONSHIP
+    }
     assert {got[f] for f in ("client_closed_before", "client_won_before", "client_win_rate")} == {reasons.TRACK_RECORD}
     # Day numbers since an epoch (what old models fed) and inputs the schema does not declare: in no reason.
     assert got["fecha_creacion_oportunidad"] is None and got["fecha_cierre_oportunidad"] is None
     assert got["model_internal_aggregate"] is None
     custom = reasons.concepts(CUSTOM, ["segment", "amount", "discount", "seats"])
-    assert custom == {"segment": "category:segment", "amount": reasons.DEAL_SIZE, "discount": "fraction:discount",
-                      "seats": "number:seats"}
+    assert custom == {
+        "segment": "category:segment",
+        "amount": reasons.DEAL_SIZE,
+        "discount": "fraction:discount",
+        "seats": "number:seats",
+    }
 
 
 def test_a_concept_sums_all_its_inputs_and_beats_a_stronger_single_input():
-    features = ["tipos", "client_closed_before", "client_won_before", "client_win_rate", "fecha_creacion_oportunidad",
-                "industrias", "regiones", "lead_source"]
+    features = [
+        "tipos",
+        "client_closed_before",
+        "client_won_before",
+        "client_win_rate",
+        "fecha_creacion_oportunidad",
+        "industrias",
+        "regiones",
+        "lead_source",
+    ]
     grouping = reasons.grouping(S, features)
     # The track record's three small contributions (0.04 each) outweigh tipos' 0.10; the date's 0.5 is
     # left out of every reason; regiones' 0.004 is too small to name.
     contrib = np.array([[0.10, 0.04, 0.04, 0.04, 0.5, -0.02, 0.004, -0.30]])
-    columns = {f: np.array([v]) for f, v in zip(features, ["TY-01", 9.0, 7.0, 7 / 9, 9830.0, "IN-03", "RE-01",
-                                                          "LS-02"], strict=True)}
+    columns = {
+        f: np.array([v])
+        for f, v in zip(features, ["TY-01", 9.0, 7.0, 7 / 9, 9830.0, "IN-03", "RE-01", "LS-02"], strict=True)
+    }
     got = json.loads(grouping.encode(columns, contrib)[0])
     assert [c[0] for c in got] == ["track_record", "category:tipos", "category:lead_source", "category:industrias"]
     record = got[0]
@@ -112,7 +151,7 @@ def test_stored_reasons_sum_the_contributions_of_every_input_of_their_concept(tr
         assert len([e for e in entries if e[1] > 0]) <= 3 and len([e for e in entries if e[1] < 0]) <= 3
         for concept, effect, members, *_ in entries:
             exact = sum(contrib[i, j] for j, f in enumerate(model.feature_names) if concept_of[f] == concept)
-            assert effect == pytest.approx(exact, abs=1e-3)             # every member, not only the top ones
+            assert effect == pytest.approx(exact, abs=1e-3)  # every member, not only the top ones
             assert effect == pytest.approx(sum(m[2] for m in members), abs=1e-9)
             assert {m[0] for m in members} == {f for f in model.feature_names if concept_of[f] == concept}
             assert abs(effect) >= reasons.MIN_CONCEPT_EFFECT
@@ -146,8 +185,16 @@ def test_a_model_without_the_typical_duration_still_explains(trained):
 # ---- sentences -------------------------------------------------------------------------------------
 def test_the_track_record_in_both_languages():
     def record(closed: float, won: float) -> str:
-        return stored(("track_record", [("client_closed_before", closed, 0.05), ("client_won_before", won, 0.03),
-                                        ("client_win_rate", won / closed if closed else None, 0.01)]))
+        return stored(
+            (
+                "track_record",
+                [
+                    ("client_closed_before", closed, 0.05),
+                    ("client_won_before", won, 0.03),
+                    ("client_win_rate", won / closed if closed else None, 0.01),
+                ],
+            )
+        )
 
     assert texts(record(9, 7), "es") == ["El cliente ganó 7 de sus 9 oportunidades cerradas."]
     assert texts(record(9, 7), "en") == ["The client won 7 of its 9 closed opportunities."]
@@ -161,8 +208,16 @@ def test_the_track_record_in_both_languages():
 
 def test_the_relationship_and_its_plurals():
     def relation(prior: float, tenure: float) -> str:
-        return stored(("relationship", [("client_prior_opportunities", prior, -0.03),
-                                        ("client_tenure_days", tenure, -0.01), ("client_prior_units", 1.0, 0.0)]))
+        return stored(
+            (
+                "relationship",
+                [
+                    ("client_prior_opportunities", prior, -0.03),
+                    ("client_tenure_days", tenure, -0.01),
+                    ("client_prior_units", 1.0, 0.0),
+                ],
+            )
+        )
 
     assert texts(relation(0, 0), "es") == ["Cliente nuevo: es su primera oportunidad."]
     assert texts(relation(1, 400), "es") == ["Cliente desde hace 1 año, con una oportunidad anterior."]
@@ -187,39 +242,60 @@ def test_timing_reads_days_open_and_how_long_won_deals_take():
         return stored(("timing", [("age_days", age, -0.1), ("created_month", month, 0.01)], *context))
 
     assert texts(timing(210, 11, {"won_days": 30}), "es") == [
-        "Abierta hace 210 días; las ganadas suelen cerrarse en menos de 30 días."]
-    assert texts(timing(210, 11, {"won_days": 30}), "en") == ["Open for 210 days; won deals usually close within 30 days."]
-    assert texts(timing(1, 11, {"won_days": 1}), "es") == ["Abierta hace 1 día; las ganadas suelen cerrarse en menos de 1 día."]
-    assert texts(timing(1500), "es") == ["Abierta hace 1.500 días."]   # a model without the duration: no clause
+        "Abierta hace 210 días; las ganadas suelen cerrarse en menos de 30 días."
+    ]
+    assert texts(timing(210, 11, {"won_days": 30}), "en") == [
+        "Open for 210 days; won deals usually close within 30 days."
+    ]
+    assert texts(timing(1, 11, {"won_days": 1}), "es") == [
+        "Abierta hace 1 día; las ganadas suelen cerrarse en menos de 1 día."
+    ]
+    assert texts(timing(1500), "es") == ["Abierta hace 1.500 días."]  # a model without the duration: no clause
     assert texts(timing(0, 11), "es") == ["Creada en noviembre."]
     assert texts(timing(0, 3), "en") == ["Created in March."]
 
 
 def test_a_field_reads_label_and_name_and_a_code_without_a_name_shows_as_itself():
-    value = stored(("category:tipos", [("tipos", "TY-01", 0.04)]), ("category:numero_vendedor", [("numero_vendedor", "NV-7", 0.02)]),
-                   ("fraction:margen_ganancia", [("margen_ganancia", 0.185, -0.02)]),
-                   ("category:industrias", [("industrias", None, -0.01)]))
+    value = stored(
+        ("category:tipos", [("tipos", "TY-01", 0.04)]),
+        ("category:numero_vendedor", [("numero_vendedor", "NV-7", 0.02)]),
+        ("fraction:margen_ganancia", [("margen_ganancia", 0.185, -0.02)]),
+        ("category:industrias", [("industrias", None, -0.01)]),
+    )
     names = {("tipos", "TY-01", "es"): "Renovación", ("numero_vendedor", "NV-7", "es"): "Ana Pérez"}
 
     def name(kind: str, code: str, lang: str) -> str:
         return names.get((kind, code, lang), code)
 
-    assert texts(value, "es", name=name) == ["Tipo de oportunidad: Renovación.", "Vendedor: Ana Pérez.",
-                                             "Margen de ganancia: 18\u00a0%.", "Industria del cliente: sin dato."]
-    assert texts(value, "en", name=name) == ["Opportunity type: TY-01.", "Seller: NV-7.", "Profit margin: 18%.",
-                                             "Client industry: not given."]
+    assert texts(value, "es", name=name) == [
+        "Tipo de oportunidad: Renovación.",
+        "Vendedor: Ana Pérez.",
+        "Margen de ganancia: 18\u00a0%.",
+        "Industria del cliente: sin dato.",
+    ]
+    assert texts(value, "en", name=name) == [
+        "Opportunity type: TY-01.",
+        "Seller: NV-7.",
+        "Profit margin: 18%.",
+        "Client industry: not given.",
+    ]
 
 
 def test_a_field_of_a_custom_export_gets_a_generic_sentence():
-    value = stored(("number:seats", [("seats", 12500.0, 0.03)]), ("category:segment", [("segment", "SMB", -0.02)]),
-                   ("fraction:discount", [("discount", 0.1, -0.01)]))
+    value = stored(
+        ("number:seats", [("seats", 12500.0, 0.03)]),
+        ("category:segment", [("segment", "SMB", -0.02)]),
+        ("fraction:discount", [("discount", 0.1, -0.01)]),
+    )
     assert texts(value, "es") == ["seats: 12.500.", "segment: SMB.", "discount: 10\u00a0%."]
     assert texts(value, "en") == ["seats: 12,500.", "segment: SMB.", "discount: 10%."]
 
 
 def test_each_reason_has_its_effect_in_points_and_its_machine_fields():
-    value = stored(("category:tipos", [("tipos", "TY-01", 0.124)]), ("track_record", [("client_closed_before", 3.0, -0.004),
-                                                                                      ("client_won_before", 0.0, -0.006)]))
+    value = stored(
+        ("category:tipos", [("tipos", "TY-01", 0.124)]),
+        ("track_record", [("client_closed_before", 3.0, -0.004), ("client_won_before", 0.0, -0.006)]),
+    )
     es, en = said.render(value, "es"), said.render(value, "en")
     first = es["reasons_for"][0]
     assert first["text"] == "Tipo de oportunidad: TY-01 (+12 puntos)." and first["points"] == "+12 puntos"
@@ -240,9 +316,9 @@ def test_sentences_never_show_day_numbers_feature_names_or_ungrouped_numbers(tra
         for lang in ("es", "en"):
             for sentence in texts(value, lang, name=lambda kind, code, lang: f"Nombre {code[-2:]}"):
                 seen.add(sentence.split(" ")[0])
-                assert not re.search(r"\b[A-Z]{2}-\d+", sentence), sentence            # no code
-                assert not re.search(r"[a-z]+_[a-z_]+", sentence), sentence             # no feature name
-                assert not re.search(r"\d{4,}", sentence), sentence                      # 1.234, never 1234
+                assert not re.search(r"\b[A-Z]{2}-\d+", sentence), sentence  # no code
+                assert not re.search(r"[a-z]+_[a-z_]+", sentence), sentence  # no feature name
+                assert not re.search(r"\d{4,}", sentence), sentence  # 1.234, never 1234
                 assert not re.search(r"\bnan\b|None", sentence, re.IGNORECASE), sentence
     assert len(seen) >= 4
 
