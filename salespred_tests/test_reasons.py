@@ -328,3 +328,17 @@ def test_an_entry_stored_before_reasons_existed_gives_none():
     assert said.render("[]", "en") == {"reasons_for": [], "reasons_against": []}
     answered = said.for_prediction({"probability": 0.5, "reasons": "[]"}, "es")
     assert answered == {"probability": 0.5, "reasons_for": [], "reasons_against": []}
+
+
+def test_the_fast_lane_cuts_the_stored_reasons_off_and_writes_sentences():
+    from salespred_assets.app.fastlane import cached_body
+
+    value = stored(("category:tipos", [("tipos", "TY-01", 0.124)]))
+    entry = '{"seller":"NV-1","probability":0.5,"factors_for":[{"feature":"x","label":"x, \\"reasons\\"","value":1}]'
+    for raw, expected in ((entry + ',"reasons":' + value + "}", ["Tipo de oportunidad: TY-01 (+12 puntos)."]),
+                          (entry + "}", [])):  # an entry cached before reasons existed
+        body = json.loads(cached_body("OP-00001", raw.encode(), "es"))
+        prediction = body["prediction"]
+        assert "reasons" not in prediction and prediction["factors_for"][0]["label"] == 'x, "reasons"'
+        assert [r["text"] for r in prediction["reasons_for"]] == expected and prediction["reasons_against"] == []
+        assert body["numero_opportunidad"] == "OP-00001" and body["source"] == "cache"

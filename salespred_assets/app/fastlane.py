@@ -11,6 +11,7 @@ the status. A lane answer is the full app's answer: the same JSON and the same h
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 from urllib.parse import parse_qs
@@ -39,10 +40,15 @@ def cached_body(number: str, raw: bytes, lang: str = i18n.DEFAULT, name: reasons
     # Inside a JSON string every quote is escaped, so ',"reasons":' is only ever the entry's own key.
     cut = raw.find(_REASONS)
     head, stored = (raw[:cut], raw[cut + len(_REASONS):-1]) if cut >= 0 else (raw.rstrip()[:-1], None)
-    said = reasons.render(stored.decode() if stored else None, lang, name)
-    tail = json.dumps(said, ensure_ascii=False, separators=(",", ":")).encode()
     return (b'{"numero_opportunidad":"' + number.encode() + b'","source":"cache","prediction":' + head + b","
-            + tail[1:] + b"}")
+            + _sentences(stored, lang, name) + b"}}")
+
+
+@functools.lru_cache(maxsize=4096)  # the same opportunities are looked up again and again
+def _sentences(stored: bytes | None, lang: str, name: reasons.Namer) -> bytes:
+    """The reasons' JSON members ``"reasons_for":[...],"reasons_against":[...]``, without braces."""
+    said = reasons.render(stored.decode() if stored else None, lang, name)
+    return json.dumps(said, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
 
 
 def lang_of(scope: Scope) -> str:

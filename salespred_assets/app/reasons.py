@@ -9,6 +9,7 @@ a code without a name shows as itself). Pure: no web framework, no database.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -64,18 +65,17 @@ def _track_record(r: core.Reason, lang: str) -> str | None:
     closed, won = _count(r.value("client_closed_before")), _count(r.value("client_won_before"))
     if closed is None or won is None:
         rate = _number(r.value("client_win_rate"))
-        return None if rate is None else i18n.translate(lang, "reason.track_record.rate",
-                                                        rate=i18n.percent(lang, rate))
+        return None if rate is None else i18n.translate(lang, "reason.track_record.rate", rate=_percent(lang, rate))
     if closed == 0:
         return i18n.translate(lang, "reason.track_record.none")
     if closed == 1:
         return i18n.translate(lang, "reason.track_record.only_won" if won else "reason.track_record.only_lost")
     if won == closed:
-        return i18n.translate(lang, "reason.track_record.all_won", closed=i18n.number(lang, closed))
+        return i18n.translate(lang, "reason.track_record.all_won", closed=_whole(lang, closed))
     if won == 0:
-        return i18n.translate(lang, "reason.track_record.all_lost", closed=i18n.number(lang, closed))
-    return i18n.translate(lang, "reason.track_record.some", won=i18n.number(lang, won),
-                          closed=i18n.number(lang, closed))
+        return i18n.translate(lang, "reason.track_record.all_lost", closed=_whole(lang, closed))
+    return i18n.translate(lang, "reason.track_record.some", won=_whole(lang, won),
+                          closed=_whole(lang, closed))
 
 
 def _relationship(r: core.Reason, lang: str) -> str | None:
@@ -88,13 +88,13 @@ def _relationship(r: core.Reason, lang: str) -> str | None:
     key = f"reason.relationship.known.{_plural(lang, prior)}"
     if tenure is None or tenure <= 0:
         key = f"reason.relationship.prior.{_plural(lang, prior)}"
-    return i18n.translate(lang, key, n=i18n.number(lang, prior), tenure=duration(lang, tenure or 0))
+    return i18n.translate(lang, key, n=_whole(lang, prior), tenure=duration(lang, tenure or 0))
 
 
 def _deal_size(r: core.Reason, lang: str) -> str | None:
     amounts = [v for f in r.features if f["feature"] != "amount_vs_client" and (v := _number(f["value"])) is not None]
     ratio = _number(r.value("amount_vs_client"))
-    amount = i18n.compact(lang, max(amounts)) if amounts else None
+    amount = _compact(lang, max(amounts)) if amounts else None
     suffix = "" if amount is None else ".amount"
     if ratio is None or ratio <= 0:
         return None if amount is None else i18n.translate(lang, "reason.deal_size.plain", amount=amount)
@@ -112,11 +112,11 @@ def _timing(r: core.Reason, lang: str) -> str | None:
         if month is None or not 1 <= month <= 12:
             return None if age is None else i18n.translate(lang, "reason.timing.new")
         return i18n.translate(lang, "reason.timing.month", month=month_name(lang, month))
-    opened = i18n.translate(lang, f"reason.timing.open.{_plural(lang, age)}", n=i18n.number(lang, age))
+    opened = i18n.translate(lang, f"reason.timing.open.{_plural(lang, age)}", n=_whole(lang, age))
     typical = _count(r.context.get("won_days"))
     if not typical:
         return i18n.translate(lang, "reason.timing.sentence", open=opened)
-    usually = i18n.translate(lang, f"reason.timing.typical.{_plural(lang, typical)}", n=i18n.number(lang, typical))
+    usually = i18n.translate(lang, f"reason.timing.typical.{_plural(lang, typical)}", n=_whole(lang, typical))
     return i18n.translate(lang, "reason.timing.sentence_typical", open=opened, typical=usually)
 
 
@@ -134,7 +134,7 @@ def _field(lang: str, field: str, value: Any, kind: str, name: Namer) -> str:
     if isinstance(value, str):
         text = name(field, value, lang)
     elif kind == core.FRACTION:
-        text = i18n.percent(lang, value)
+        text = _percent(lang, value)
     else:
         text = i18n.value(lang, value)
     return i18n.translate(lang, "reason.field", label=shown, value=text)
@@ -151,15 +151,29 @@ def points_of(lang: str, effect: float) -> str:
     """An effect in whole points of probability, signed, with the plural the number takes ("+1 punto",
     "-3 puntos", with a minus sign): what :func:`i18n.points` gives, with its plural."""
     n = round(abs(effect) * 100)
-    sign = "+" if effect > 0 and n else "−" if effect < 0 and n else "±"
+    return _points(lang, n if effect > 0 else -n)
+
+
+@functools.lru_cache(maxsize=1024)  # a few hundred values per language; the fast lane writes six per answer
+def _points(lang: str, signed: int) -> str:
+    n = abs(signed)
+    sign = "+" if signed > 0 else "\u2212" if signed < 0 else "\u00b1"  # plus, minus sign, plus-minus
     return i18n.translate(lang, f"reason.points.{_plural(lang, n)}", sign=sign, n=i18n.number(lang, n))
 
 
+@functools.lru_cache(maxsize=4096)
 def _plural(lang: str, n: int) -> str:
     """The CLDR plural category of ``n`` in ``lang`` ("one" or "other" in Spanish and English)."""
     return "one" if Locale.parse(lang).plural_form(n) == "one" else "other"
 
 
+@functools.lru_cache(maxsize=8192)
+def _whole(lang: str, n: int) -> str:
+    """A count in the locale (1.200 / 1,200); counts repeat, so each is formatted once."""
+    return i18n.number(lang, n)
+
+
+@functools.lru_cache(maxsize=8192)
 def duration(lang: str, days: int) -> str:
     """A span of days in words, rounded to the largest unit: "3 años", "7 meses", "5 días"."""
     return babel_dates.format_timedelta(dt.timedelta(days=days), granularity="day", threshold=1.0,
@@ -168,10 +182,37 @@ def duration(lang: str, days: int) -> str:
 
 def times(lang: str, ratio: float) -> str:
     """A ratio with one decimal below 10 ("2,5"), whole above ("12"), and no ",0"."""
-    digits = 1 if ratio < 10 and round(ratio, 1) != round(ratio) else 0
-    return i18n.number(lang, ratio, digits)
+    shown = round(ratio, 1) if ratio < 10 and round(ratio, 1) != round(ratio) else float(round(ratio))
+    return _times(lang, shown)
 
 
+# Formatting through Babel costs tens of microseconds a number, more than the rest of an answer: the
+# values are rounded as they will be shown, and each is formatted once.
+@functools.lru_cache(maxsize=4096)
+def _times(lang: str, shown: float) -> str:
+    return i18n.number(lang, shown, 0 if shown.is_integer() else 1)
+
+
+def _compact(lang: str, amount: float) -> str:
+    # Five significant digits: the most a compact amount shows ("123,46 M").
+    return _compact_of(lang, float(f"{amount:.5g}") if abs(amount) >= 10_000 else float(round(amount)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _compact_of(lang: str, amount: float) -> str:
+    return i18n.compact(lang, amount)
+
+
+def _percent(lang: str, fraction: float) -> str:
+    return _percent_of(lang, round(float(fraction), 4))
+
+
+@functools.lru_cache(maxsize=4096)
+def _percent_of(lang: str, fraction: float) -> str:
+    return i18n.percent(lang, fraction)
+
+
+@functools.lru_cache(maxsize=64)
 def month_name(lang: str, month: int) -> str:
     return str(babel_dates.get_month_names("wide", locale=Locale.parse(lang))[month])
 
