@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import re
 from collections.abc import Iterator
 
@@ -145,3 +146,20 @@ def test_a_closed_opportunity_shows_its_outcome_and_close_date_not_a_verdict(cli
     assert f"Won on {i18n.date('en', today)}" in english and "Likely" not in english
     api = client.get(f"/api/opportunities/{number}/prediction", headers=headers).json()["prediction"]
     assert api["prediction_basis"] == "outcome" and api["reasons_for"] == api["reasons_against"] == []
+
+
+def test_an_entry_cached_before_reasons_existed_is_scored_again_with_them(client, app_db: AppDB, app):
+    headers = login_token(client, app_db, "luis")
+    number = client.post("/api/opportunities", json=valid_payload(cliente="CL-81"), headers=headers).json()[
+        "numero_opportunidad"]
+    cache = app_db.redis.cache()
+    entry = cache.get(number)
+    old = {k: v for k, v in entry.items() if k != "reasons"}
+    cache.upsert([number], [json.dumps(old)], entry["model_version"])
+    assert "reasons" not in cache.get(number)
+    before = app.lane.answered
+    answer = client.get(f"/api/opportunities/{number}/prediction", headers=headers).json()
+    assert app.lane.answered == before  # the lane leaves it to the full app, which scores it again
+    assert answer["source"] == "model" and answer["prediction"]["reasons_for"] + answer["prediction"]["reasons_against"]
+    assert cache.get(number)["reasons"] == entry["reasons"]
+    assert client.get(f"/api/opportunities/{number}/prediction", headers=headers).json()["source"] == "cache"
