@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from salespred_assets import i18n
 from salespred_assets.mongo.resource import OPPORTUNITIES
 from salespred_tests.app_fixtures import *  # noqa: F403 - the fixtures app, app_db, client (its __all__)
 from salespred_tests.app_fixtures import RunningServer
@@ -68,6 +69,9 @@ def test_phone_log_in_capture_and_see_the_prediction(browser, app, app_db):
         assert page.get_by_test_id("grade").inner_text().strip() in {"A", "B", "C", "D"}
         # Phone-width layout: nothing wider than the screen.
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        sentences = page.locator(".reasons .sentence").all_inner_texts()
+        assert sentences and all(s.endswith(".") for s in sentences)
+        assert all(re.fullmatch(r"[+\u2212]\d+ puntos?", p) for p in page.locator(".reasons .points").all_inner_texts())
         shot = ARTIFACTS / "prediction-phone.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
@@ -84,7 +88,9 @@ def test_phone_log_in_capture_and_see_the_prediction(browser, app, app_db):
         page.locator("select#etapas").select_option("Won")
         page.get_by_role("button", name="Save the stage").click()
         page.wait_for_url(re.compile(rf".*/opportunities/{number}\?changed=1$"))
-        for lang, headline in (("EN", "Won"), ("ES", "Ganada")):  # the page is in English at first
+        today = dt.date.today()  # the close date: the day it was closed
+        headlines = (("EN", f"Won on {i18n.date('en', today)}"), ("ES", f"Ganada el {i18n.date('es', today)}"))
+        for lang, headline in headlines:  # the page is in English at first
             if lang == "ES":
                 page.get_by_role("link", name=lang, exact=True).click()
                 page.wait_for_load_state()

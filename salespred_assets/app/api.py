@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from salespred_assets import i18n
-from salespred_assets.app import auth, idempotency, opportunities
+from salespred_assets.app import auth, idempotency, opportunities, reasons
 from salespred_assets.app.auth import LoginRefused, Viewer
 from salespred_assets.app.context import AppContext, Unavailable
 from salespred_assets.app.models import (
@@ -65,6 +65,26 @@ async def parse(request: Request, model: type[M]) -> M:
         return model.model_validate_json(raw or b"", strict=True)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from exc
+
+
+LangQuery = Annotated[str | None, Query(description="The language of the reasons' sentences: `es` or "
+                                                                  "`en` (else `Accept-Language`; default `es`)")]
+
+
+def reader_lang(request: Request) -> str:
+    """The language of an API answer's text: ``?lang=``, then ``Accept-Language``, then the default."""
+    return i18n.negotiate(request.query_params.get("lang"), request.headers.get("accept-language"))
+
+
+def with_reasons(request: Request, response: Response, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with its prediction's reasons as sentences in the reader's language (``Content-Language``)."""
+    lang = reader_lang(request)
+    response.headers["Content-Language"] = lang
+    response.headers["Vary"] = "Accept-Language"
+    if body.get("prediction") is None:
+        return body
+    name = reasons.namer(ctx_of(request)) or reasons.code_itself
+    return {**body, "prediction": reasons.for_prediction(body["prediction"], lang, name)}
 
 
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -184,7 +204,7 @@ IdempotencyKey = Annotated[str | None, Header(alias=idempotency.HEADER, pattern=
                                                                 "the first request with this `Idempotency-Key` is "
                                                                 "still running (see `Retry-After`)"}})
 async def create_opportunity(request: Request, response: Response, viewer: ViewerDep,
-                             idempotency_key: IdempotencyKey = None) -> Any:
+                             idempotency_key: IdempotencyKey = None, lang: LangQuery = None) -> Any:
     """Capture an opportunity and predict it at once.
 
     The server sets the number (from an atomic counter), the creation date (today), the stage (S1),
@@ -198,12 +218,13 @@ async def create_opportunity(request: Request, response: Response, viewer: Viewe
     if idempotency_key is None:
         result = await run_in_threadpool(opportunities.capture, ctx, viewer, body)
         response.headers["Location"] = f"/api/opportunities/{result.number}"
-        return result.body()
+        return with_reasons(request, response, result.body())
 
     def work() -> tuple[int, dict[str, Any]]:
-        # Stored as it is answered, so that a replay is byte for byte the first answer's JSON.
+        # Stored as it is answered (in the first request's language), so that a replay is byte for byte the
+        # first answer's JSON.
         captured = opportunities.capture(ctx, viewer, body)
-        return 201, CaptureOut.model_validate(captured.body()).model_dump(mode="json")
+        return 201, CaptureOut.model_validate(with_reasons(request, response, captured.body())).model_dump(mode="json")
 
     digest = idempotency.fingerprint(json.loads(await request.body()))
     try:
@@ -216,7 +237,7 @@ async def create_opportunity(request: Request, response: Response, viewer: Viewe
     except idempotency.InProgress as exc:
         raise HTTPException(409, "a request with this Idempotency-Key is still being processed; retry shortly",
                             headers={"Retry-After": "1"}) from exc
-    headers = {"Location": f"/api/opportunities/{outcome.body['numero_opportunidad']}"}
+    headers = {"Location": f"/api/opportunities/{outcome.body['numero_opportunidad']}", "Vary": "Accept-Language"}
     if outcome.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
@@ -244,7 +265,8 @@ def get_opportunity(request: Request, number: str, viewer: ViewerDep) -> dict[st
                          409: {"model": ErrorOut, "description": "The opportunity is closed (Won or Lost), was changed "
                                                                  "by someone else meanwhile, or the loaded data does "
                                                                  "not use the capture shape; nothing was written"}})
-async def change_opportunity(request: Request, number: str, viewer: ViewerDep) -> dict[str, Any]:
+async def change_opportunity(request: Request, response: Response, number: str, viewer: ViewerDep,
+                             lang: LangQuery = None) -> dict[str, Any]:
     """Change an open opportunity you may see (yours, or your team's): its stage, amounts or close date.
 
     Only the fields given change. Moving it to Won or Lost closes it: its close date becomes today and
@@ -254,13 +276,17 @@ async def change_opportunity(request: Request, number: str, viewer: ViewerDep) -
     """
     body = await parse(request, OpportunityChange)
     result = await run_in_threadpool(opportunities.change, ctx_of(request), viewer, number, body)
-    return result.body()
+    return with_reasons(request, response, result.body())
 
 
 @router.get("/opportunities/{number}/prediction", response_model=PredictionOut, tags=["opportunities"],
             responses={**UNAUTHORIZED, **MISSING, **DOWN})
-async def get_prediction(request: Request, number: str, viewer: ViewerDep) -> Any:
-    """Likely won or lost: from the Redis cache when present, else scored now by the current model."""
+async def get_prediction(request: Request, response: Response, number: str, viewer: ViewerDep,
+                         lang: LangQuery = None) -> Any:
+    """Likely won or lost: from the Redis cache when present, else scored now by the current model.
+
+    The reasons come twice: per input (`factors_for`, `factors_against`) and grouped by concept as sentences
+    in the language of `?lang=` or `Accept-Language` (`reasons_for`, `reasons_against`)."""
     # A cached entry the caller may see is usually answered before this, by the fast lane (fastlane.py).
     value, source = await run_in_threadpool(opportunities.prediction, ctx_of(request), viewer, number)
-    return {"numero_opportunidad": number, "source": source, "prediction": value}
+    return with_reasons(request, response, {"numero_opportunidad": number, "source": source, "prediction": value})

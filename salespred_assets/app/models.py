@@ -221,6 +221,23 @@ class Factor(BaseModel):
     effect: float = Field(description="Change in the forest's win probability this feature caused")
 
 
+class ReasonFeature(BaseModel):
+    feature: str = Field(description="A model input, as in `factors_for` (stable for integrations)")
+    value: Any = None
+    effect: float = Field(description="Its contribution to the forest's win probability")
+
+
+class Reason(BaseModel):
+    concept: str = Field(description="What the reason is about: `track_record`, `relationship`, `deal_size`, "
+                                     "`timing`, or one field as `category:<field>`, `fraction:<field>`, "
+                                     "`number:<field>` (stable for integrations)")
+    effect: float = Field(description="The sum of its inputs' effects: the change in the forest's win probability")
+    points: str = Field(description="The effect in points of probability, for the reader (`+12 puntos`)")
+    sentence: str = Field(description="The reason in one sentence, in the response's language (`Content-Language`)")
+    text: str = Field(description="The sentence with its effect in points")
+    features: list[ReasonFeature] = Field(description="The model inputs it groups, each with its own effect")
+
+
 class Prediction(BaseModel):
     outcome: Literal["open", "won", "lost"] | None = Field(
         None, description="`open`, or the final outcome of a closed opportunity")
@@ -233,8 +250,11 @@ class Prediction(BaseModel):
                                             "for a closed opportunity, whether it was won")
     score: int | None = Field(description="1..99 (null once closed)")
     grade: str | None = Field(description="A (>= 0.75), B (>= 0.50), C (>= 0.25) or D (null once closed)")
-    factors_for: list[Factor] = []
-    factors_against: list[Factor] = []
+    factors_for: list[Factor] = Field([], description="The 3 inputs that raised the probability most")
+    factors_against: list[Factor] = Field([], description="The 3 inputs that lowered it most")
+    reasons_for: list[Reason] = Field([], description="Up to 3 reasons for, each a concept (its inputs grouped, "
+                                                      "over all inputs), strongest first, as sentences")
+    reasons_against: list[Reason] = Field([], description="Up to 3 reasons against, strongest first")
     model_version: str
     scored_at: str | None = None
     seller: str | None = Field(None, description="The seller who owns the opportunity (`numero_vendedor`)")

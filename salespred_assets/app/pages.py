@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from salespred_assets import i18n
-from salespred_assets.app import auth, idempotency, opportunities
+from salespred_assets.app import auth, idempotency, opportunities, reasons as app_reasons
 from salespred_assets.app.auth import LoginRefused, Sessions, Viewer
 from salespred_assets.app.context import AppContext, Unavailable
 from salespred_assets.app.models import (
@@ -314,11 +314,12 @@ async def detail_page(request: Request, viewer: Viewer, number: str, status: int
     except (Unavailable, NoModel, ValueError) as exc:
         problem = exc.detail if isinstance(exc, Unavailable) else str(exc)
     lang = lang_of(request)
-    reasons = {side: [{**f, "label": i18n.feature_label(lang, f.get("feature", ""), f.get("label", ""))}
-                      for f in (prediction or {}).get(side, [])] for side in ("factors_for", "factors_against")}
-    changeable = await run_in_threadpool(ctx.mongo.schema) == DEFAULT_SCHEMA and \
-        doc.get(DEFAULT_SCHEMA.stage) not in opportunities.CLOSED_STAGES
+    reasons = app_reasons.render((prediction or {}).get("reasons"), lang,
+                                  app_reasons.namer(ctx, held_only=True) or names_of(request).display)
+    schema = await run_in_threadpool(ctx.mongo.schema)
+    changeable = schema == DEFAULT_SCHEMA and doc.get(DEFAULT_SCHEMA.stage) not in opportunities.CLOSED_STAGES
     context = {"saved": False, "changed": False, "errors": {}, **extra}
     return render(request, "detail.html", status, **page_context(request, viewer), number=number, doc=doc,
                   fields=[f for f in DETAIL_FIELDS if f in doc], prediction=prediction, source=source,
-                  problem=problem, reasons=reasons, stages=STAGES if changeable else [], **context)
+                  problem=problem, reasons=reasons, closed_on=doc.get(schema.close) if schema.close else None,
+                  stages=STAGES if changeable else [], **context)

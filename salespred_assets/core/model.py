@@ -46,6 +46,7 @@ from sklearn.preprocessing import OrdinalEncoder
 from salespred_assets.core.encoding import LookupEncoder
 from salespred_assets.core.features import AGE, FeatureSpec, label
 from salespred_assets.core.forest import PathExplainer
+from salespred_assets.core.reasons import Grouping
 from salespred_assets.errors import NotEnoughData
 
 MIN_PER_CLASS = 40
@@ -352,8 +353,12 @@ class WinModel:
         """probability, label, score (1-99), grade, and the top factors for and against each row."""
         return pd.DataFrame(self.predict_columns(self._columns(features), explain=explain), index=features.index)
 
-    def predict_columns(self, columns: dict[str, np.ndarray], *, explain: bool = True) -> dict[str, Any]:
-        """:meth:`predict` on feature columns (name -> array), returning prediction columns as arrays."""
+    def predict_columns(self, columns: dict[str, np.ndarray], *, explain: bool = True,
+                        grouping: Grouping | None = None) -> dict[str, Any]:
+        """:meth:`predict` on feature columns (name -> array), returning prediction columns as arrays.
+
+        With ``grouping`` (and ``explain``), ``reasons`` holds each row's contributions grouped by concept
+        (:mod:`salespred_assets.core.reasons`), over all the inputs."""
         X = self.transform(columns)
         if explain:
             raw, contrib = self.explainer.explain(X)
@@ -368,6 +373,8 @@ class WinModel:
         }
         if contrib is not None:
             out["factors_for"], out["factors_against"] = self._factors(columns, contrib)
+            if grouping is not None:
+                out["reasons"] = grouping.encode(columns, contrib)
         out["model_version"] = np.full(len(prob), self.version, dtype=object)
         return out
 

@@ -70,6 +70,10 @@ class Names:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def same_as(self, other: Names | None) -> bool:
+        """Whether ``other`` holds exactly these names (a refresh that changed nothing keeps the old object)."""
+        return other is not None and self._entries == other._entries and self._sellers == other._sellers
+
     def entry(self, kind: str, code: str) -> Entry | None:
         return self._entries.get((kind, str(code)))
 

@@ -59,7 +59,7 @@ OPEN_STAGES = ["S1", "S2", "S3", "S4", "S5", "S6"]
 # Columns salespred adds beside the input fields (in frames, SQL and the cache); an export's field may
 # not take one of these names (compared case-insensitively, as SQL does).
 RESERVED = {"_id", "opportunity_id", "outcome", "probability", "predicted_won", "score", "grade",
-            "factors_for", "factors_against", "model_version", "scored_at"}
+            "factors_for", "factors_against", "reasons", "model_version", "scored_at"}
 
 
 @dataclass(frozen=True)

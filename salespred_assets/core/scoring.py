@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from salespred_assets.core import reasons
 from salespred_assets.core.documents import STR
 from salespred_assets.core.features import closed_target, feature_columns
 from salespred_assets.core.model import WinModel
@@ -63,7 +64,8 @@ def score(model: WinModel, frame: pd.DataFrame, schema: DatasetSchema, *,
     open_rows = np.flatnonzero(~closed)
     if closed.any():  # only open rows are predicted: a closed one carries its outcome
         columns = {name: values[open_rows] for name, values in columns.items()}
-    predicted = model.predict_columns(columns, explain=explain) if len(open_rows) else {}
+    grouping = reasons.grouping(schema, model.feature_names, model.info) if explain else None
+    predicted = model.predict_columns(columns, explain=explain, grouping=grouping) if len(open_rows) else {}
     won = np.fromiter((o == "won" for o in outcomes), dtype=bool, count=len(outcomes))
     predicted = expand(model, predicted, open_rows, won, explain)
     for name, values in predicted.items():
@@ -74,7 +76,7 @@ def score(model: WinModel, frame: pd.DataFrame, schema: DatasetSchema, *,
     return pd.DataFrame(data, copy=False)
 
 
-TEXT_OUTPUTS = frozenset({"grade", "factors_for", "factors_against", "model_version"})
+TEXT_OUTPUTS = frozenset({"grade", "factors_for", "factors_against", "reasons", "model_version"})
 
 
 def expand(model: WinModel, predicted: dict[str, Any], open_rows: np.ndarray, won: np.ndarray,
@@ -86,6 +88,7 @@ def expand(model: WinModel, predicted: dict[str, Any], open_rows: np.ndarray, wo
     if explain:
         out["factors_for"] = np.full(n, "[]", dtype=object)
         out["factors_against"] = np.full(n, "[]", dtype=object)
+        out["reasons"] = np.full(n, "[]", dtype=object)  # grouped by concept (core/reasons.py); not in SQL
     for name, values in predicted.items():
         if name in out:
             out[name][open_rows] = values

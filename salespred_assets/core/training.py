@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from salespred_assets.core import card, drift, plots
+from salespred_assets.core import card, drift, plots, reasons
 from salespred_assets.core.backtest import Backtest, backtest, training_rows
 from salespred_assets.core.features import feature_spec
 from salespred_assets.core.model import SearchConfig, Trained, WinModel, train
@@ -63,6 +63,7 @@ def train_production(frame: pd.DataFrame, schema: DatasetSchema, config: SearchC
         "search_seconds": bt.trained.model.info["timings"].get("search_s"),
         "backtest_version": bt.trained.model.version,
         "schema": schema.to_dict(),
+        "won_days": reasons.won_days(frame, schema),  # how long won deals usually take, for the reasons
         # What the drift monitor compares recent opportunities with: the training snapshots at capture.
         "reference": drift.reference_profile(rows.X[rows.X["age_days"] == 0] if "age_days" in rows.X else rows.X,
                                              feature_spec(schema)),
@@ -76,7 +77,9 @@ def fit(frame: pd.DataFrame, schema: DatasetSchema, config: SearchConfig | None 
     """The training procedure on every closed opportunity of ``frame``, without a backtest (tests, quick fits)."""
     config = config or SearchConfig()
     rows = training_rows(frame, schema, changes=changes, limit=config.max_rows)
-    return train(rows.X, rows.y, feature_spec(schema), rows.rows, config, params=params)
+    trained = train(rows.X, rows.y, feature_spec(schema), rows.rows, config, params=params)
+    trained.model.info["won_days"] = reasons.won_days(frame, schema)
+    return trained
 
 
 def gate_backtest(frame: pd.DataFrame, schema: DatasetSchema, as_of: str, params: dict[str, Any],

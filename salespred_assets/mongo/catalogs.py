@@ -49,8 +49,20 @@ def seller_names(mongo: MongoResource) -> dict[str, str]:
     return out
 
 
+_last: dict[object, Names] = {}
+
+
 def _reader(mongo: MongoResource) -> Callable[[], Names]:
-    return lambda: Names(read(mongo), seller_names(mongo))
+    def read_names() -> Names:
+        # A refresh that changed nothing returns the object already held: what is cached by it (the
+        # reasons' sentences) stays valid, and no caller holds on to a stale copy per refresh.
+        fresh = Names(read(mongo), seller_names(mongo))
+        key = mongo.identity()
+        if fresh.same_as(_last.get(key)):
+            return _last[key]
+        _last[key] = fresh
+        return fresh
+    return read_names
 
 
 def names(mongo: MongoResource) -> Names:
@@ -71,6 +83,7 @@ def name(mongo: MongoResource, kind: str, code: object, lang: str) -> str:
 def forget() -> None:
     """Drop the cached catalogs (this process's next read goes to MongoDB)."""
     _cache.clear()
+    _last.clear()
 
 
 def write(mongo: MongoResource, entries: list[Entry], *, replace: bool = False) -> dict[str, int]:

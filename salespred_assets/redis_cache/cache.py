@@ -82,14 +82,17 @@ def bucket_of(number: str) -> str:
 
 
 VALUE_COLUMNS = ["outcome", "prediction_basis", "probability", "predicted_won", "score", "grade", "factors_for",
-                 "factors_against", "model_version", "scored_at"]
-_ENTRY_ORDER = sorted(VALUE_COLUMNS, key=lambda c: c.startswith("factors_"))  # the long factor lists last
+                 "factors_against", "model_version", "scored_at", "reasons"]
+# The long factor lists last, and the reasons (grouped by concept, core/reasons.py) at the very end: the app
+# cuts them off the entry it answers with and writes them as sentences.
+_ENTRY_ORDER = sorted(VALUE_COLUMNS, key=lambda c: (c == "reasons", c.startswith("factors_")))
+JSON_COLUMNS = frozenset({"factors_for", "factors_against", "reasons"})  # already JSON text, spliced in
 
 
 def cache_frame(predictions: pd.DataFrame, seller_column: str | None = None) -> pd.DataFrame:
     """What the cache keeps of a predictions frame: the number, the values and, with ``seller_column``, the
     owning seller, so that the app can tell who may see an entry without asking MongoDB."""
-    out = predictions[["opportunity_id", *VALUE_COLUMNS]].copy()
+    out = predictions[["opportunity_id", *(c for c in VALUE_COLUMNS if c in predictions.columns)]].copy()
     if seller_column:
         out["seller"] = predictions[seller_column].astype(str)
     return out
@@ -111,7 +114,7 @@ def serialize(frame: pd.DataFrame, id_column: str, seller_column: str | None = N
             column = frame[name]
             if name == "probability":
                 column = column.round(6)
-            columns.append(column.astype(str).tolist() if name.startswith("factors_") else _json_column(column))
+            columns.append(column.astype(str).tolist() if name in JSON_COLUMNS else _json_column(column))
     template = "{" + ",".join(f'"{name}":%s' for name in names) + "}"
     return frame[id_column].astype(str).tolist(), [template % row for row in zip(*columns, strict=True)]
 

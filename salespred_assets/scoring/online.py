@@ -133,6 +133,8 @@ def prediction_for(mongo: MongoResource, redis: RedisResource | None, number: st
             cached = redis.cache().get(number)
         except redis_lib.RedisError as exc:
             log.warning("Redis lookup failed, scoring with the model instead: %s", exc)
+        if cached is not None and "reasons" not in cached:
+            cached = None  # cached before reasons existed: scored again (and cached with them) below
         if cached is not None and "seller" in cached:
             visible = sellers is None or cached["seller"] in sellers
             return (cached, "cache") if visible else (None, "missing")
