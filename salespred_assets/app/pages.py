@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,10 +35,17 @@ log = logging.getLogger("salespred.app")
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 
+ISO_DATE = re.compile(r"\d{4}-\d\d-\d\d(?:[T ][\d:.]+(?:Z|[+-]\d\d:?\d\d)?)?")
+
+
 @pass_context
 def _value(context: Any, item: Any) -> str:
-    """A stored value in the page's locale: 48000.0 -> 48.000 (es) or 48,000 (en); text as it is."""
-    return i18n.value(context.get("lang", i18n.DEFAULT), item)
+    """A stored value in the page's locale: 48000.0 -> 48.000 (es) or 48,000 (en), an ISO date as the locale
+    writes it (30 nov 2026 / Nov 30, 2026); other text as it is."""
+    lang = context.get("lang", i18n.DEFAULT)
+    if isinstance(item, str) and ISO_DATE.fullmatch(item):
+        return i18n.date(lang, item)
+    return i18n.value(lang, item)
 
 
 templates.env.filters["num"] = _value
