@@ -53,7 +53,8 @@ opportunity cannot take (it is closed, or changed meanwhile); `422` bad input, w
 field in `errors`; `429` too many failed logins (see `Retry-After`); `503` MongoDB or Redis unavailable,
 nothing was written. Every error has the same body: `{"detail": "<one line>", "message": "<for a person>",
 "errors": {"<field>": "<message>"}}` (`errors` only for 422); `message` is in the language of `?lang=` or
-`Accept-Language` (Spanish by default), `detail` stays in English for integrations. Retry a capture safely with an `Idempotency-Key` header (see `POST /api/opportunities`)."""
+`Accept-Language` (Spanish by default), `detail` stays in English for integrations. Retry a capture safely
+with an `Idempotency-Key` header (see `POST /api/opportunities`)."""
 
 
 def create_app(mongo: MongoResource | None = None, redis: RedisResource | None = None, secret: str | None = None,
