@@ -22,6 +22,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -222,18 +223,18 @@ def _message(lang: str, status: int, key: str | None, params: dict[str, str]) ->
     return i18n.translate(lang, generic if i18n.has(lang, generic) else "error.generic")
 
 
-def _error(request: Request, status: int, detail: str, page_key: str, headers: dict[str, str] | None = None,
-           **params: str) -> Response:
+async def _error(request: Request, status: int, detail: str, page_key: str, headers: dict[str, str] | None = None,
+                 **params: str) -> Response:
     if _is_api(request):
         return api_error(request, status, detail, page_key, headers, params=params)
-    return error_page(request, status, page_key, headers, **params)
+    return await error_page(request, status, page_key, headers, **params)
 
 
-def error_page(request: Request, status: int, key: str, headers: dict[str, str] | None = None,
-               **params: str) -> Response:
+async def error_page(request: Request, status: int, key: str, headers: dict[str, str] | None = None,
+                     **params: str) -> Response:
     """An error as a page in the reader's language, with the app's header (and its menu when logged in)."""
-    response = pages.render(request, "error.html", status, **pages.optional_page_context(request), message=key,
-                            params=params, code=status)
+    header = await run_in_threadpool(pages.optional_page_context, request)  # Redis may be slow to fail
+    response = pages.render(request, "error.html", status, **header, message=key, params=params, code=status)
     response.headers.update(headers or {})
     return response
 
@@ -248,34 +249,34 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(pymongo.errors.ConnectionFailure)
     async def mongo_down(request: Request, exc: pymongo.errors.ConnectionFailure) -> Response:
         log.warning("MongoDB unavailable: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        return _error(request, 503, "MongoDB is unavailable; nothing was written. Try again shortly.",
+        return await _error(request, 503, "MongoDB is unavailable; nothing was written. Try again shortly.",
                       "error.unavailable", {"Retry-After": "5"}, service="MongoDB")
 
     @app.exception_handler(redis_lib.RedisError)
     async def redis_down(request: Request, exc: redis_lib.RedisError) -> Response:
         log.warning("Redis unavailable: %s", exc)
-        return _error(request, 503, "Redis is unavailable. Try again shortly.", "error.unavailable",
+        return await _error(request, 503, "Redis is unavailable. Try again shortly.", "error.unavailable",
                       {"Retry-After": "5"}, service="Redis")
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable) -> Response:
         if exc.service == "model":  # the developer's instruction goes to the log, a plain sentence to people
             log.warning("no model to score with: %s", exc.detail)
-            return _error(request, 503, str(exc), "api.no_model" if _is_api(request) else "page.no_model",
+            return await _error(request, 503, str(exc), "api.no_model" if _is_api(request) else "page.no_model",
                           {"Retry-After": "5"})
-        return _error(request, 503, str(exc), "error.unavailable", {"Retry-After": "5"}, service=exc.service)
+        return await _error(request, 503, str(exc), "error.unavailable", {"Retry-After": "5"}, service=exc.service)
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
-        return _error(request, 404, "no such opportunity, or not yours to see", "error.not_found")
+        return await _error(request, 404, "no such opportunity, or not yours to see", "error.not_found")
 
     @app.exception_handler(CaptureRefused)
     async def refused(request: Request, exc: CaptureRefused) -> Response:
-        return _error(request, 409, str(exc), "capture.unavailable", reason=str(exc))
+        return await _error(request, 409, str(exc), "capture.unavailable", reason=str(exc))
 
     @app.exception_handler(ChangeRefused)
     async def change_refused(request: Request, exc: ChangeRefused) -> Response:
-        return _error(request, 409, exc.detail, exc.key, None, **exc.params)
+        return await _error(request, 409, exc.detail, exc.key, None, **exc.params)
 
     @app.exception_handler(pages.LoginRequired)
     async def login_required(request: Request, exc: pages.LoginRequired) -> Response:
@@ -284,11 +285,11 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(pages.CsrfFailed)
     async def csrf_failed(request: Request, exc: pages.CsrfFailed) -> Response:
-        return _error(request, 403, "the form's CSRF token is missing or wrong", "error.csrf")
+        return await _error(request, 403, "the form's CSRF token is missing or wrong", "error.csrf")
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> Response:
-        return too_large_response(request)
+        return await too_large_response(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -296,27 +297,27 @@ def _install_handlers(app: FastAPI) -> None:
             allow = ", ".join(allowed_methods(app, request.scope))
             if request.method == "OPTIONS":  # what this path answers, for every route on it
                 return Response(status_code=204, headers={"Allow": allow})
-            return _error(request, 405, f"method {request.method} is not allowed here; allowed: {allow}",
+            return await _error(request, 405, f"method {request.method} is not allowed here; allowed: {allow}",
                           "error.method", {"Allow": allow})
         if _is_api(request):
             key = "api.login_wrong" if str(exc.detail).startswith("wrong username") else _API_KEYS.get(exc.status_code)
             return api_error(request, exc.status_code, str(exc.detail), key,
                              dict(exc.headers or {}), params={"seconds": (exc.headers or {}).get("Retry-After", "")})
         if exc.status_code == 404:
-            return error_page(request, 404, "error.page_not_found")
-        return error_page(request, exc.status_code, f"error.status.{exc.status_code}", dict(exc.headers or {}))
+            return await error_page(request, 404, "error.page_not_found")
+        return await error_page(request, exc.status_code, f"error.status.{exc.status_code}", dict(exc.headers or {}))
 
 
 _API_KEYS = {401: "api.unauthorized", 409: "api.conflict", 429: "api.login_limited", 404: "error.page_not_found"}
 
 
-def too_large_response(request: Request) -> Response:
+async def too_large_response(request: Request) -> Response:
     """413: JSON for the API, a page in the reader's language for a form."""
     detail = f"the request body is larger than {MAX_BODY_BYTES} bytes"
     size = f"{i18n.number(pages.lang_of(request), MAX_BODY_BYTES // 1024)} KiB"
     if _is_api(request):
         return api_error(request, 413, detail, "error.too_large", params={"size": size})
-    return error_page(request, 413, "error.too_large", size=size)
+    return await error_page(request, 413, "error.too_large", size=size)
 
 
 # ---- middleware ---------------------------------------------------------------------------------------
@@ -354,7 +355,7 @@ class HttpGuard:
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-            response = too_large_response(Request(scope))
+            response = await too_large_response(Request(scope))
             await response(scope, receive, with_headers)
             return
         seen = 0

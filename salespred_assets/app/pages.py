@@ -73,7 +73,8 @@ def lang_of(request: Request) -> str:
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     lang = lang_of(request)
-    base = {"t": i18n.Translator(lang), "has": lambda key: i18n.has(lang, key), "lang": lang, "languages": i18n.LANGUAGES, "viewer": None, "csrf": "",
+    base = {"t": i18n.Translator(lang), "has": lambda key: i18n.has(lang, key), "lang": lang,
+            "languages": i18n.LANGUAGES, "viewer": None, "csrf": "",
             "here": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
     return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
 
