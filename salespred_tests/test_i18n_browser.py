@@ -374,3 +374,21 @@ def test_the_dashboard_shows_that_its_matrix_scrolls_and_explains_its_terms_on_a
         folded, opened = visits[("dashboard", lang, 390)].text, visits[("dashboard_explained", lang, 390)].text
         assert hint in folded and term not in folded  # the explanations are folded until tapped
         assert term in opened and "TCV" in opened
+
+
+def test_the_standalone_dashboard_file_reads_well_on_a_phone(browser, tmp_path):  # noqa: F811
+    """The page the sales_dashboard asset writes (inline CSS, its own header) passes the same checks."""
+    from salespred_assets import dashboard
+
+    figs = dashboard.figures(_reporting_db(tmp_path / "report.db").engine)
+    context = browser.new_context(viewport=VIEWPORTS[0])
+    page = context.new_page()
+    for lang in LANGS:
+        page.set_content(dashboard.render_html(figs, lang))
+        text = page.evaluate("document.body.innerText")
+        smallest, what = page.evaluate(FONT_JS)
+        assert smallest >= 12, what
+        assert leaked_words(text, lang) == [] and ungrouped_numbers(text, lang) == []
+        assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORTS[0]["width"]  # charts scroll inside
+        page.screenshot(path=str(SHOTS / f"standalone_dashboard-{lang}-390x844.png"), full_page=True)
+    context.close()
