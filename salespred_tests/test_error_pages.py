@@ -71,6 +71,9 @@ def test_an_unknown_page_is_a_page_in_the_readers_language(app, app_db):
         client.cookies.set("lang", "en")
         missing = client.get("/opportunities/OP-99999999")
         assert missing.status_code == 404 and "does not exist" in missing.text and 'action="/logout"' in missing.text
+        bad_query = client.get("/opportunities?page=abc")  # a page's bad query is a page too, not JSON
+        assert bad_query.status_code == 422 and bad_query.headers["content-type"].startswith("text/html")
+        assert "The address has a value that is not valid" in bad_query.text
 
 
 def test_the_csrf_refusal_is_a_page(app, app_db):

@@ -244,6 +244,8 @@ def _install_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = field_errors(list(exc.errors()))
         summary = "invalid input: " + "; ".join(f"{k}: {v}" for k, v in list(errors.items())[:5])
+        if not _is_api(request):  # a page's query (?page=abc): a page, not JSON
+            return await error_page(request, 422, "error.bad_request")
         return api_error(request, 422, summary, "api.invalid", errors=errors)
 
     @app.exception_handler(pymongo.errors.ConnectionFailure)
@@ -272,7 +274,8 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CaptureRefused)
     async def refused(request: Request, exc: CaptureRefused) -> Response:
-        return await _error(request, 409, str(exc), "capture.unavailable", reason=str(exc))
+        log.warning("capture refused: %s", exc)  # what to do is for the operator; sellers get a sentence
+        return await _error(request, 409, str(exc), "page.capture_refused")
 
     @app.exception_handler(ChangeRefused)
     async def change_refused(request: Request, exc: ChangeRefused) -> Response:
