@@ -65,7 +65,7 @@ def test_phone_log_in_capture_and_see_the_prediction(browser, app, app_db):
         verdict = page.get_by_test_id("prediction")
         verdict.wait_for()
         assert re.fullmatch(r"Probablemente (ganada|perdida)", page.locator(".headline").inner_text().strip())
-        assert re.fullmatch(r"\d+ %", page.get_by_test_id("probability").inner_text().strip())
+        assert re.fullmatch(r"\d+\s?%", page.get_by_test_id("probability").inner_text().strip())
         assert page.get_by_test_id("grade").inner_text().strip() in {"A", "B", "C", "D"}
         # Phone-width layout: nothing wider than the screen.
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from salespred_assets import i18n
 from salespred_assets.app.main import create_app
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
-from salespred_assets.dashboard import svg
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.sql import tables, views, writer
@@ -128,9 +128,12 @@ def test_a_manager_sees_the_views_figures_in_chromium(browser, dashboard_app):  
         for key, value in want.items():
             assert shown[key] == pytest.approx(float(value), rel=1e-9, abs=1e-9), key
         # The headline as a person reads it, and styles loaded despite the CSP (the tiles form a grid).
-        assert page.locator('[data-figure="pipeline.expected_tcv"]').inner_text() == svg.compact(
-            want["pipeline.expected_tcv"])
-        assert page.evaluate("getComputedStyle(document.querySelector('main')).display") == "grid"
+        assert page.locator('[data-figure="pipeline.expected_tcv"]').inner_text() == i18n.compact(
+            "es", want["pipeline.expected_tcv"])
+        assert page.evaluate("getComputedStyle(document.querySelector('.dash .tiles')).display") == "grid"
+        # Under the app's header: the language switch and the log-out of the menu.
+        assert page.get_by_role("link", name="EN", exact=True).count() == 1
+        assert page.get_by_role("button", name="Salir").count() == 1
         assert refused == []
         shot = ARTIFACTS / "sales-dashboard.png"
         page.screenshot(path=str(shot), full_page=True)

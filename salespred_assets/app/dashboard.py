@@ -1,8 +1,9 @@
 """The managers' sales dashboard at ``/dashboard``: the five Power BI tiles and the model-quality trend.
 
 Figures come from the SQL reporting views (``SALESPRED_SQL_URL``, or the embedded SQLite file), read
-on each request; the page is the one the ``sales_dashboard`` asset writes, styled by ``/dashboard.css``
-so that the app's Content-Security-Policy (no inline styles) holds. Sellers who are not managers get 403.
+on each request; the body is the one the ``sales_dashboard`` asset writes, styled by ``/dashboard.css``
+so that the app's Content-Security-Policy (no inline styles) holds, under the app's header (language switch,
+menu, log-out). Sellers who are not managers get 403.
 Tests (or a deployment) may set ``app.state.sql`` to a ``SqlResource``.
 """
 
@@ -15,7 +16,7 @@ from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from salespred_assets import dashboard, i18n
+from salespred_assets import dashboard
 from salespred_assets.app import pages
 from salespred_assets.resources import database_resources
 from salespred_assets.sql.resource import SqlResource
@@ -34,23 +35,23 @@ def _sql(request: Request) -> SqlResource:
 async def sales_dashboard(request: Request) -> Response:
     viewer = await pages.viewer_for(request)  # not logged in: redirected to /login
     lang = pages.lang_of(request)
-    t = i18n.Translator(lang)
+    context = pages.page_context(request, viewer)
     if viewer.role != "manager":
-        return pages.render(request, "error.html", 403, **pages.page_context(request, viewer),
-                            message=t("dashboard.forbidden"))
+        return pages.render(request, "error.html", 403, **context, message="dashboard.forbidden", code=403)
     try:
         # The seller x stage matrix shows the manager's team; the other tiles are company-wide.
-        html = await run_in_threadpool(dashboard.render_dashboard, _sql(request).engine, lang, sellers=viewer.team,
-                                       stylesheet="/dashboard.css", back=("/opportunities", t("dashboard.back")))
+        figs = await run_in_threadpool(dashboard.figures, _sql(request).engine, viewer.team)
     except ViewError as exc:
         log.warning("the dashboard has no reporting views yet (%s): materialise the reporting assets "
                     "(salespred demo --once, or the reporting group in the Dagster UI)", exc)
-        return pages.render(request, "error.html", 503, **pages.page_context(request, viewer),
-                            message=t("dashboard.no_views"))
-    except SQLAlchemyError:
-        return pages.render(request, "error.html", 503, **pages.page_context(request, viewer),
-                            message=t("dashboard.sql_down"))
-    return Response(html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
+        return pages.render(request, "error.html", 503, **context, message="dashboard.no_views", code=503)
+    except SQLAlchemyError as exc:
+        log.warning("the reporting database does not answer: %s", str(exc).splitlines()[0][:200])
+        return pages.render(request, "error.html", 503, **context, message="dashboard.sql_down", code=503)
+    body = dashboard.render_body(figs, lang, pages.names_of(request).display)  # regions and stages by name
+    response = pages.render(request, "dashboard.html", **context, body=body)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.get("/dashboard.css")

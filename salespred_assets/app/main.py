@@ -22,11 +22,12 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from salespred_assets import settings
+from salespred_assets import i18n, settings
 from salespred_assets.app import api, auth, dashboard, fastlane, health, idempotency, pages
 from salespred_assets.app.context import (
     MAX_BODY_BYTES,
@@ -51,8 +52,10 @@ they are won or lost. Log in at `POST /api/auth/token`, then send
 Errors: `401` no or bad token; `404` unknown or not yours (the same answer); `409` a change the
 opportunity cannot take (it is closed, or changed meanwhile); `422` bad input, with a message for each
 field in `errors`; `429` too many failed logins (see `Retry-After`); `503` MongoDB or Redis unavailable,
-nothing was written. Every error has the same body: `{"detail": "<one line>", "errors": {"<field>": "<message>"}}`
-(`errors` only for 422). Retry a capture safely with an `Idempotency-Key` header (see `POST /api/opportunities`)."""
+nothing was written. Every error has the same body: `{"detail": "<one line>", "message": "<for a person>",
+"errors": {"<field>": "<message>"}}` (`errors` only for 422); `message` is in the language of `?lang=` or
+`Accept-Language` (Spanish by default), `detail` stays in English for integrations. Retry a capture safely
+with an `Idempotency-Key` header (see `POST /api/opportunities`)."""
 
 
 def create_app(mongo: MongoResource | None = None, redis: RedisResource | None = None, secret: str | None = None,
@@ -196,11 +199,42 @@ def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api") or request.url.path in ("/healthz", "/livez", "/openapi.json")
 
 
-def _error(request: Request, status: int, detail: str, page_key: str, headers: dict[str, str] | None = None,
-           **params: str) -> Response:
+def api_lang(request: Request) -> str:
+    """The API's language for texts: ``?lang=``, then ``Accept-Language``, then the default."""
+    return i18n.negotiate(request.query_params.get("lang"), request.headers.get("accept-language"))
+
+
+def api_error(request: Request, status: int, detail: str, key: str | None = None,
+              headers: dict[str, str] | None = None, errors: dict[str, str] | None = None,
+              params: dict[str, str] | None = None) -> JSONResponse:
+    """The one error body: ``detail`` (English, stable for integrations) and ``message`` (the same news for a
+    person, in the caller's language); ``errors`` only for 422."""
+    lang = api_lang(request)
+    body: dict[str, object] = {"detail": detail, "message": _message(lang, status, key, params or {})}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _message(lang: str, status: int, key: str | None, params: dict[str, str]) -> str:
+    if key and i18n.has(lang, key):
+        return i18n.translate(lang, key, **params)
+    generic = f"error.status.{status}"
+    return i18n.translate(lang, generic if i18n.has(lang, generic) else "error.generic")
+
+
+async def _error(request: Request, status: int, detail: str, page_key: str, headers: dict[str, str] | None = None,
+                 **params: str) -> Response:
     if _is_api(request):
-        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-    response = pages.render(request, "error.html", status, message=page_key, params=params)
+        return api_error(request, status, detail, page_key, headers, params=params)
+    return await error_page(request, status, page_key, headers, **params)
+
+
+async def error_page(request: Request, status: int, key: str, headers: dict[str, str] | None = None,
+                     **params: str) -> Response:
+    """An error as a page in the reader's language, with the app's header (and its menu when logged in)."""
+    header = await run_in_threadpool(pages.optional_page_context, request)  # Redis may be slow to fail
+    response = pages.render(request, "error.html", status, **header, message=key, params=params, code=status)
     response.headers.update(headers or {})
     return response
 
@@ -210,35 +244,42 @@ def _install_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = field_errors(list(exc.errors()))
         summary = "invalid input: " + "; ".join(f"{k}: {v}" for k, v in list(errors.items())[:5])
-        return JSONResponse({"detail": summary, "errors": errors}, status_code=422)
+        if not _is_api(request):  # a page's query (?page=abc): a page, not JSON
+            return await error_page(request, 422, "error.bad_request")
+        return api_error(request, 422, summary, "api.invalid", errors=errors)
 
     @app.exception_handler(pymongo.errors.ConnectionFailure)
     async def mongo_down(request: Request, exc: pymongo.errors.ConnectionFailure) -> Response:
         log.warning("MongoDB unavailable: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        return _error(request, 503, "MongoDB is unavailable; nothing was written. Try again shortly.",
+        return await _error(request, 503, "MongoDB is unavailable; nothing was written. Try again shortly.",
                       "error.unavailable", {"Retry-After": "5"}, service="MongoDB")
 
     @app.exception_handler(redis_lib.RedisError)
     async def redis_down(request: Request, exc: redis_lib.RedisError) -> Response:
         log.warning("Redis unavailable: %s", exc)
-        return _error(request, 503, "Redis is unavailable. Try again shortly.", "error.unavailable",
+        return await _error(request, 503, "Redis is unavailable. Try again shortly.", "error.unavailable",
                       {"Retry-After": "5"}, service="Redis")
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable) -> Response:
-        return _error(request, 503, str(exc), "error.unavailable", {"Retry-After": "5"}, service=exc.service)
+        if exc.service == "model":  # the developer's instruction goes to the log, a plain sentence to people
+            log.warning("no model to score with: %s", exc.detail)
+            return await _error(request, 503, str(exc), "api.no_model" if _is_api(request) else "page.no_model",
+                          {"Retry-After": "5"})
+        return await _error(request, 503, str(exc), "error.unavailable", {"Retry-After": "5"}, service=exc.service)
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
-        return _error(request, 404, "no such opportunity, or not yours to see", "error.not_found")
+        return await _error(request, 404, "no such opportunity, or not yours to see", "error.not_found")
 
     @app.exception_handler(CaptureRefused)
     async def refused(request: Request, exc: CaptureRefused) -> Response:
-        return _error(request, 409, str(exc), "capture.unavailable", reason=str(exc))
+        log.warning("capture refused: %s", exc)  # what to do is for the operator; sellers get a sentence
+        return await _error(request, 409, str(exc), "page.capture_refused")
 
     @app.exception_handler(ChangeRefused)
     async def change_refused(request: Request, exc: ChangeRefused) -> Response:
-        return _error(request, 409, exc.detail, exc.key, None, **exc.params)
+        return await _error(request, 409, exc.detail, exc.key, None, **exc.params)
 
     @app.exception_handler(pages.LoginRequired)
     async def login_required(request: Request, exc: pages.LoginRequired) -> Response:
@@ -247,11 +288,11 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(pages.CsrfFailed)
     async def csrf_failed(request: Request, exc: pages.CsrfFailed) -> Response:
-        return _error(request, 403, "the form's CSRF token is missing or wrong", "error.csrf")
+        return await _error(request, 403, "the form's CSRF token is missing or wrong", "error.csrf")
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> Response:
-        return JSONResponse({"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await too_large_response(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -259,11 +300,27 @@ def _install_handlers(app: FastAPI) -> None:
             allow = ", ".join(allowed_methods(app, request.scope))
             if request.method == "OPTIONS":  # what this path answers, for every route on it
                 return Response(status_code=204, headers={"Allow": allow})
-            return JSONResponse({"detail": f"method {request.method} is not allowed here; allowed: {allow}"},
-                                status_code=405, headers={"Allow": allow})
-        if _is_api(request) or exc.status_code != 404:
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-        return _error(request, 404, str(exc.detail), "error.not_found")
+            return await _error(request, 405, f"method {request.method} is not allowed here; allowed: {allow}",
+                          "error.method", {"Allow": allow})
+        if _is_api(request):
+            key = "api.login_wrong" if str(exc.detail).startswith("wrong username") else _API_KEYS.get(exc.status_code)
+            return api_error(request, exc.status_code, str(exc.detail), key,
+                             dict(exc.headers or {}), params={"seconds": (exc.headers or {}).get("Retry-After", "")})
+        if exc.status_code == 404:
+            return await error_page(request, 404, "error.page_not_found")
+        return await error_page(request, exc.status_code, f"error.status.{exc.status_code}", dict(exc.headers or {}))
+
+
+_API_KEYS = {401: "api.unauthorized", 409: "api.conflict", 429: "api.login_limited", 404: "error.page_not_found"}
+
+
+async def too_large_response(request: Request) -> Response:
+    """413: JSON for the API, a page in the reader's language for a form."""
+    detail = f"the request body is larger than {MAX_BODY_BYTES} bytes"
+    size = f"{i18n.number(pages.lang_of(request), MAX_BODY_BYTES // 1024)} KiB"
+    if _is_api(request):
+        return api_error(request, 413, detail, "error.too_large", params={"size": size})
+    return await error_page(request, 413, "error.too_large", size=size)
 
 
 # ---- middleware ---------------------------------------------------------------------------------------
@@ -301,8 +358,7 @@ class HttpGuard:
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-            response = JSONResponse({"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes"},
-                                    status_code=413)
+            response = await too_large_response(Request(scope))
             await response(scope, receive, with_headers)
             return
         seen = 0

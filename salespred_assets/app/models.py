@@ -295,7 +295,9 @@ class OpportunityList(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    detail: str
+    detail: str = Field(description="What failed, in English: stable wording for integrations and logs")
+    message: str = Field(description="The same news for a person, in the language of `?lang=` or "
+                                     "`Accept-Language` (Spanish by default)")
     errors: dict[str, str] | None = Field(default=None, description="A message for each field that failed")
 
 

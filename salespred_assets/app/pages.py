@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -12,6 +13,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
 from pydantic import ValidationError
+from pymongo.errors import ConnectionFailure
+from redis import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from salespred_assets import i18n
@@ -29,15 +32,22 @@ from salespred_assets.core.schema import CODE_SETS, DEFAULT_SCHEMA
 from salespred_assets.mongo import catalogs
 from salespred_assets.registry.model_store import NoModel
 
-log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger("salespred.app")
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+ISO_DATE = re.compile(r"\d{4}-\d\d-\d\d(?:[T ][\d:.]+(?:Z|[+-]\d\d:?\d\d)?)?")
 
 
 @pass_context
 def _value(context: Any, item: Any) -> str:
-    """A stored value in the page's locale: 48000.0 -> 48.000 (es) or 48,000 (en); text as it is."""
-    return i18n.value(context.get("lang", i18n.DEFAULT), item)
+    """A stored value in the page's locale: 48000.0 -> 48.000 (es) or 48,000 (en), an ISO date as the locale
+    writes it (30 nov 2026 / Nov 30, 2026); other text as it is."""
+    lang = context.get("lang", i18n.DEFAULT)
+    if isinstance(item, str) and ISO_DATE.fullmatch(item):
+        return i18n.date(lang, item)
+    return i18n.value(lang, item)
 
 
 templates.env.filters["num"] = _value
@@ -101,7 +111,8 @@ class Naming:
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     lang = lang_of(request)
     naming = Naming(names_of(request), lang)
-    base = {"t": i18n.Translator(lang), "lang": lang, "languages": i18n.LANGUAGES, "viewer": None, "csrf": "",
+    base = {"t": i18n.Translator(lang), "has": lambda key: i18n.has(lang, key), "lang": lang,
+            "languages": i18n.LANGUAGES, "viewer": None, "csrf": "",
             "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
             "name": naming.name, "stage": naming.stage, "seller": naming.seller, "code_fields": CODE_FIELDS}
     return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
@@ -135,6 +146,20 @@ async def viewer_for(request: Request) -> Viewer:
 def page_context(request: Request, viewer: Viewer) -> dict[str, Any]:
     ctx: AppContext = request.app.state.ctx
     return {"viewer": viewer, "csrf": ctx.sessions.csrf(request.state.sid)}
+
+
+def optional_page_context(request: Request) -> dict[str, Any]:
+    """The header's viewer for an error page, when known without asking MongoDB (which may be what failed)."""
+    ctx: AppContext = request.app.state.ctx
+    try:
+        session = ctx.sessions.read(request.cookies.get(Sessions.COOKIE))
+        roster = auth.fresh_roster(ctx.mongo) if session else None
+        viewer = roster.viewer(session["sub"]) if roster and session else None
+        if viewer is None or session is None:
+            return {}
+        return {"viewer": viewer, "csrf": ctx.sessions.csrf(session["sid"])}
+    except Exception:  # noqa: BLE001 - an error page must render even when Redis is what failed
+        return {}
 
 
 async def checked_form(request: Request) -> dict[str, str]:
@@ -211,14 +236,14 @@ async def switch_language(request: Request, code: str, next: str = "/") -> Respo
 
 # ---- capture ------------------------------------------------------------------------------------
 def capture_page(request: Request, viewer: Viewer, status: int = 200, values: dict[str, str] | None = None,
-                 errors: dict[str, str] | None = None, submission: str | None = None) -> Response:
+                 errors: dict[str, str] | None = None, submission: str | None = None, alert: str = "") -> Response:
     """The capture form, with a one-time submission token for this session (a new one unless given)."""
     ctx: AppContext = request.app.state.ctx
     token = submission or idempotency.form_token(ctx.sessions.secret, request.state.sid)
     names, lang = names_of(request), lang_of(request)
     options = {kind: names.grouped(kind, codes, lang) for kind, codes in CODE_SETS.items()}
     return render(request, "capture.html", status, **page_context(request, viewer), options=options,
-                  values=values or {}, errors=errors or {}, submission=token)
+                  values=values or {}, errors=errors or {}, submission=token, alert=alert)
 
 
 @router.get("/opportunities/new")
@@ -255,6 +280,15 @@ async def capture_submit(request: Request) -> Response:
     digest = idempotency.fingerprint(body.model_dump(mode="json"))
     try:
         outcome = await run_in_threadpool(idempotency.run_once, ctx.mongo.db, viewer.number, key, digest, work)
+    except (Unavailable, ConnectionFailure, RedisError) as exc:
+        # Nothing was saved: the seller gets the form back with what they typed, and the same token to retry.
+        service = exc.service if isinstance(exc, Unavailable) else "Redis" if isinstance(exc, RedisError) \
+            else "MongoDB"
+        log.warning("capture refused, %s unavailable: %s", service, str(exc).splitlines()[0][:200] if str(exc) else "")
+        refused = capture_page(request, viewer, 503, values, {}, submission,
+                               alert=i18n.translate(lang, "error.capture_unavailable", service=service))
+        refused.headers["Retry-After"] = "5"
+        return refused
     except idempotency.KeyReused:
         return capture_page(request, viewer, 422, values, {"submission": i18n.translate(lang, "err.form_reused")})
     except idempotency.InProgress:
@@ -312,7 +346,10 @@ async def detail_page(request: Request, viewer: Viewer, number: str, status: int
     try:
         prediction, source = await run_in_threadpool(opportunities.prediction, ctx, viewer, number)
     except (Unavailable, NoModel, ValueError) as exc:
-        problem = exc.detail if isinstance(exc, Unavailable) else str(exc)
+        # A plain sentence for the seller; what an operator should do goes to the log.
+        no_model = isinstance(exc, NoModel) or (isinstance(exc, Unavailable) and exc.service == "model")
+        log.warning("no prediction for %s: %s", number, exc.detail if isinstance(exc, Unavailable) else exc)
+        problem = "page.no_model" if no_model else "page.prediction_unavailable"
     lang = lang_of(request)
     reasons = app_reasons.render((prediction or {}).get("reasons"), lang,
                                   app_reasons.namer(ctx, held_only=True) or names_of(request).display)

@@ -8,8 +8,10 @@ from salespred_assets.dashboard.figures import figures, from_snapshot, snapshot,
 from salespred_assets.dashboard.render import (
     CSS,
     LANGUAGES,
+    render_body,
     render_dashboard,
     render_html,
 )
 
-__all__ = ["CSS", "LANGUAGES", "figures", "from_snapshot", "render_dashboard", "render_html", "snapshot", "summary"]
+__all__ = ["CSS", "LANGUAGES", "figures", "from_snapshot", "render_body", "render_dashboard", "render_html", "snapshot",
+           "summary"]

@@ -46,11 +46,14 @@ def _attr(figure: str, value: float) -> str:
 
 
 def _svg(width: int, height: int, label: str, body: str) -> str:
+    # The page's CSS keeps each chart at least as wide as its viewBox (scrolling if need be), so that
+    # its text is never drawn smaller than the CSS font size, even on a phone.
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
-            f'aria-label="{escape(label)}"><title>{escape(label)}</title>{body}</svg>')
+            f'class="chart w{width}" aria-label="{escape(label)}"><title>{escape(label)}</title>{body}</svg>')
 
 
-def bars(items: Sequence[Item], label: str, width: int = 260, height: int = 200) -> str:
+def bars(items: Sequence[Item], label: str, width: int = 260, height: int = 200,
+         fmt: Callable[[float], str] = compact) -> str:
     top, bottom = 22, 24
     peak = max((i.value for i in items), default=0.0) or 1.0
     slot = width / max(len(items), 1)
@@ -62,9 +65,9 @@ def bars(items: Sequence[Item], label: str, width: int = 260, height: int = 200)
         y = height - bottom - h
         parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{item.color}" '
                      f'{_attr(item.figure, item.value)}>'
-                     f'<title>{escape(item.label)}: {compact(item.value)}</title></rect>'
+                     f'<title>{escape(item.label)}: {escape(fmt(item.value))}</title></rect>'
                      f'<text x="{x + bar_w / 2:.1f}" y="{y - 5:.1f}" text-anchor="middle" class="v">'
-                     f'{compact(item.value)}</text>'
+                     f'{escape(fmt(item.value))}</text>'
                      f'<text x="{x + bar_w / 2:.1f}" y="{height - 6}" text-anchor="middle">{escape(item.label)}</text>')
     return _svg(width, height, label, "".join(parts))
 
@@ -77,7 +80,7 @@ def lines(series: Sequence[Sequence[Item]], label: str, x_labels: Sequence[str],
     ``ticks`` are the indices of ``x_labels`` written under the axis (default: all); the y range is the
     data's unless given; ``fmt`` writes the axis labels and the dots' tooltips.
     """
-    left, right, top, bottom = 52, 12, 14, 30
+    left, right, top, bottom = 76, 14, 16, 30
     values = [i.value for items in series for i in items if not math.isnan(i.value)]
     lo = (min(values) if values else 0.0) if y_min is None else y_min
     hi = (max(values) if values else 1.0) if y_max is None else y_max
@@ -94,7 +97,7 @@ def lines(series: Sequence[Sequence[Item]], label: str, x_labels: Sequence[str],
         v = lo + (hi - lo) * g / 4
         y = xy(0, v)[1]
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(v)}</text>')
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(fmt(v))}</text>')
     for items in series:
         points = [(xy(n, i.value), i) for n, i in enumerate(items) if not math.isnan(i.value)]
         if not points:
@@ -102,7 +105,7 @@ def lines(series: Sequence[Sequence[Item]], label: str, x_labels: Sequence[str],
         path = " ".join(f"{x:.1f},{y:.1f}" for (x, y), _ in points)
         parts.append(f'<polyline points="{path}" fill="none" stroke="{points[0][1].color}" stroke-width="2"/>')
         parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{i.color}" {_attr(i.figure, i.value)}>'
-                     f"<title>{escape(i.label)}: {fmt(i.value)}</title></circle>" for (x, y), i in points)
+                     f"<title>{escape(i.label)}: {escape(fmt(i.value))}</title></circle>" for (x, y), i in points)
     for n in range(len(x_labels)) if ticks is None else ticks:
         if 0 <= n < len(x_labels):
             parts.append(f'<text x="{xy(n, lo)[0]:.1f}" y="{height - 8}" text-anchor="middle">'
@@ -110,7 +113,8 @@ def lines(series: Sequence[Sequence[Item]], label: str, x_labels: Sequence[str],
     return _svg(width, height, label, "".join(parts))
 
 
-def donut(items: Sequence[Item], label: str, size: int = 200) -> str:
+def donut(items: Sequence[Item], label: str, size: int = 200, fmt: Callable[[float], str] = compact,
+          share_fmt: Callable[[float], str] = "{:.1%}".format) -> str:
     total = sum(max(i.value, 0.0) for i in items)
     r, cx, cy, width = size * 0.36, size / 2, size / 2, size * 0.16
     circumference = 2 * math.pi * r
@@ -122,8 +126,8 @@ def donut(items: Sequence[Item], label: str, size: int = 200) -> str:
         parts.append(f'<circle cx="{cx}" cy="{cy}" r="{r:.1f}" fill="none" stroke="{item.color}" '
                      f'stroke-width="{width:.1f}" stroke-dasharray="{length:.2f} {circumference - length:.2f}" '
                      f'stroke-dashoffset="{-offset:.2f}" transform="rotate(-90 {cx} {cy})" '
-                     f'{_attr(item.figure, item.value)}><title>{escape(item.label)}: {compact(item.value)} '
-                     f'({share:.1%})</title></circle>')
+                     f'{_attr(item.figure, item.value)}><title>{escape(item.label)}: {escape(fmt(item.value))} '
+                     f'({escape(share_fmt(share))})</title></circle>')
         offset += length
-    parts.append(f'<text x="{cx}" y="{cy + 5}" text-anchor="middle" class="v">{compact(total)}</text>')
+    parts.append(f'<text x="{cx}" y="{cy + 5}" text-anchor="middle" class="v">{escape(fmt(total))}</text>')
     return _svg(size, size, label, "".join(parts))

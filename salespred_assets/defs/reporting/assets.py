@@ -112,17 +112,19 @@ def dashboard_figures(sql: SqlResource) -> dg.Output[pd.DataFrame]:
 
 
 @dg.asset(group_name=GROUP, kinds={"html"}, retry_policy=IO_RETRY)
-def sales_dashboard(dashboard_figures: pd.DataFrame) -> dg.MaterializeResult:
+def sales_dashboard(dashboard_figures: pd.DataFrame, mongo: MongoResource) -> dg.MaterializeResult:
     """The five Power BI tiles and the model-quality trend as one self-contained HTML page (inline SVG,
-    no network), from the stored figures; written under $SALESPRED_HOME/dashboard/."""
+    no network), from the stored figures, regions and stages by name (the code catalogs); written under
+    $SALESPRED_HOME/dashboard/."""
     figs = dashboard.from_snapshot(dashboard_figures)
+    name = catalogs.names(mongo).display
     out = dashboard_dir()
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for lang in dashboard.LANGUAGES:
         path = out / (DASHBOARD_FILE if lang == "en" else DASHBOARD_FILE.replace(".html", f".{lang}.html"))
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(dashboard.render_html(figs, lang), encoding="utf-8")
+        tmp.write_text(dashboard.render_html(figs, lang, name=name), encoding="utf-8")
         tmp.replace(path)  # readers never see a half-written page
         paths[lang] = path
     metadata: dict = {"path": dg.MetadataValue.path(str(paths["en"])),
