@@ -75,7 +75,7 @@ def test_the_api_gives_machine_fields_and_sentences_in_the_asked_language(client
         [(r["concept"], r["effect"], r["features"]) for r in en_reasons]
 
 
-def test_the_cached_path_and_the_model_path_give_the_same_reasons(client, app_db: AppDB, app):
+def test_the_cached_path_and_the_model_path_give_the_same_reasons(client, app_db: AppDB, app, named):
     headers = login_token(client, app_db, "luis")
     number = client.post("/api/opportunities", json=valid_payload(cliente="CL-78"), headers=headers).json()[
         "numero_opportunidad"]
@@ -94,6 +94,9 @@ def test_the_cached_path_and_the_model_path_give_the_same_reasons(client, app_db
     finally:
         app.lane = lane
     assert by_lane.json() == full.json() and by_lane.json()["prediction"]["reasons_for"] is not None
+    said = by_lane.json()["prediction"]
+    for r in said["reasons_for"] + said["reasons_against"]:
+        readable(r["sentence"])  # codes by name on the lane as in the full app
     assert by_lane.headers["content-language"] == full.headers["content-language"] == "en"
     assert by_lane.headers["vary"] == full.headers["vary"]
 

@@ -43,6 +43,17 @@ def test_the_same_key_and_body_return_the_same_opportunity(client, app_db):
     assert _count(app_db, cliente="CL-77001") == 2
 
 
+def test_a_replay_is_the_first_answer_in_the_first_answers_language(client, app_db):
+    headers = {**login_token(client, app_db, "luis"), "Idempotency-Key": str(uuid.uuid4())}
+    payload = valid_payload(cliente="CL-77090")
+    first = client.post("/api/opportunities?lang=en", json=payload, headers=headers)
+    assert first.status_code == 201 and first.headers["Content-Language"] == "en"
+    assert first.headers["Vary"] == "Accept-Language"
+    again = client.post("/api/opportunities", json=payload, headers={**headers, "Accept-Language": "es"})
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Content-Language"] == "en" and "Vary" not in again.headers
+
+
 def test_the_same_key_with_another_body_is_refused(client, app_db):
     headers = {**login_token(client, app_db, "luis"), "Idempotency-Key": str(uuid.uuid4())}
     assert client.post("/api/opportunities", json=valid_payload(cliente="CL-77002"), headers=headers).status_code == 201

@@ -281,6 +281,14 @@ def test_a_field_reads_label_and_name_and_a_code_without_a_name_shows_as_itself(
     ]
 
 
+def test_a_category_an_export_wrote_as_a_number_is_named_as_its_code():
+    value = stored(("category:industrias", [("industrias", 1001.0, 0.03)]))
+    named = {"1001": "Sanidad"}
+    said = texts(value, "es", name=lambda kind, code, lang: named.get(code, code))
+    assert said == ["Industria del cliente: Sanidad."]
+    assert texts(value, "es") == ["Industria del cliente: 1001."]  # unnamed: the code as written, not "1.001"
+
+
 def test_a_field_of_a_custom_export_gets_a_generic_sentence():
     value = stored(
         ("number:seats", [("seats", 12500.0, 0.03)]),

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
+from pymongo.errors import PyMongoError
 from starlette.concurrency import run_in_threadpool
 
 from salespred_assets import i18n
@@ -76,14 +77,28 @@ def reader_lang(request: Request) -> str:
     return i18n.negotiate(request.query_params.get("lang"), request.headers.get("accept-language"))
 
 
-def with_reasons(request: Request, response: Response, body: dict[str, Any]) -> dict[str, Any]:
+async def namer_for(request: Request) -> reasons.Namer:
+    """The codes' names for the reasons: held in memory, else read in a worker thread (never on the event
+    loop). Names help but are not the answer: if MongoDB fails here, codes show as themselves (logged), and
+    a capture already stored is never turned into an error."""
+    ctx = ctx_of(request)
+    held = reasons.namer(ctx, held_only=True)
+    if held is not None:
+        return held
+    try:
+        return await run_in_threadpool(reasons.namer, ctx) or reasons.code_itself
+    except PyMongoError as exc:
+        log.warning("catalog names unavailable, codes shown as they are: %s", str(exc).splitlines()[0][:200])
+        return reasons.code_itself
+
+
+def with_reasons(request: Request, response: Response, body: dict[str, Any], name: reasons.Namer) -> dict[str, Any]:
     """``body`` with its prediction's reasons as sentences in the reader's language (``Content-Language``)."""
     lang = reader_lang(request)
     response.headers["Content-Language"] = lang
     response.headers["Vary"] = "Accept-Language"
     if body.get("prediction") is None:
         return body
-    name = reasons.namer(ctx_of(request)) or reasons.code_itself
     return {**body, "prediction": reasons.for_prediction(body["prediction"], lang, name)}
 
 
@@ -218,18 +233,21 @@ async def create_opportunity(request: Request, response: Response, viewer: Viewe
     if idempotency_key is None:
         result = await run_in_threadpool(opportunities.capture, ctx, viewer, body)
         response.headers["Location"] = f"/api/opportunities/{result.number}"
-        return with_reasons(request, response, result.body())
+        return with_reasons(request, response, result.body(), await namer_for(request))
+
+    name = await namer_for(request)
 
     def work() -> tuple[int, dict[str, Any]]:
         # Stored as it is answered (in the first request's language), so that a replay is byte for byte the
         # first answer's JSON.
         captured = opportunities.capture(ctx, viewer, body)
-        return 201, CaptureOut.model_validate(with_reasons(request, response, captured.body())).model_dump(mode="json")
+        answer = with_reasons(request, response, captured.body(), name)
+        return 201, CaptureOut.model_validate(answer).model_dump(mode="json")
 
     digest = idempotency.fingerprint(json.loads(await request.body()))
     try:
         outcome = await run_in_threadpool(idempotency.run_once, ctx.mongo.db, viewer.number, idempotency_key,
-                                          digest, work)
+                                          digest, work, reader_lang(request))
     except idempotency.KeyReused as exc:
         raise RequestValidationError([{"loc": ("header", idempotency.HEADER), "type": "idempotency_key_reused",
                                        "msg": "this Idempotency-Key was used with another body; use a new key for "
@@ -237,9 +255,12 @@ async def create_opportunity(request: Request, response: Response, viewer: Viewe
     except idempotency.InProgress as exc:
         raise HTTPException(409, "a request with this Idempotency-Key is still being processed; retry shortly",
                             headers={"Retry-After": "1"}) from exc
-    headers = {"Location": f"/api/opportunities/{outcome.body['numero_opportunidad']}", "Vary": "Accept-Language"}
-    if outcome.replayed:
+    headers = {"Location": f"/api/opportunities/{outcome.body['numero_opportunidad']}",
+               "Content-Language": outcome.lang or reader_lang(request)}
+    if outcome.replayed:  # the first answer, byte for byte, in its language whatever this retry asks
         headers["Idempotent-Replayed"] = "true"
+    else:
+        headers["Vary"] = "Accept-Language"
     return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
 
 
@@ -276,7 +297,7 @@ async def change_opportunity(request: Request, response: Response, number: str, 
     """
     body = await parse(request, OpportunityChange)
     result = await run_in_threadpool(opportunities.change, ctx_of(request), viewer, number, body)
-    return with_reasons(request, response, result.body())
+    return with_reasons(request, response, result.body(), await namer_for(request))
 
 
 @router.get("/opportunities/{number}/prediction", response_model=PredictionOut, tags=["opportunities"],
@@ -289,4 +310,5 @@ async def get_prediction(request: Request, response: Response, number: str, view
     in the language of `?lang=` or `Accept-Language` (`reasons_for`, `reasons_against`)."""
     # A cached entry the caller may see is usually answered before this, by the fast lane (fastlane.py).
     value, source = await run_in_threadpool(opportunities.prediction, ctx_of(request), viewer, number)
-    return with_reasons(request, response, {"numero_opportunidad": number, "source": source, "prediction": value})
+    return with_reasons(request, response, {"numero_opportunidad": number, "source": source, "prediction": value},
+                        await namer_for(request))

@@ -60,6 +60,7 @@ class Outcome:
     status: int
     body: dict[str, Any]
     replayed: bool
+    lang: str | None = None  # the language the body's texts were written in (a replay keeps the first's)
 
 
 def fingerprint(payload: Any) -> str:
@@ -81,8 +82,9 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 
 def run_once(db: Database, seller: str, key: str, digest: str,
-             work: Callable[[], tuple[int, dict[str, Any]]]) -> Outcome:
-    """Run ``work`` (returning status and body) once for ``(seller, key)``, or return its stored outcome."""
+             work: Callable[[], tuple[int, dict[str, Any]]], lang: str | None = None) -> Outcome:
+    """Run ``work`` (returning status and body, its texts in ``lang``) once for ``(seller, key)``, or return its
+    stored outcome."""
     coll = db[COLLECTION]
     ident = f"{seller}\x1f{key}"
     deadline = time.monotonic() + WAIT_S
@@ -103,7 +105,7 @@ def run_once(db: Database, seller: str, key: str, digest: str,
         if doc["fingerprint"] != digest:
             raise KeyReused()
         if doc["state"] == "done":
-            return Outcome(doc["status"], doc["body"], True)
+            return Outcome(doc["status"], doc["body"], True, doc.get("lang"))
         if _aware(doc["lease_until"]) < now and coll.find_one_and_update(
                 {"_id": ident, "state": "pending", "lease_until": doc["lease_until"]},
                 {"$set": {"lease_until": now + dt.timedelta(seconds=LEASE_S)}}) is not None:
@@ -120,10 +122,10 @@ def run_once(db: Database, seller: str, key: str, digest: str,
         raise
     try:
         coll.update_one({"_id": ident}, {"$set": {"state": "done", "status": status, "body": body,
-                                                  "done_at": _now()}, "$unset": {"lease_until": ""}})
+                                                  "lang": lang, "done_at": _now()}, "$unset": {"lease_until": ""}})
     except PyMongoError as exc:  # the capture is stored: answer it; retries get 409 until the lease ends
         log.warning("captured for key %s… but could not store its result: %s", key[:8], str(exc).splitlines()[0][:200])
-    return Outcome(status, body, False)
+    return Outcome(status, body, False, lang)
 
 
 # ---- the capture form's one-time token ---------------------------------------------------------------------

@@ -132,8 +132,10 @@ def _field(lang: str, field: str, value: Any, kind: str, name: Namer) -> str:
     shown = label(lang, field)
     if value is None or (isinstance(value, float) and not math.isfinite(value)) or value == "":
         return i18n.translate(lang, "reason.field_missing", label=shown)
-    if isinstance(value, str):
-        text = name(field, value, lang)
+    if isinstance(value, str) or kind == core.CATEGORY:
+        # A category is a code even when an export wrote it as a number (industria 1001, read as 1001.0).
+        code = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        text = name(field, code, lang)
     elif kind == core.FRACTION:
         text = _percent(lang, value)
     else:
@@ -243,12 +245,9 @@ def namer(ctx: Any, held_only: bool = False) -> Namer | None:
     that wires names into the reasons (pages, API and fast lane call it). The same object while the
     catalogs do not change, so sentences cached by it stay valid.
 
-    ``held_only`` (the fast lane, on the event loop): None when this process does not hold the catalogs
-    fresh, instead of reading them (the full app then answers). Otherwise at most one read per
-    ``catalogs.TTL_S`` seconds (refreshed ahead, off the request, while they are in use).
+    ``held_only`` (on the event loop): None when this process does not hold the catalogs fresh, instead of
+    reading them. Otherwise (in a worker thread) at most one read per ``catalogs.TTL_S`` seconds, refreshed
+    ahead while they are in use; a MongoDB error is raised.
     """
-    found = getattr(ctx, "name", None)
-    if callable(found):  # set by a caller (tests) to name codes its own way
-        return found
     held = catalogs.cached(ctx.mongo) if held_only else catalogs.names(ctx.mongo)
     return held.display if held is not None else None
