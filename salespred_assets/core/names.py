@@ -161,10 +161,12 @@ def parse_csv(text: str, source: str = "catalog") -> list[Entry]:
 
 def parse_yaml(text: str, source: str = "catalog") -> list[Entry]:
     try:
-        data = yaml.safe_load(text)
+        # BaseLoader: every scalar stays the text written. YAML 1.1 typing would turn the code NO into
+        # False, 010 into 8 and a name "yes" into True, silently.
+        data = yaml.load(text, Loader=yaml.BaseLoader)  # builds only str, list and dict
     except yaml.YAMLError as exc:
         raise CatalogError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if data is None:
+    if data is None or data == "":
         raise CatalogError(f"{source}: the file is empty; a catalog maps kind -> code -> {{es, en}}")
     if not isinstance(data, dict):
         raise CatalogError(f"{source}: expected a mapping kind -> code -> {{es: ..., en: ...}} at the top")
@@ -179,8 +181,10 @@ def parse_yaml(text: str, source: str = "catalog") -> list[Entry]:
             extra = [k for k in names if k not in (*LANGS, "group")]
             if extra:
                 raise CatalogError(f"{where}: unknown key(s) {', '.join(map(str, extra))}; expected es, en, group")
-            rows.append((where, {"kind": str(kind), "code": "" if code is None else str(code),
-                                 **{k: "" if v is None else str(v) for k, v in names.items()}}))
+            bad = [k for k, v in names.items() if not isinstance(v, str)]
+            if bad:
+                raise CatalogError(f"{where}: {', '.join(bad)} must be text, not a {type(names[bad[0]]).__name__}")
+            rows.append((where, {"kind": kind, "code": code, **names}))
     return _checked(rows, source)
 
 
