@@ -109,3 +109,39 @@ def test_api_codes_keeps_its_lists_and_adds_names_in_the_asked_language(client):
     assert client.get("/api/codes?lang=en", headers={"Accept-Language": "es"}).json()["lang"] == "en"
     names = [o["name"] for o in english["names"]["industrias"]]
     assert names[0] == "Accounting and auditing"  # sorted by the English name
+
+
+def test_without_stage_names_in_the_catalog_stages_read_in_the_language_everywhere(client, app_db):
+    import pandas as pd
+
+    from salespred_assets.core import names
+    from salespred_assets.i18n import stage_name
+
+    # One rule (catalog, else the message catalog, else the code) for the pages, /api/codes and dim_etapa.
+    app_db.mongo.db[catalogs.CATALOGS].delete_many({"kind": "etapas"})
+    catalogs.forget()
+    try:
+        stages = {o["code"]: o["name"] for o in client.get("/api/codes?lang=es").json()["names"]["etapas"]}
+        assert stages["Won"] == "Ganada" and stages["Lost"] == "Perdida", stages
+        english = {o["code"]: o["name"] for o in client.get("/api/codes?lang=en").json()["names"]["etapas"]}
+        assert english["Won"] == "Won"
+        lookup = catalogs.names(app_db.mongo)
+        dim = pd.DataFrame(names.dimension(lookup, "etapas", ["Won", "Raro"],
+                                           lambda code, lang: stage_name(lang, code, lookup))).set_index("code")
+        assert dim.loc["Won", ["name_es", "name_en"]].tolist() == ["Ganada", "Won"]
+        assert dim.loc["Raro", ["name_es", "name_en"]].tolist() == ["Raro", "Raro"]  # unknown: the code itself
+        assert stage_name("es", "S1", lookup) == stages["S1"]
+        page_login(client, app_db, "ana")
+        items = client.get("/opportunities").text.split('<ul class="items">')[1].split("</ul>")[0]
+        assert not re.search(r"· (Won|Lost) ·", items)
+    finally:
+        catalogs.ensure_demo(app_db.mongo)
+    # A catalog name wins over the message catalog's.
+    app_db.mongo.db[catalogs.CATALOGS].update_one({"kind": "etapas", "code": "Won"}, {"$set": {"es": "Cerrada ganada"}})
+    catalogs.forget()
+    try:
+        stages = {o["code"]: o["name"] for o in client.get("/api/codes?lang=es").json()["names"]["etapas"]}
+        assert stages["Won"] == "Cerrada ganada"
+    finally:
+        app_db.mongo.db[catalogs.CATALOGS].update_one({"kind": "etapas", "code": "Won"}, {"$set": {"es": "Ganada"}})
+        catalogs.forget()
