@@ -32,6 +32,7 @@ SELLER = "numero_vendedor"  # not in a catalog file: sellers are named by their 
 # A kind whose codes may be grouped under a code of another kind (its ``group``).
 PARENT: dict[str, str] = {"territorios": "regiones"}
 STAGE_CODES: tuple[str, ...] = (*OPEN_STAGES, "Won", "Lost")
+LETTERS_OVER = 20  # a list longer than this (without groups of its own) is grouped by first letter
 DEMO_CATALOG = Path(__file__).with_name("demo_catalog.yaml")
 
 
@@ -61,6 +62,17 @@ def sort_key(text: str) -> tuple[str, str]:
     """Alphabetical as a reader expects: accents and case do not move a name (Álava sorts with A)."""
     plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return plain.casefold(), text
+
+
+def initial(name: str) -> str:
+    """The letter a name is listed under: its first letter without accents (Álava under A), "#" for a digit
+    or anything else."""
+    for char in sort_key(name)[0]:
+        if char.isalpha():
+            return char.upper()
+        if char.isalnum():
+            break
+    return "#"
 
 
 class Names:
@@ -108,10 +120,16 @@ class Names:
                         "group": self.display(parent, group, lang) if parent and group else ""})
         return sorted(out, key=lambda o: (sort_key(o["group"]), sort_key(o["name"]), o["code"]))
 
-    def grouped(self, kind: str, codes: Iterable[str], lang: str) -> list[tuple[str, list[dict[str, str]]]]:
-        """:meth:`options` in runs of the same group (``""``: not grouped), for ``<optgroup>``s."""
+    def grouped(self, kind: str, codes: Iterable[str], lang: str,
+                letters_over: int = LETTERS_OVER) -> list[tuple[str, list[dict[str, str]]]]:
+        """:meth:`options` in runs of the same group (``""``: not grouped), for ``<optgroup>``s. A kind without
+        a parent kind and more than ``letters_over`` codes is grouped by its names' first letters (A, B, ...),
+        so a long list can be scanned on a phone."""
+        options = self.options(kind, codes, lang)
+        if kind not in PARENT and len(options) > letters_over:
+            options = [{**o, "group": initial(o["name"])} for o in options]
         out: list[tuple[str, list[dict[str, str]]]] = []
-        for option in self.options(kind, codes, lang):
+        for option in options:
             if not out or out[-1][0] != option["group"]:
                 out.append((option["group"], []))
             out[-1][1].append(option)
