@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from salespred_assets.core import names
 from salespred_assets.core.schema import CODE_SETS
 from salespred_assets.mongo import catalogs
 from salespred_assets.mongo.resource import OPPORTUNITIES
@@ -109,3 +110,83 @@ def test_api_codes_keeps_its_lists_and_adds_names_in_the_asked_language(client):
     assert client.get("/api/codes?lang=en", headers={"Accept-Language": "es"}).json()["lang"] == "en"
     names = [o["name"] for o in english["names"]["industrias"]]
     assert names[0] == "Accounting and auditing"  # sorted by the English name
+
+
+def test_without_stage_names_in_the_catalog_stages_read_in_the_language_everywhere(client, app_db):
+    import pandas as pd
+
+    from salespred_assets.core import names
+    from salespred_assets.i18n import stage_name
+
+    # One rule (catalog, else the message catalog, else the code) for the pages, /api/codes and dim_etapa.
+    app_db.mongo.db[catalogs.CATALOGS].delete_many({"kind": "etapas"})
+    catalogs.forget()
+    try:
+        stages = {o["code"]: o["name"] for o in client.get("/api/codes?lang=es").json()["names"]["etapas"]}
+        assert stages["Won"] == "Ganada" and stages["Lost"] == "Perdida", stages
+        english = {o["code"]: o["name"] for o in client.get("/api/codes?lang=en").json()["names"]["etapas"]}
+        assert english["Won"] == "Won"
+        lookup = catalogs.names(app_db.mongo)
+        dim = pd.DataFrame(names.dimension(lookup, "etapas", ["Won", "Raro"],
+                                           lambda code, lang: stage_name(lang, code, lookup))).set_index("code")
+        assert dim.loc["Won", ["name_es", "name_en"]].tolist() == ["Ganada", "Won"]
+        assert dim.loc["Raro", ["name_es", "name_en"]].tolist() == ["Raro", "Raro"]  # unknown: the code itself
+        assert stage_name("es", "S1", lookup) == stages["S1"]
+        page_login(client, app_db, "ana")
+        items = client.get("/opportunities").text.split('<ul class="items">')[1].split("</ul>")[0]
+        assert not re.search(r"· (Won|Lost) ·", items)
+    finally:
+        catalogs.ensure_demo(app_db.mongo)
+    # A catalog name wins over the message catalog's.
+    app_db.mongo.db[catalogs.CATALOGS].update_one({"kind": "etapas", "code": "Won"}, {"$set": {"es": "Cerrada ganada"}})
+    catalogs.forget()
+    try:
+        stages = {o["code"]: o["name"] for o in client.get("/api/codes?lang=es").json()["names"]["etapas"]}
+        assert stages["Won"] == "Cerrada ganada"
+    finally:
+        app_db.mongo.db[catalogs.CATALOGS].update_one({"kind": "etapas", "code": "Won"}, {"$set": {"es": "Ganada"}})
+        catalogs.forget()
+
+
+def test_long_lists_are_grouped_by_first_letter_in_the_pages_language(client, app_db):
+    page_login(client, app_db, "luis")
+    form = client.get("/opportunities/new").text
+    for name, count in (("industrias", 65), ("lead_source", 36)):
+        select = _select(form, name)
+        letters = re.findall(r'<optgroup label="([^"]+)">', select)
+        assert letters == sorted(letters) and len(letters) == len(set(letters)) > 5, letters
+        assert all(len(letter) == 1 and letter.isupper() for letter in letters), letters
+        # Every option sits in the group of its name's first letter, accents ignored (Álava under A).
+        runs = re.findall(r'<optgroup label="(.)">(.*?)</optgroup>', select, re.DOTALL)
+        options = [(letter, label) for letter, run in runs for label in re.findall(r">([^<]+)</option>", run)]
+        assert len(options) == count
+        assert all(names.initial(label) == letter for letter, label in options), options
+    industries = _select(form, "industrias")
+    assert re.search(r'<optgroup label="S">(?:(?!</optgroup>).)*?<option value="IN-23">Sanidad</option>', industries,
+                     re.DOTALL)
+    assert re.search(r'<optgroup label="E">(?:(?!</optgroup>).)*?<option value="IN-\d\d">Educación escolar</option>',
+                     industries, re.DOTALL)
+    assert "<optgroup" not in _select(form, "tipos")  # a short list stays flat
+    territories = re.findall(r'<optgroup label="([^"]+)">', _select(form, "territorios"))
+    assert territories[0] == "Andina (Colombia)"  # territories keep their regions
+    client.get("/lang/en")
+    english = _select(client.get("/opportunities/new").text, "industrias")
+    assert re.search(r'<optgroup label="H">(?:(?!</optgroup>).)*?<option value="IN-23">Healthcare</option>', english,
+                     re.DOTALL)
+    client.get("/lang/es")
+    # A refused capture shows the form again with the chosen code still selected in its group, and the error.
+    refused = client.post("/opportunities/new", data={**valid_payload(acv="-5"), "csrf": csrf_of(form),
+                                                      "submission": submission_of(form)})
+    assert refused.status_code == 422
+    assert re.search(r'<optgroup label="S">(?:(?!</optgroup>).)*?<option value="IN-23" selected>Sanidad</option>',
+                     _select(refused.text, "industrias"), re.DOTALL)
+    assert 'id="acv-error"' in refused.text
+
+
+def test_a_short_list_without_groups_is_never_split_by_letter():
+    lookup = names.Names(names.demo_entries())
+    assert [g for g, _ in lookup.grouped("tipos", CODE_SETS["tipos"], "es")] == [""]
+    assert [g for g, _ in lookup.grouped("industrias", CODE_SETS["industrias"][:20], "es")] == [""]
+    assert len(lookup.grouped("industrias", CODE_SETS["industrias"][:21], "es")) > 1
+    assert (names.initial("Álava"), names.initial("éxito"), names.initial("3M"), names.initial("¿Qué?")) == \
+        ("A", "E", "#", "Q")

@@ -150,7 +150,7 @@ def test_replace_makes_the_catalog_exactly_the_file(mongo, tmp_path, monkeypatch
     assert code == 0 and "replaced the catalog with 2 names" in out
     assert sorted(d["code"] for d in mongo.db[catalogs.CATALOGS].find()) == ["IN-00", "TY-00"]
     assert catalogs.name(mongo, "industrias", "IN-01", "es") == "IN-01"  # gone: shown as its code
-    assert catalogs.STAGING not in mongo.db.list_collection_names()
+    assert not [n for n in mongo.db.list_collection_names() if n.startswith(catalogs.STAGING)]
     # Still unique per (kind, code) after the swap: the index came with the staging collection.
     assert any(i.get("unique") for i in mongo.db[catalogs.CATALOGS].index_information().values())
 
@@ -186,13 +186,11 @@ def test_the_reader_sees_a_load_within_its_ttl(mongo, monkeypatch):
     assert catalogs.name(mongo, "industrias", "IN-00", "es") == "Agro"
 
 
-def test_seeding_synthetic_data_ships_the_demo_catalog_and_keeps_edited_names(mongo):
+def test_seeding_synthetic_data_ships_the_demo_catalog_only_into_an_empty_one(mongo):
     from salespred_assets.operations import loading
 
-    catalogs.write(mongo, [Entry("industrias", "IN-00", "Agro propio", "Own agro")])
     loading.seed_synthetic(mongo, 50)
     assert mongo.db[catalogs.CATALOGS].count_documents({}) == len(names.demo_entries())
-    assert catalogs.name(mongo, "industrias", "IN-00", "es") == "Agro propio"
     assert catalogs.name(mongo, "territorios", "TE-04", "es") == "Bogotá"
     assert catalogs.name(mongo, "numero_vendedor", "NV-1", "es") == "NV-1"  # no sellers yet: the number
     loading.ensure_demo_sellers(mongo)
@@ -209,6 +207,94 @@ def test_replacing_the_data_with_synthetic_data_ships_the_demo_catalog(mongo):
 
     loading.replace_synthetic(mongo, 30)
     assert catalogs.name(mongo, "industrias", "IN-23", "en") == "Healthcare"
+
+
+@pytest.mark.parametrize("how", ["seed", "replace"])
+def test_seeding_after_a_deliberate_replace_does_not_bring_the_demo_names_back(how, mongo, tmp_path, monkeypatch,
+                                                                             capsys):
+    from salespred_assets.operations import loading
+
+    path = tmp_path / "real.csv"
+    path.write_text("kind,code,es,en\nindustrias,IN-00,Agro propio,Own agro\n", encoding="utf-8")
+    assert _cli(["catalog", "load", str(path), "--replace"], mongo, monkeypatch, capsys)[0] == 0
+    if how == "seed":
+        loading.seed_synthetic(mongo, 30)
+    else:
+        loading.replace_synthetic(mongo, 30)
+    assert [(d["code"], d["es"]) for d in mongo.db[catalogs.CATALOGS].find()] == [("IN-00", "Agro propio")]
+    assert catalogs.name(mongo, "industrias", "IN-23", "en") == "IN-23"  # the real catalog does not name it
+
+
+def test_concurrent_replacements_leave_exactly_one_whole_catalog(mongo):
+    import threading
+
+    # Several files of different sizes replaced at once, again and again: each rename must carry one
+    # whole file, never another run's half-filled staging, and no run may fail.
+    files = [[Entry("industrias", f"IN-{i:04d}", f"n{k}-{i}", f"n{k}-{i}") for i in range(300 + 150 * k)]
+             for k in range(4)]
+    wanted = {len(f): {(e.code, e.es) for e in f} for f in files}
+    errors: list[BaseException] = []
+
+    def replace(entries):
+        try:
+            for _ in range(4):
+                catalogs.write(mongo, entries, replace=True)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replace, args=(f,)) for f in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stored = {(d["code"], d["es"]) for d in mongo.db[catalogs.CATALOGS].find()}
+    assert stored in wanted.values()
+    assert not [n for n in mongo.db.list_collection_names() if n.startswith(catalogs.STAGING)]
+
+
+def test_only_a_dead_replacements_staging_is_cleaned_up(mongo):
+    old = catalogs.staging_name(time.time() - 2 * catalogs.STALE_S)
+    live = catalogs.staging_name()
+    for name in (old, live, catalogs.STAGING, "catalogs_other"):
+        mongo.db[name].insert_one({"kind": "industrias", "code": "IN-00", "es": "x", "en": "x"})
+    assert len({old, live}) == 2 and old != live
+    catalogs.write(mongo, [Entry("industrias", "IN-01", "Alimentos", "Food")], replace=True)
+    left = set(mongo.db.list_collection_names())
+    assert live in left and "catalogs_other" in left  # a running replacement's, and what is not a staging
+    assert old not in left and catalogs.STAGING not in left  # a dead run's, and the earlier releases' one name
+    assert [d["code"] for d in mongo.db[catalogs.CATALOGS].find()] == ["IN-01"]
+
+
+# ---- YAML keeps text as written, sellers never show by login ---------------------------------------------
+def test_yaml_codes_and_names_stay_the_text_written(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lead_source:\n  NO: {es: yes, en: 'no'}\n  010: {es: 1.50, en: ~}\n"
+                    "  on: {es: 2026-01-01, en: null}\n", encoding="utf-8")
+    got = {e.code: (e.es, e.en) for e in names.read_file(path)}
+    assert got == {"NO": ("yes", "no"), "010": ("1.50", "~"), "on": ("2026-01-01", "null")}
+
+
+def test_a_yaml_name_that_is_not_text_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("industrias:\n  IN-00: {es: [a, b], en: Agriculture}\n", encoding="utf-8")
+    with pytest.raises(CatalogError, match=r"c.yaml industrias.IN-00: es must be text, not a list"):
+        names.read_file(path)
+
+
+def test_a_seller_without_names_shows_as_the_number_never_the_login(mongo):
+    from salespred_assets.mongo.resource import SELLERS
+
+    mongo.db[SELLERS].insert_many([
+        {"numero_vendedor": "NV-1", "username": "lgomez", "first_name": "Luis", "last_name": "Gómez"},
+        {"numero_vendedor": "NV-2", "username": "secret.login", "first_name": "", "last_name": None},
+        {"numero_vendedor": "NV-3", "username": "other.login"},
+        {"numero_vendedor": "NV-4", "username": "x", "first_name": "Ana", "last_name": "  "},
+    ])
+    catalogs.forget()
+    assert catalogs.seller_names(mongo) == {"NV-1": "Luis Gómez", "NV-4": "Ana"}
+    assert catalogs.name(mongo, "numero_vendedor", "NV-2", "es") == "NV-2"
+    assert catalogs.name(mongo, "numero_vendedor", "NV-3", "en") == "NV-3"
 
 
 def test_the_dashboard_matrix_rows_carry_the_sellers_name():

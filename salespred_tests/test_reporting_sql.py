@@ -376,3 +376,29 @@ def test_code_dimensions_keep_accents_and_name_unknown_codes_by_themselves(engin
     with engine.connect() as conn:  # the relationship Power BI draws: fact code -> dimension code
         dim = sa.table("dim_industria", sa.column("code"), sa.column("name_es"))
         assert conn.execute(sa.select(dim.c.name_es).where(dim.c.code == "IN-61")).scalar_one() == "Videojuegos"
+
+
+def test_code_dimensions_take_whatever_codes_the_data_holds(engine):
+    import numpy as np
+
+    # What an export can hold: missing values, 3 and 3.0, codes a case-insensitive collation (MariaDB,
+    # SQL Server) or trailing-space padding takes as one, and codes longer than the column.
+    lookup = names.Names([names.Entry("lead_source", "Web", "Sitio web", "Website")])
+    used = [None, np.nan, float("nan"), pd.NA, 3, 3.0, "web", "WEB ", "Wéb", "IN-01 ", "IN-01", "x" * 80, "Z" * 65]
+    dim = names.dimension_table(lookup, "lead_source", used)
+    assert [r["code"] for r in dim.rows] == ["3", "IN-01", "Web", "Z" * 64, "x" * 64]
+    assert dim.merged == 3 and dim.truncated == 2 and len(dim.notes) == 5
+    assert dim.rows[2]["name_es"] == "Sitio web"  # the catalog's spelling is the one kept
+    table = tables.all_tables(sa.MetaData(), S)["dim_lead_source"]
+    writer.write(engine, table, pd.DataFrame(dim.rows))  # one primary key per row on every dialect
+    stored = writer.read_table(engine, "dim_lead_source")
+    assert sorted(stored["code"]) == sorted(r["code"] for r in dim.rows)
+    assert not stored["code"].isin(["nan", "None", "3.0", "<NA>"]).any()
+
+
+def test_code_dimensions_cut_an_overlong_stage_name(engine):
+    lookup = names.Names()
+    dim = names.dimension_table(lookup, "etapas", ["Won"], lambda code, lang: code + "!" * 300)
+    assert dim.truncated == 2 and len(dim.rows[0]["name_es"]) == names.NAME_MAX
+    writer.write(engine, tables.all_tables(sa.MetaData(), S)["dim_etapa"], pd.DataFrame(dim.rows))
+    assert writer.count_rows(engine, "dim_etapa") == 1

@@ -199,9 +199,11 @@ def codes(request: Request, response: Response,
         names = Names()
     response.headers["Content-Language"] = language
     response.headers["Vary"] = "Accept-Language"
-    kinds: dict[str, list[str]] = {**CODE_SETS, "etapas": list(STAGE_CODES)}
+    stages = names.options("etapas", list(STAGE_CODES), language,
+                           display=lambda code: i18n.stage_name(language, code, names))
     return {**CODE_SETS, "lang": language,
-            "names": {kind: names.options(kind, values, language) for kind, values in kinds.items()}}
+            "names": {**{kind: names.options(kind, values, language) for kind, values in CODE_SETS.items()},
+                      "etapas": stages}}
 
 
 # ---- opportunities ------------------------------------------------------------------------------

@@ -97,12 +97,7 @@ class Naming:
 
     def stage(self, code: Any) -> str:
         """The catalog's name of the stage, else the message catalog's (Ganada / Won), else the code."""
-        if code is None:
-            return ""
-        if self.names.known("etapas", code):
-            return self.names.display("etapas", code, self.lang)
-        key = f"stage.{code}"
-        return i18n.translate(self.lang, key) if i18n.has(self.lang, key) else str(code)
+        return i18n.stage_name(self.lang, code, self.names)
 
     def seller(self, number: Any) -> str:
         return self.names.display(SELLER, number, self.lang)

@@ -31,8 +31,7 @@ def demo(once, n, dagster_port, app_port) -> None:
         click.echo(f"MongoDB is empty: generating {n} synthetic opportunities ...")
         loading.seed_synthetic(mongo, n)
     loading.ensure_demo_sellers(mongo)
-    if mongo.db[catalogs.CATALOGS].estimated_document_count() == 0:  # a loaded catalog is never overwritten
-        catalogs.ensure_demo(mongo)
+    catalogs.ensure_demo_if_empty(mongo)  # a loaded catalog is never overwritten
     click.echo("materialising the asset graph (job full_refresh) ...")
     started = time.perf_counter()
     outcome = runner.materialize("full_refresh")

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import unicodedata
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import yaml
 
 from salespred_assets.core.schema import CODE_SETS, OPEN_STAGES
@@ -29,6 +32,7 @@ SELLER = "numero_vendedor"  # not in a catalog file: sellers are named by their 
 # A kind whose codes may be grouped under a code of another kind (its ``group``).
 PARENT: dict[str, str] = {"territorios": "regiones"}
 STAGE_CODES: tuple[str, ...] = (*OPEN_STAGES, "Won", "Lost")
+LETTERS_OVER = 20  # a list longer than this (without groups of its own) is grouped by first letter
 DEMO_CATALOG = Path(__file__).with_name("demo_catalog.yaml")
 
 
@@ -58,6 +62,17 @@ def sort_key(text: str) -> tuple[str, str]:
     """Alphabetical as a reader expects: accents and case do not move a name (Álava sorts with A)."""
     plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return plain.casefold(), text
+
+
+def initial(name: str) -> str:
+    """The letter a name is listed under: its first letter without accents (Álava under A), "#" for a digit
+    or anything else."""
+    for char in sort_key(name)[0]:
+        if char.isalpha():
+            return char.upper()
+        if char.isalnum():
+            break
+    return "#"
 
 
 class Names:
@@ -92,21 +107,29 @@ class Names:
     def known(self, kind: str, code: Any) -> bool:
         return (kind, str(code)) in self._entries or (kind == SELLER and str(code) in self._sellers)
 
-    def options(self, kind: str, codes: Iterable[str], lang: str) -> list[dict[str, str]]:
-        """``codes`` as a form offers them: ``{"code", "name", "group"}``, sorted by name in ``lang``."""
+    def options(self, kind: str, codes: Iterable[str], lang: str,
+                display: Callable[[str], str] | None = None) -> list[dict[str, str]]:
+        """``codes`` as a form offers them: ``{"code", "name", "group"}``, sorted by name in ``lang``
+        (named by ``display(code)`` when given, as the stages are)."""
         out = []
         for code in codes:
             entry = self._entries.get((kind, code))
             group = entry.group if entry and entry.group else ""
             parent = PARENT.get(kind)
-            out.append({"code": code, "name": self.display(kind, code, lang),
+            out.append({"code": code, "name": display(code) if display else self.display(kind, code, lang),
                         "group": self.display(parent, group, lang) if parent and group else ""})
         return sorted(out, key=lambda o: (sort_key(o["group"]), sort_key(o["name"]), o["code"]))
 
-    def grouped(self, kind: str, codes: Iterable[str], lang: str) -> list[tuple[str, list[dict[str, str]]]]:
-        """:meth:`options` in runs of the same group (``""``: not grouped), for ``<optgroup>``s."""
+    def grouped(self, kind: str, codes: Iterable[str], lang: str,
+                letters_over: int = LETTERS_OVER) -> list[tuple[str, list[dict[str, str]]]]:
+        """:meth:`options` in runs of the same group (``""``: not grouped), for ``<optgroup>``s. A kind without
+        a parent kind and more than ``letters_over`` codes is grouped by its names' first letters (A, B, ...),
+        so a long list can be scanned on a phone."""
+        options = self.options(kind, codes, lang)
+        if kind not in PARENT and len(options) > letters_over:
+            options = [{**o, "group": initial(o["name"])} for o in options]
         out: list[tuple[str, list[dict[str, str]]]] = []
-        for option in self.options(kind, codes, lang):
+        for option in options:
             if not out or out[-1][0] != option["group"]:
                 out.append((option["group"], []))
             out[-1][1].append(option)
@@ -161,10 +184,12 @@ def parse_csv(text: str, source: str = "catalog") -> list[Entry]:
 
 def parse_yaml(text: str, source: str = "catalog") -> list[Entry]:
     try:
-        data = yaml.safe_load(text)
+        # BaseLoader: every scalar stays the text written. YAML 1.1 typing would turn the code NO into
+        # False, 010 into 8 and a name "yes" into True, silently.
+        data = yaml.load(text, Loader=yaml.BaseLoader)  # builds only str, list and dict
     except yaml.YAMLError as exc:
         raise CatalogError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if data is None:
+    if data is None or data == "":
         raise CatalogError(f"{source}: the file is empty; a catalog maps kind -> code -> {{es, en}}")
     if not isinstance(data, dict):
         raise CatalogError(f"{source}: expected a mapping kind -> code -> {{es: ..., en: ...}} at the top")
@@ -179,8 +204,10 @@ def parse_yaml(text: str, source: str = "catalog") -> list[Entry]:
             extra = [k for k in names if k not in (*LANGS, "group")]
             if extra:
                 raise CatalogError(f"{where}: unknown key(s) {', '.join(map(str, extra))}; expected es, en, group")
-            rows.append((where, {"kind": str(kind), "code": "" if code is None else str(code),
-                                 **{k: "" if v is None else str(v) for k, v in names.items()}}))
+            bad = [k for k, v in names.items() if not isinstance(v, str)]
+            if bad:
+                raise CatalogError(f"{where}: {', '.join(bad)} must be text, not a {type(names[bad[0]]).__name__}")
+            rows.append((where, {"kind": kind, "code": code, **names}))
     return _checked(rows, source)
 
 
@@ -195,32 +222,113 @@ def _checked(rows: list[tuple[str, dict[str, str]]], source: str) -> list[Entry]
             raise CatalogError(f"{where}: unknown kind {kind!r}; the kinds are {', '.join(KINDS)}")
         if not code:
             raise CatalogError(f"{where}: empty code")
-        if len(code) > 64:
-            raise CatalogError(f"{where}: the code {code[:20]!r}... is longer than 64 characters")
+        if len(code) > CODE_MAX:
+            raise CatalogError(f"{where}: the code {code[:20]!r}... is longer than {CODE_MAX} characters")
         names = {lang: " ".join(row.get(lang, "").split()) for lang in LANGS}
         for lang in LANGS:
             if not names[lang]:
                 raise CatalogError(f"{where}: {kind} {code} has no name in {lang!r}")
-            if len(names[lang]) > 200:
-                raise CatalogError(f"{where}: {kind} {code}'s name in {lang!r} is longer than 200 characters")
+            if len(names[lang]) > NAME_MAX:
+                raise CatalogError(f"{where}: {kind} {code}'s name in {lang!r} is longer than {NAME_MAX} characters")
         if (kind, code) in seen:
             raise CatalogError(f"{where}: {kind} {code} is given twice (first at {seen[kind, code]})")
         seen[kind, code] = where
         group = row.get("group", "").strip() or None
         if group and kind not in PARENT:
             raise CatalogError(f"{where}: only {', '.join(PARENT)} may have a group, not {kind}")
+        if group and len(group) > CODE_MAX:
+            raise CatalogError(f"{where}: the group {group[:20]!r}... is longer than {CODE_MAX} characters")
         out.append(Entry(kind, code, names["es"], names["en"], group))
     return out
 
 
-def dimension(names: Names, kind: str, used: Iterable[Any] = ()) -> list[dict[str, Any]]:
-    """A reporting dimension's rows: every catalog entry of ``kind``, and each code the data uses without a
-    name (named as itself, so a report never shows a blank where the data has a code)."""
-    rows = {e.code: {"code": e.code, "name_es": e.es or e.en, "name_en": e.en or e.es,
-                     **({"region": e.group} if kind in PARENT else {})} for e in names.entries(kind)}
-    for code in sorted({str(c) for c in used if c is not None and str(c) != ""} - set(rows)):
-        rows[code] = {"code": code, "name_es": code, "name_en": code, **({"region": None} if kind in PARENT else {})}
-    return [rows[c] for c in sorted(rows)]
+# The dimension tables' column sizes (sql/tables.py ``dim_code``); a catalog is checked against them.
+CODE_MAX, NAME_MAX = 64, 200
+
+
+@dataclass
+class Dimension:
+    """A reporting dimension's rows, and what was done to the data's codes to make them fit a key."""
+
+    rows: list[dict[str, Any]]
+    merged: int = 0  # codes dropped as the same key as one kept (case, accents or spaces apart)
+    truncated: int = 0  # codes or names cut to the columns' sizes
+    notes: list[str] = field(default_factory=list)  # a few examples, for the log
+
+
+def code_text(value: Any) -> str | None:
+    """A code as the text a dimension keys it by: None for a missing value (None, NaN), a whole float as the
+    integer's text (3.0 is 3, as 3 is), the rest stripped (SQL Server and MariaDB ignore trailing spaces)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        if float(value).is_integer():
+            value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _same_key(code: str) -> str:
+    # MariaDB's and SQL Server's default collations compare without case (MariaDB without accents too):
+    # codes equal under them would be one primary key there.
+    return sort_key(code)[0]
+
+
+def dimension_table(names: Names, kind: str, used: Iterable[Any] = (),
+                    display: Callable[[str, str], str] | None = None) -> Dimension:
+    """A reporting dimension: every catalog entry of ``kind``, then each code the data uses without a
+    name (named as itself, so a report never shows a blank where the data has a code).
+
+    ``display(code, lang)``, when given, names every code (the stages' rule: catalog, else the message
+    catalog). Codes are normalised (:func:`code_text`); the first of codes that only case, accents or
+    spaces tell apart is kept; codes and names are cut to the columns' sizes, and both are counted."""
+    out = Dimension(rows=[])
+    kept: dict[str, str] = {}  # the key -> the code kept for it
+
+    def cut(text: str, limit: int, what: str) -> str:
+        if len(text) <= limit:
+            return text
+        out.truncated += 1
+        if len(out.notes) < 5:
+            out.notes.append(f"{kind} {what} {text[:20]!r}... cut to {limit} characters")
+        return text[:limit]
+
+    def add(code: str, es: str, en: str, group: str | None) -> None:
+        code = cut(code, CODE_MAX, "code")
+        key = _same_key(code)
+        if key in kept:
+            if kept[key] != code:  # the same code again (named by the catalog, say) is no merge
+                out.merged += 1
+                if len(out.notes) < 5:
+                    out.notes.append(f"{kind} code {code!r} merged into {kept[key]!r}")
+            return
+        kept[key] = code
+        if display is not None:
+            es, en = display(code, "es"), display(code, "en")
+        row: dict[str, Any] = {"code": code, "name_es": cut(es, NAME_MAX, "name"), "name_en": cut(en, NAME_MAX, "name")}
+        if kind in PARENT:
+            row["region"] = cut(group, CODE_MAX, "group") if group else None
+        out.rows.append(row)
+
+    for e in names.entries(kind):
+        add(e.code, e.es or e.en, e.en or e.es, e.group)
+    seen: set[str] = set()
+    for value in used:
+        code = code_text(value)
+        if code is None or code in seen:
+            continue
+        seen.add(code)
+        add(code, code, code, None)
+    out.rows.sort(key=lambda r: r["code"])
+    return out
+
+
+def dimension(names: Names, kind: str, used: Iterable[Any] = (),
+              display: Callable[[str, str], str] | None = None) -> list[dict[str, Any]]:
+    """:func:`dimension_table`'s rows."""
+    return dimension_table(names, kind, used, display).rows
 
 
 def demo_entries() -> list[Entry]:

@@ -16,7 +16,7 @@ import datetime as dt
 import functools
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from babel import Locale, UnknownLocaleError, dates as babel_dates, numbers as babel_numbers
 from babel.support import NullTranslations, Translations
@@ -85,6 +85,25 @@ def translate(lang: str, key: str, **params: Any) -> str:
         except (KeyError, IndexError, ValueError):
             return text
     return text
+
+
+class CodeNames(Protocol):
+    """What :func:`stage_name` needs of the code catalogs (``core.names.Names`` is one)."""
+
+    def known(self, kind: str, code: Any) -> bool: ...
+
+    def display(self, kind: str, code: Any, lang: str = ...) -> str: ...
+
+
+def stage_name(lang: str, code: Any, names: CodeNames | None = None) -> str:
+    """A stage's name, wherever one is shown (pages, ``/api/codes``, ``dim_etapa``): the code catalog's
+    (``etapas``), else this message catalog's ``stage.<code>`` (Ganada / Won), else the code itself."""
+    if code is None:
+        return ""
+    if names is not None and names.known("etapas", code):
+        return names.display("etapas", code, lang)
+    key = f"stage.{code}"
+    return translate(lang, key) if has(lang, key) else str(code)
 
 
 def _locale(lang: str) -> Locale:

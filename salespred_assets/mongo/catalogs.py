@@ -8,6 +8,10 @@ through the same object (kind ``numero_vendedor``), from their first and last na
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+import uuid
 from collections.abc import Callable
 
 from pymongo import UpdateOne
@@ -17,10 +21,15 @@ from salespred_assets.core.names import KINDS, Entry, Names, demo_entries
 from salespred_assets.mongo.resource import SELLERS, MongoResource
 
 CATALOGS = "catalogs"
+# Each replacement fills its own staging collection, STAGING + "<unix seconds>_<random>": two concurrent
+# replacements never share one (one could otherwise rename the other's half-filled staging over the catalog).
 STAGING = CATALOGS + "__staging"
+STALE_S = 3600.0  # a staging collection this old belongs to a replacement that died; it is dropped
+_STAGED_AT = re.compile(re.escape(STAGING) + r"_(\d+)_[0-9a-f]+$")
 INDEX = "kind_code_unique"
 TTL_S = 5.0
 
+log = logging.getLogger("salespred.catalogs")
 _cache: Expiring[Names] = Expiring(ttl_s=TTL_S, refresh_ahead=True)
 
 
@@ -38,14 +47,15 @@ def read(mongo: MongoResource) -> list[Entry]:
 
 
 def seller_names(mongo: MongoResource) -> dict[str, str]:
-    """Seller number -> "first last" (the username only when both are empty). Never reads a hash."""
+    """Seller number -> "first last". A seller without either is left out, so they show as their number:
+    the login name is a credential's half and is never shown (nor read), and no hash is read."""
     out = {}
-    for doc in mongo.db[SELLERS].find({}, {"_id": 0, "numero_vendedor": 1, "first_name": 1, "last_name": 1,
-                                           "username": 1}):
+    for doc in mongo.db[SELLERS].find({}, {"_id": 0, "numero_vendedor": 1, "first_name": 1, "last_name": 1}):
         if doc.get("numero_vendedor") is None:
             continue
-        full = f"{doc.get('first_name') or ''} {doc.get('last_name') or ''}".strip()
-        out[str(doc["numero_vendedor"])] = full or str(doc.get("username") or "")
+        full = " ".join(f"{doc.get('first_name') or ''} {doc.get('last_name') or ''}".split())
+        if full:
+            out[str(doc["numero_vendedor"])] = full
     return out
 
 
@@ -94,11 +104,18 @@ def write(mongo: MongoResource, entries: list[Entry], *, replace: bool = False) 
     """
     db = mongo.db
     if replace:
-        before = db[CATALOGS].count_documents({})
-        db.drop_collection(STAGING)  # what an interrupted replacement left
-        ensure_index(mongo, STAGING)
-        db[STAGING].insert_many([e.as_doc() for e in entries], ordered=False)
-        db[STAGING].rename(CATALOGS, dropTarget=True)
+        drop_stale_staging(mongo)
+        staging = staging_name()
+        try:
+            ensure_index(mongo, staging)
+            db[staging].insert_many([e.as_doc() for e in entries], ordered=False)
+            before = db[CATALOGS].count_documents({})
+            db[staging].rename(CATALOGS, dropTarget=True)
+            # A no-op on MongoDB; the embedded server may leave the renamed name behind, empty.
+            db.drop_collection(staging)
+        except BaseException:
+            db.drop_collection(staging)  # a failed replacement leaves the catalog and nothing else
+            raise
         forget()
         return {"written": len(entries), "removed": before, "total": len(entries)}
     ensure_index(mongo)
@@ -109,6 +126,38 @@ def write(mongo: MongoResource, entries: list[Entry], *, replace: bool = False) 
     forget()
     return {"written": result.upserted_count + result.modified_count, "removed": 0,
             "total": db[CATALOGS].count_documents({})}
+
+
+def staging_name(now: float | None = None) -> str:
+    """A staging collection's name of its own, with its creation time (how a stale one is recognised)."""
+    return f"{STAGING}_{int(time.time() if now is None else now)}_{uuid.uuid4().hex[:12]}"
+
+
+def drop_stale_staging(mongo: MongoResource, max_age_s: float = STALE_S) -> list[str]:
+    """Drop the staging collections of replacements that died (older than ``max_age_s``); a running
+    replacement's (younger) is left alone. Returns the names dropped."""
+    dropped = []
+    now = time.time()
+    for name in mongo.db.list_collection_names():
+        if not name.startswith(STAGING):
+            continue
+        match = _STAGED_AT.match(name)
+        # The one shared name of earlier releases has no time in it: only a dead run can have left it now.
+        if match is None and name != STAGING:
+            continue
+        if match is None or now - int(match.group(1)) > max_age_s:
+            mongo.db.drop_collection(name)
+            log.warning("dropped %s, the staging collection of a catalog replacement that did not finish", name)
+            dropped.append(name)
+    return dropped
+
+
+def ensure_demo_if_empty(mongo: MongoResource) -> int:
+    """The demo catalog, only into an empty catalog: a catalog someone loaded (even one replaced on
+    purpose to hold fewer names) is never topped up with demo names."""
+    if mongo.db[CATALOGS].estimated_document_count() > 0:
+        return 0
+    return ensure_demo(mongo)
 
 
 def ensure_demo(mongo: MongoResource) -> int:

@@ -69,7 +69,7 @@ def seed_synthetic(mongo: MongoResource, n: int, *, seed: int = 42, as_of: dt.da
             progress(len(buffer))
     mongo.raise_counter(OPPORTUNITY_COUNTER, start + n - 1)  # the last number used
     client_facts.rebuild_all(db, mongo.schema())  # what captures score with, in one pass
-    catalogs.ensure_demo(mongo)  # names for the synthetic codes; names already stored are kept
+    catalogs.ensure_demo_if_empty(mongo)  # names for the synthetic codes; a loaded catalog is never topped up
     return written
 
 
@@ -305,7 +305,7 @@ def replace_synthetic(mongo: MongoResource, n: int, *, seed: int = 42, as_of: dt
     finish_swap(mongo)
     empty = pd.DataFrame(columns=["_id", "id", "reason", "document"])
     swap_in(mongo, synthetic.generate(n, seed=seed, as_of=as_of), empty, DEFAULT_SCHEMA, sellers, n - 1, progress)
-    catalogs.ensure_demo(mongo)
+    catalogs.ensure_demo_if_empty(mongo)
     return n
 
 

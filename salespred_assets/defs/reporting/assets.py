@@ -1,12 +1,13 @@
 """Reporting: the SQL tables and views analysts open in Power BI, and the built-in sales dashboard."""
 
+import functools
 import os
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from salespred_assets import dashboard, settings
+from salespred_assets import dashboard, i18n, settings
 from salespred_assets.core import names
 from salespred_assets.core.names import Names
 from salespred_assets.defs.common import IO_RETRY, md
@@ -46,14 +47,29 @@ def dim_seller(sellers: pd.DataFrame) -> pd.DataFrame:
                              metadata={"table": table, "write": "replace"},
                              description=f"Names of the {kind} codes in Spanish and English (for Power BI)")
           for kind, table in tables.CODE_DIMENSIONS.items()})
-def code_dimensions(raw_opportunities: pd.DataFrame, mongo: MongoResource):
-    """One dimension table per kind of code, from the catalog and the codes the opportunities use."""
+def code_dimensions(context: dg.AssetExecutionContext, raw_opportunities: pd.DataFrame, mongo: MongoResource):
+    """One dimension table per kind of code, from the catalog and the codes the opportunities use (a missing
+    value left out, codes that only case, accents or spaces tell apart merged, over-long text cut to fit)."""
     lookup = Names(catalogs.read(mongo))
     for kind, table in tables.CODE_DIMENSIONS.items():
-        used = raw_opportunities[kind] if kind in raw_opportunities.columns else []
-        frame = pd.DataFrame(names.dimension(lookup, kind, used))
+        used = list(raw_opportunities[kind]) if kind in raw_opportunities.columns else []
+        display = None
+        if kind == "etapas":  # every stage, named as the pages name it (catalog, else Ganada / Won)
+            used = [*names.STAGE_CODES, *used]
+            display = functools.partial(_stage_name, lookup)
+        dim = names.dimension_table(lookup, kind, used, display)
+        for note in dim.notes:
+            context.log.warning(f"{table}: {note}")
+        frame = pd.DataFrame(dim.rows, columns=["code", "name_es", "name_en",
+                                                *(["region"] if kind in names.PARENT else [])])
         unnamed = int((frame["name_es"] == frame["code"]).sum()) if len(frame) else 0
-        yield dg.Output(frame, output_name=table, metadata={"dagster/row_count": len(frame), "unnamed_codes": unnamed})
+        yield dg.Output(frame, output_name=table, metadata={
+            "dagster/row_count": len(frame), "unnamed_codes": unnamed,
+            "merged_codes": dim.merged, "truncated_values": dim.truncated})
+
+
+def _stage_name(lookup: Names, code: str, lang: str) -> str:
+    return i18n.stage_name(lang, code, lookup)
 
 
 @dg.asset(group_name=GROUP, kinds={"sql"}, io_manager_key="sql_io_manager", retry_policy=IO_RETRY,
