@@ -48,7 +48,7 @@ async def sales_dashboard(request: Request) -> Response:
     except SQLAlchemyError as exc:
         log.warning("the reporting database does not answer: %s", str(exc).splitlines()[0][:200])
         return pages.render(request, "error.html", 503, **context, message="dashboard.sql_down", code=503)
-    body = dashboard.render_body(figs, lang, pages.names_of(request).display)  # regions and stages by name
+    body = dashboard.render_body(figs, lang, pages.names_of(request))  # regions and stages by name
     response = pages.render(request, "dashboard.html", **context, body=body)
     response.headers["Cache-Control"] = "no-store"
     return response

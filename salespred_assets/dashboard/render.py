@@ -70,31 +70,19 @@ radial-gradient(farthest-side at 100% 50%,rgba(0,0,0,.22),transparent) right/14p
 """
 
 
-Namer = Callable[[str, Any, str], str]
-
-
-def _code_itself(kind: str, code: Any, lang: str) -> str:
-    return str(code)
-
-
 class Fmt:
     """The dashboard's numbers in the page's locale (Babel, through ``i18n``), and its codes by name."""
 
-    def __init__(self, lang: str, name: Namer | None = None) -> None:
+    def __init__(self, lang: str, names: i18n.CodeNames | None = None) -> None:
         self.lang = lang
-        self._name = name or _code_itself
+        self._names = names
 
     def code(self, kind: str, code: Any) -> str:
-        """A code's display name (the code catalogs' ``name(kind, code, lang)``); the code itself when unknown."""
-        return self._name(kind, code, self.lang)
+        """A code's display name (the code catalogs'); the code itself when unknown."""
+        return self._names.display(kind, code, self.lang) if self._names is not None else str(code)
 
     def stage(self, stage: str) -> str:
-        """A stage's name: the catalog's, else the message catalog's (Ganada / Won), else the code."""
-        named = self._name("etapas", stage, self.lang)
-        if named != stage:
-            return named
-        key = f"stage.{stage}"
-        return i18n.translate(self.lang, key) if i18n.has(self.lang, key) else stage
+        return i18n.stage_name(self.lang, stage, self._names)
 
     def count(self, value: float) -> str:
         return i18n.number(self.lang, value)
@@ -251,12 +239,12 @@ def _explain(t: dict[str, str]) -> str:
     return f'<details class="explain" data-testid="explain"><summary>{escape(t["explain"])}</summary>{items}</details>'
 
 
-def render_body(figs: dict[str, Any], lang: str = "en", name: Namer | None = None) -> str:
+def render_body(figs: dict[str, Any], lang: str = "en", names: i18n.CodeNames | None = None) -> str:
     """The dashboard itself (explanations, tiles and the figures as JSON), for a page to place under its header.
-    ``name(kind, code, lang)`` names regions and stages (the code catalogs); codes show as themselves without."""
+    ``names`` (the code catalogs) names regions and stages; without, codes show as themselves."""
     if lang not in LANGUAGES:
         raise SalespredError(f"unknown dashboard language {lang!r}; use one of {', '.join(LANGUAGES)}")
-    t, f = texts(lang), Fmt(lang, name)
+    t, f = texts(lang), Fmt(lang, names)
     # Inside <script>, no "<", ">" or "&" of the data may reach the HTML parser: JSON's \u escapes hide them.
     data = (json.dumps(figs, ensure_ascii=False, sort_keys=True)
             .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
@@ -275,14 +263,14 @@ def render_body(figs: dict[str, Any], lang: str = "en", name: Namer | None = Non
 
 
 def render_html(figs: dict[str, Any], lang: str = "en", *, stylesheet: str | None = None,
-                back: tuple[str, str] | None = None, name: Namer | None = None) -> str:
+                back: tuple[str, str] | None = None, names: i18n.CodeNames | None = None) -> str:
     """The standalone page for figures already read (``figures.figures(engine)``): what the asset writes.
 
     ``stylesheet``: link to this URL (serving ``CSS``) instead of an inline ``<style>``, for pages under a
     Content-Security-Policy without ``'unsafe-inline'``; the page has no inline ``style`` attribute
     either. ``back``: (href, text) of a link back to the app.
     """
-    body = render_body(figs, lang, name)
+    body = render_body(figs, lang, names)
     title = texts(lang)["title"]
     style = f'<link rel="stylesheet" href="{escape(stylesheet)}">' if stylesheet else f"<style>{CSS}</style>"
     nav = f'<nav class="back"><a href="{escape(back[0])}">{escape(back[1])}</a></nav>' if back else ""

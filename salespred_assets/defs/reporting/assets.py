@@ -133,14 +133,14 @@ def sales_dashboard(dashboard_figures: pd.DataFrame, mongo: MongoResource) -> dg
     no network), from the stored figures, regions and stages by name (the code catalogs); written under
     $SALESPRED_HOME/dashboard/."""
     figs = dashboard.from_snapshot(dashboard_figures)
-    name = catalogs.names(mongo).display
+    names = catalogs.names(mongo)
     out = dashboard_dir()
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for lang in dashboard.LANGUAGES:
         path = out / (DASHBOARD_FILE if lang == "en" else DASHBOARD_FILE.replace(".html", f".{lang}.html"))
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(dashboard.render_html(figs, lang, name=name), encoding="utf-8")
+        tmp.write_text(dashboard.render_html(figs, lang, names=names), encoding="utf-8")
         tmp.replace(path)  # readers never see a half-written page
         paths[lang] = path
     metadata: dict = {"path": dg.MetadataValue.path(str(paths["en"])),
