@@ -13,7 +13,7 @@ import pytest
 from salespred_assets.app import reasons as said
 from salespred_assets.core import reasons, synthetic
 from salespred_assets.core.documents import records_frame, validate
-from salespred_assets.core.features import feature_columns
+from salespred_assets.core.features import AGE, feature_columns
 from salespred_assets.core.model import SearchConfig
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S, DatasetSchema
 from salespred_assets.core.scoring import as_of_day, score
@@ -143,7 +143,12 @@ def test_stored_reasons_sum_the_contributions_of_every_input_of_their_concept(tr
     open_rows = frame[~frame[S.stage].isin(S.won + S.lost)].head(40)
     preds = score(model, open_rows, S, context=frame, scored_at=SCORED_AT)
     cols = feature_columns(open_rows, S, at=np.full(len(open_rows), as_of_day(SCORED_AT)), context=frame)
-    _, contrib = model.explainer.explain(model.transform(cols))
+    raw, contrib = model.explainer.explain(model.transform(cols))
+    age = np.asarray(cols[AGE], dtype=float)
+    contrib = model.shown_contributions(raw, contrib, age)  # in points of the probability shown
+    base = model.calibrate(np.full(len(raw), model.explainer.bias), age)
+    assert contrib.sum(axis=1) == pytest.approx(preds["probability"].to_numpy() - base, abs=1e-6)
+    assert (np.sign(contrib) == np.sign(model.explainer.explain(model.transform(cols))[1])).all()
     concept_of = reasons.concepts(S, model.feature_names)
     named = 0
     for i, value in enumerate(preds["reasons"]):

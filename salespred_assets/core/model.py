@@ -364,7 +364,8 @@ class WinModel:
             raw, contrib = self.explainer.explain(X)
         else:
             raw, contrib = forest_proba(self.forest, X), None
-        prob = self.calibrate(raw, np.asarray(columns[AGE], dtype=float) if AGE in columns else None)
+        age = np.asarray(columns[AGE], dtype=float) if AGE in columns else None
+        prob = self.calibrate(raw, age)
         out: dict[str, Any] = {
             "probability": prob,
             "predicted_won": prob >= self.threshold,
@@ -373,8 +374,8 @@ class WinModel:
         }
         if contrib is not None:
             out["factors_for"], out["factors_against"] = self._factors(columns, contrib)
-            if grouping is not None:
-                out["reasons"] = grouping.encode(columns, contrib)
+            if grouping is not None:  # in points of the probability people read
+                out["reasons"] = grouping.encode(columns, self.shown_contributions(raw, contrib, age))
         out["model_version"] = np.full(len(prob), self.version, dtype=object)
         return out
 
@@ -390,6 +391,21 @@ class WinModel:
             againsts.append(json.dumps([_factor(names[j], columns[names[j]][i], contrib[i, j]) for j in top_against[i]
                                         if contrib[i, j] <= -MIN_EFFECT], ensure_ascii=False))
         return fors, againsts
+
+    def shown_contributions(self, raw: np.ndarray, contrib: np.ndarray, age: np.ndarray | None) -> np.ndarray:
+        """The forest's contributions rescaled to the calibrated probability that is shown: each row's sum
+        becomes (its probability - the calibrated probability of the forest's base rate), so reasons in
+        points add up to how far the shown probability is from the base. The calibrator is monotonic, so
+        no contribution changes sign."""
+        bias = float(self.explainer.bias)
+        base = self.calibrate(np.full(len(raw), bias), age)
+        moved = np.asarray(raw, dtype=float) - bias
+        step = 1e-4  # where the forest's contributions cancel out, the calibrator's slope at the base
+        slope = (self.calibrate(np.full(len(raw), bias + step), age) - self.calibrate(
+            np.full(len(raw), bias - step), age)) / (2 * step)
+        near = np.abs(moved) < 1e-6
+        scale = np.where(near, slope, (self.calibrate(raw, age) - base) / np.where(near, 1.0, moved))
+        return contrib * scale[:, None]
 
     def contributions(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
         """(raw forest probability, contributions per feature, bias); bias + sum == raw."""
