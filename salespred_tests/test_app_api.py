@@ -336,7 +336,8 @@ def test_mongo_down_capture_gives_503_and_writes_nothing(tmp_path, redis_url):
             up = client.post("/api/opportunities", json=valid_payload(), headers=headers)
             assert up.status_code == 201 and mongo.db[OPPORTUNITIES].count_documents({}) == 1
             # No model has been trained in this database: the capture stands and says why there is no prediction.
-            assert up.json()["prediction"] is None and "no model" in up.json()["prediction_error"]
+            assert up.json()["prediction"] is None and up.json()["prediction_error"] == "no model has been trained yet"
+            assert up.json()["prediction_message"] == "Las predicciones todavía no están disponibles."  # for a person
             later = client.get(f"/api/opportunities/{up.json()['numero_opportunidad']}/prediction", headers=headers)
             assert later.status_code == 503 and "no model" in later.json()["detail"]
     finally:
