@@ -327,6 +327,7 @@ _TYPES = {
     "stage_unknown": "err.stage_unknown", "close_date_on_close": "err.close_date_on_close",
     "model_type": "err.body", "model_attributes_type": "err.body", "dict_type": "err.body",
     "json_invalid": "err.json_invalid", "json_type": "err.body",
+    "idempotency_key_reused": "err.idempotency_key_reused",
 }
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
 
