@@ -229,6 +229,7 @@ def test_the_apis_field_errors_are_in_the_same_language_as_its_message(client, a
     assert spanish.status_code == english.status_code == 422
     assert spanish.json()["errors"].keys() == english.json()["errors"].keys()
     assert spanish.json()["errors"]["acv"] != english.json()["errors"]["acv"]  # not English under a Spanish message
+    assert spanish.json()["detail"] == english.json()["detail"]  # stable English for integrations
     assert spanish.headers["Content-Language"] == "es" and english.headers["Content-Language"] == "en"
     assert spanish.headers["Vary"] == "Accept-Language"
 

@@ -247,8 +247,9 @@ async def error_page(request: Request, status: int, key: str, headers: dict[str,
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = field_errors(list(exc.errors()), api_lang(request))
-        summary = "invalid input: " + "; ".join(f"{k}: {v}" for k, v in list(errors.items())[:5])
+        errors = field_errors(list(exc.errors()), api_lang(request))  # for a person, in their language
+        english = field_errors(list(exc.errors()))  # detail stays English, stable for integrations
+        summary = "invalid input: " + "; ".join(f"{k}: {v}" for k, v in list(english.items())[:5])
         if not _is_api(request):  # a page's query (?page=abc): a page, not JSON
             return await error_page(request, 422, "error.bad_request")
         return api_error(request, 422, summary, "api.invalid", errors=errors)
