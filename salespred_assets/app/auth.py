@@ -184,7 +184,8 @@ def fresh_roster(mongo: MongoResource) -> Roster | None:
 
 
 def load_viewer(mongo: MongoResource, number: str) -> Viewer | None:
-    """The seller ``number`` with their team (at most 5 s old: a removed seller's session stops within that)."""
+    """The seller ``number`` with their team (at most 5 s old: a removed seller's session stops within that,
+    except while MongoDB is down, when the last roster read, up to an hour old, stands in)."""
     return _roster(mongo).viewer(number)
 
 
