@@ -180,7 +180,7 @@ def test_bad_input_gets_a_message_per_field_and_writes_nothing(client, app_db):
         response = client.post("/api/opportunities", content=raw,
                                headers={**headers, "Content-Type": "application/json"})
         assert response.status_code == 422 and response.json()["errors"], raw
-    nan = client.post("/api/opportunities", headers={**headers, "Content-Type": "application/json"},
+    nan = client.post("/api/opportunities?lang=en", headers={**headers, "Content-Type": "application/json"},
                       content=json.dumps(valid_payload(), allow_nan=True).replace("48000.0", "NaN"))
     assert nan.status_code == 422 and "finite" in nan.json()["errors"]["acv"]
     huge = client.post("/api/opportunities", content=b"{" + b" " * 70_000 + b"}", headers=headers)
@@ -336,7 +336,8 @@ def test_mongo_down_capture_gives_503_and_writes_nothing(tmp_path, redis_url):
             up = client.post("/api/opportunities", json=valid_payload(), headers=headers)
             assert up.status_code == 201 and mongo.db[OPPORTUNITIES].count_documents({}) == 1
             # No model has been trained in this database: the capture stands and says why there is no prediction.
-            assert up.json()["prediction"] is None and "no model" in up.json()["prediction_error"]
+            assert up.json()["prediction"] is None and up.json()["prediction_error"] == "no model has been trained yet"
+            assert up.json()["prediction_message"] == "Las predicciones todavía no están disponibles."  # for a person
             later = client.get(f"/api/opportunities/{up.json()['numero_opportunidad']}/prediction", headers=headers)
             assert later.status_code == 503 and "no model" in later.json()["detail"]
     finally:

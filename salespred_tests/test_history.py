@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from bson import ObjectId
 
+from salespred_assets import i18n
 from salespred_assets.app import opportunities
 from salespred_assets.app.auth import load_viewer
 from salespred_assets.app.context import ChangeRefused
-from salespred_assets.mongo import history
+from salespred_assets.mongo import catalogs, history
 from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_HISTORY
 from salespred_assets.operations import loading
 from salespred_assets.scoring import batches
@@ -105,7 +106,7 @@ def test_closing_sets_the_actual_close_date_and_final_duration_and_a_closed_oppo
                            headers=headers)
     assert refused.status_code == 422 and "fecha_cierre_oportunidad" in refused.json()["errors"]
     assert client.patch(url, json={"etapas": "S9"}, headers=headers).status_code == 422
-    assert client.patch(url, json={"tcv": 1.0}, headers=headers).json()["errors"] == {
+    assert client.patch(url + "?lang=en", json={"tcv": 1.0}, headers=headers).json()["errors"] == {
         "tcv": "TCV (the whole contract) must be greater than or equal to ACV (one year)."}
 
     won = client.patch(url, json={"etapas": "Won"}, headers=headers)
@@ -165,7 +166,8 @@ def test_the_detail_page_moves_the_stage_with_a_csrf_protected_form(client, app_
     assert client.post(url, data={"etapas": "S2"}, follow_redirects=False).status_code == 403  # no CSRF token
     moved = client.post(url, data={"etapas": "S2", "csrf": csrf}, follow_redirects=False)
     assert moved.status_code == 303 and moved.headers["location"] == f"/opportunities/{number}?changed=1"
-    assert "Etapa cambiada a S2." in client.get(moved.headers["location"]).text
+    stage = i18n.stage_name("es", "S2", catalogs.names(app_db.mongo))  # by its catalog name
+    assert stage != "S2" and f"Etapa cambiada a {stage}." in client.get(moved.headers["location"]).text
     bad = client.post(url, data={"etapas": "S9", "csrf": csrf})
     assert bad.status_code == 422 and "Etapa desconocida" in bad.text
     extra = client.post(url, data={"etapas": "S3", "acv": "1", "csrf": csrf})

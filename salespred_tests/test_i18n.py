@@ -66,3 +66,20 @@ def test_points_are_signed():
     (None, "es;q=0.2, en;q=0.9", "en"), (None, None, "es"), ("xx", "de", "es"), (None, "en;q=0", "es")])
 def test_the_api_language_comes_from_the_query_then_accept_language(query, header, expected):
     assert i18n.negotiate(query, header) == expected
+
+
+def test_set_then_delete_keeps_both_languages_in_step(tmp_path, monkeypatch):
+    import shutil
+
+    from salespred_assets.i18n import __main__ as tool
+
+    for lang in i18n.LANGUAGES:  # copies: the real catalog is not touched
+        shutil.copy(i18n.catalog_path(lang), tmp_path / f"{lang}.po")
+    monkeypatch.setattr(tool, "catalog_path", lambda lang: tmp_path / f"{lang}.po")
+    assert tool.main(["set", "zz.test", "--es", "Prueba", "--en", "Test"]) == 0
+    assert all("zz.test" in tool.load(lang) for lang in i18n.LANGUAGES)
+    assert tool.main(["delete", "zz.test"]) == 0
+    assert not any("zz.test" in tool.load(lang) for lang in i18n.LANGUAGES)
+    assert tool.main(["delete", "zz.test"]) == 1  # a key that is not there is an error, not silence
+    for lang in i18n.LANGUAGES:  # back to the very same file
+        assert (tmp_path / f"{lang}.po").read_text() == i18n.catalog_path(lang).read_text()

@@ -57,10 +57,13 @@ def test_a_replay_is_the_first_answer_in_the_first_answers_language(client, app_
 def test_the_same_key_with_another_body_is_refused(client, app_db):
     headers = {**login_token(client, app_db, "luis"), "Idempotency-Key": str(uuid.uuid4())}
     assert client.post("/api/opportunities", json=valid_payload(cliente="CL-77002"), headers=headers).status_code == 201
-    changed = client.post("/api/opportunities", json=valid_payload(cliente="CL-77002", acv=1.0), headers=headers)
+    changed = client.post("/api/opportunities?lang=en", json=valid_payload(cliente="CL-77002", acv=1.0),
+                          headers=headers)
     assert changed.status_code == 422
     assert changed.json()["errors"] == {"Idempotency-Key": "this Idempotency-Key was used with another body; use a "
                                                            "new key for a new capture"}
+    spanish = client.post("/api/opportunities", json=valid_payload(cliente="CL-77002", acv=1.0), headers=headers)
+    assert spanish.json()["errors"]["Idempotency-Key"].startswith("esta Idempotency-Key ya se usó")
     assert isinstance(changed.json()["detail"], str)  # the one error shape
     assert _count(app_db, cliente="CL-77002") == 1
     bad = client.post("/api/opportunities", json=valid_payload(), headers={**headers, "Idempotency-Key": "a b"})

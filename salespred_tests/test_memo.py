@@ -82,3 +82,44 @@ def test_without_refresh_ahead_an_expired_value_is_read_again_and_errors_reach_t
     else:
         raise AssertionError("the error was swallowed")
     assert memo.get("k", lambda: 2) == 2
+
+
+def test_with_stale_s_a_failed_refresh_serves_the_last_value_and_waits_before_asking_again():
+    memo: Expiring[int] = Expiring(ttl_s=0.05, stale_s=0.5)
+    assert memo.get("k", lambda: 1) == 1
+    time.sleep(0.1)
+    attempts = []
+
+    def broken() -> int:
+        attempts.append(1)
+        raise RuntimeError("database down")
+
+    assert memo.get("k", broken) == 1      # the last value stands in for the failed refresh
+    assert memo.peek("k", broken) == 1     # and pages that only look in memory see it too
+    assert memo.get("k", broken) == 1
+    assert attempts == [1]                 # just after a failure the database is not asked again
+    time.sleep(0.1)
+    assert memo.get("k", broken) == 1 and attempts == [1, 1]  # past ttl_s it is asked again
+    time.sleep(0.5)                        # older than stale_s: the error reaches the caller
+    try:
+        memo.get("k", broken)
+    except RuntimeError as exc:
+        assert "database down" in str(exc)
+    else:
+        raise AssertionError("a value older than stale_s was served")
+    assert memo.get("k", lambda: 2) == 2   # a successful read clears the failure
+
+
+def test_with_stale_s_nothing_is_invented_when_nothing_was_ever_read():
+    memo: Expiring[int] = Expiring(ttl_s=0.05, stale_s=60)
+
+    def broken() -> int:
+        raise RuntimeError("database down")
+
+    try:
+        memo.get("k", broken)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("no value was ever read, yet no error")
+    assert memo.peek("k", broken) is None

@@ -97,6 +97,9 @@ def with_reasons(request: Request, response: Response, body: dict[str, Any], nam
     lang = reader_lang(request)
     response.headers["Content-Language"] = lang
     response.headers["Vary"] = "Accept-Language"
+    if body.get("prediction_error"):  # why there is no prediction, for a person too
+        key = "api.no_model" if body["prediction_error"] == opportunities.NO_MODEL else "page.prediction_unavailable"
+        body = {**body, "prediction_message": i18n.translate(lang, key)}
     if body.get("prediction") is None:
         return body
     return {**body, "prediction": reasons.for_prediction(body["prediction"], lang, name)}

@@ -160,8 +160,10 @@ class Roster:
 
 
 # Sellers change rarely and every request needs them: read them at most every few seconds per process.
+# While MongoDB is down, the last roster (up to an hour old) keeps sessions working, so a refused capture
+# can still give the seller their form back.
 _SELLERS_TTL_S = 5.0
-_rosters: Expiring[Roster] = Expiring(ttl_s=_SELLERS_TTL_S, refresh_ahead=True)
+_rosters: Expiring[Roster] = Expiring(ttl_s=_SELLERS_TTL_S, refresh_ahead=True, stale_s=3600.0)
 
 
 def _reader(mongo: MongoResource) -> Callable[[], Roster]:
@@ -182,7 +184,8 @@ def fresh_roster(mongo: MongoResource) -> Roster | None:
 
 
 def load_viewer(mongo: MongoResource, number: str) -> Viewer | None:
-    """The seller ``number`` with their team (at most 5 s old: a removed seller's session stops within that)."""
+    """The seller ``number`` with their team (at most 5 s old: a removed seller's session stops within that,
+    except while MongoDB is down, when the last roster read, up to an hour old, stands in)."""
     return _roster(mongo).viewer(number)
 
 

@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pymongo.errors
 import redis as redis_lib
@@ -213,7 +214,9 @@ def api_error(request: Request, status: int, detail: str, key: str | None = None
     body: dict[str, object] = {"detail": detail, "message": _message(lang, status, key, params or {})}
     if errors is not None:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, headers=headers)
+    # Like every answer with text for a person: its language, and that it follows Accept-Language.
+    return JSONResponse(body, status_code=status,
+                        headers={**(headers or {}), "Content-Language": lang, "Vary": "Accept-Language"})
 
 
 def _message(lang: str, status: int, key: str | None, params: dict[str, str]) -> str:
@@ -227,13 +230,15 @@ async def _error(request: Request, status: int, detail: str, page_key: str, head
                  **params: str) -> Response:
     if _is_api(request):
         return api_error(request, status, detail, page_key, headers, params=params)
-    return await error_page(request, status, page_key, headers, **params)
+    texts: dict[str, Any] = dict(params)  # the message's placeholders, never error_page's own options
+    return await error_page(request, status, page_key, headers, **texts)
 
 
 async def error_page(request: Request, status: int, key: str, headers: dict[str, str] | None = None,
-                     **params: str) -> Response:
+                     *, redis_failed: bool = False, **params: Any) -> Response:
     """An error as a page in the reader's language, with the app's header (and its menu when logged in)."""
-    header = await run_in_threadpool(pages.optional_page_context, request)  # Redis may be slow to fail
+    # Redis may be slow to fail: when it is what failed, the session (which it checks) is not read again.
+    header = await run_in_threadpool(lambda: pages.optional_page_context(request, redis_failed=redis_failed))
     response = pages.render(request, "error.html", status, **header, message=key, params=params, code=status)
     response.headers.update(headers or {})
     return response
@@ -242,8 +247,9 @@ async def error_page(request: Request, status: int, key: str, headers: dict[str,
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = field_errors(list(exc.errors()))
-        summary = "invalid input: " + "; ".join(f"{k}: {v}" for k, v in list(errors.items())[:5])
+        errors = field_errors(list(exc.errors()), api_lang(request))  # for a person, in their language
+        english = field_errors(list(exc.errors()))  # detail stays English, stable for integrations
+        summary = "invalid input: " + "; ".join(f"{k}: {v}" for k, v in list(english.items())[:5])
         if not _is_api(request):  # a page's query (?page=abc): a page, not JSON
             return await error_page(request, 422, "error.bad_request")
         return api_error(request, 422, summary, "api.invalid", errors=errors)
@@ -252,13 +258,15 @@ def _install_handlers(app: FastAPI) -> None:
     async def mongo_down(request: Request, exc: pymongo.errors.ConnectionFailure) -> Response:
         log.warning("MongoDB unavailable: %s", str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
         return await _error(request, 503, "MongoDB is unavailable; nothing was written. Try again shortly.",
-                      "error.unavailable", {"Retry-After": "5"}, service="MongoDB")
+                      _unavailable_key(request), {"Retry-After": "5"})
 
     @app.exception_handler(redis_lib.RedisError)
     async def redis_down(request: Request, exc: redis_lib.RedisError) -> Response:
         log.warning("Redis unavailable: %s", exc)
-        return await _error(request, 503, "Redis is unavailable. Try again shortly.", "error.unavailable",
-                      {"Retry-After": "5"}, service="Redis")
+        if not _is_api(request):  # the page's header does not read the session again from the Redis that failed
+            return await error_page(request, 503, _unavailable_key(request), {"Retry-After": "5"}, redis_failed=True)
+        return api_error(request, 503, "Redis is unavailable. Try again shortly.", _unavailable_key(request),
+                         {"Retry-After": "5"})
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable) -> Response:
@@ -266,7 +274,7 @@ def _install_handlers(app: FastAPI) -> None:
             log.warning("no model to score with: %s", exc.detail)
             return await _error(request, 503, str(exc), "api.no_model" if _is_api(request) else "page.no_model",
                           {"Retry-After": "5"})
-        return await _error(request, 503, str(exc), "error.unavailable", {"Retry-After": "5"}, service=exc.service)
+        return await _error(request, 503, str(exc), _unavailable_key(request), {"Retry-After": "5"})
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
@@ -294,6 +302,12 @@ def _install_handlers(app: FastAPI) -> None:
     async def too_large(request: Request, exc: BodyTooLarge) -> Response:
         return await too_large_response(request)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # A bug: the traceback goes to the log; the reader gets the app's 500 in their language.
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return await _error(request, 500, "internal server error", "error.generic")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
@@ -309,6 +323,11 @@ def _install_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return await error_page(request, 404, "error.page_not_found")
         return await error_page(request, exc.status_code, f"error.status.{exc.status_code}", dict(exc.headers or {}))
+
+
+def _unavailable_key(request: Request) -> str:
+    """What a person reads when a server is down: no server names; "nothing was saved" only for a refused write."""
+    return "error.unavailable" if request.method in ("GET", "HEAD") else "error.unavailable_write"
 
 
 _API_KEYS = {401: "api.unauthorized", 409: "api.conflict", 429: "api.login_limited", 404: "error.page_not_found"}

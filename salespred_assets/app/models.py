@@ -266,12 +266,19 @@ class PredictionOut(BaseModel):
     prediction: Prediction
 
 
+_PREDICTION_ERROR = ("Why there is no prediction, in English, stable for integrations: `no model has been trained "
+                     "yet`, or the error's type and first line")
+_PREDICTION_MESSAGE = ("The same for a person, in the language of `?lang=` or `Accept-Language` (with "
+                       "`prediction_error`)")
+
+
 class CaptureOut(BaseModel):
     numero_opportunidad: str
     opportunity: dict[str, Any] = Field(description="The document as stored in MongoDB (without `_id`)")
     prediction: Prediction | None
     prediction_source: str = Field(description="`model`, or `unavailable` (then see `prediction_error`)")
-    prediction_error: str | None = None
+    prediction_error: str | None = Field(None, description=_PREDICTION_ERROR)
+    prediction_message: str | None = Field(None, description=_PREDICTION_MESSAGE)
 
 
 class ChangeOut(BaseModel):
@@ -284,7 +291,8 @@ class ChangeOut(BaseModel):
     prediction: Prediction | None
     prediction_source: str = Field(description="`model` (rescored now and cached), `unavailable` (then see "
                                                "`prediction_error`), or `unchanged` (nothing changed)")
-    prediction_error: str | None = None
+    prediction_error: str | None = Field(None, description=_PREDICTION_ERROR)
+    prediction_message: str | None = Field(None, description=_PREDICTION_MESSAGE)
 
 
 class OpportunityList(BaseModel):
@@ -319,6 +327,7 @@ _TYPES = {
     "stage_unknown": "err.stage_unknown", "close_date_on_close": "err.close_date_on_close",
     "model_type": "err.body", "model_attributes_type": "err.body", "dict_type": "err.body",
     "json_invalid": "err.json_invalid", "json_type": "err.body",
+    "idempotency_key_reused": "err.idempotency_key_reused",
 }
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
 

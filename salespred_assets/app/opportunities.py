@@ -145,9 +145,12 @@ def _record_capture(ctx: AppContext, doc: dict[str, Any], seller: str) -> None:
         log.warning("captured %s but could not record it in the history: %s", number, str(exc).splitlines()[0][:200])
 
 
+NO_MODEL = "no model has been trained yet"  # ``prediction_error``'s stable text for integrations
+
+
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, NoModel):
-        return str(exc)
+    if isinstance(exc, NoModel):  # its message is an instruction for the operator: the log has it (above)
+        return NO_MODEL
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 

@@ -108,9 +108,20 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
     naming = Naming(names_of(request), lang)
     base = {"t": i18n.Translator(lang), "has": lambda key: i18n.has(lang, key), "lang": lang,
             "languages": i18n.LANGUAGES, "viewer": None, "csrf": "",
-            "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            "here": page_address(request),
             "name": naming.name, "stage": naming.stage, "seller": naming.seller, "code_fields": CODE_FIELDS}
     return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
+
+
+def page_address(request: Request) -> str:
+    """Where this page can be opened again (the language switch goes there): its own address for a GET; for
+    a page answering a form (a POST), the page the form is on, since a link cannot send the form again."""
+    if request.method in ("GET", "HEAD"):
+        return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    path = request.url.path
+    if path.startswith("/opportunities/") and path.endswith("/stage"):
+        return path.removesuffix("/stage")
+    return path if path in ("/opportunities/new", "/login") else "/"
 
 
 def local_path(value: str | None, default: str) -> str:
@@ -127,6 +138,7 @@ def page_viewer(request: Request) -> Viewer:
     if session is None or viewer is None:
         raise LoginRequired()
     request.state.sid = session["sid"]
+    request.state.viewer = viewer  # an error page later in this request shows it without reading again
     try:  # on this worker thread: the page then renders names from memory
         catalogs.names(ctx.mongo)
     except Exception as exc:  # noqa: BLE001 - the page shows codes instead of names
@@ -143,9 +155,16 @@ def page_context(request: Request, viewer: Viewer) -> dict[str, Any]:
     return {"viewer": viewer, "csrf": ctx.sessions.csrf(request.state.sid)}
 
 
-def optional_page_context(request: Request) -> dict[str, Any]:
-    """The header's viewer for an error page, when known without asking MongoDB (which may be what failed)."""
+def optional_page_context(request: Request, *, redis_failed: bool = False) -> dict[str, Any]:
+    """The header's viewer for an error page, when known without asking MongoDB (which may be what failed):
+    the one this request already loaded, else from the session and the sellers in memory. With
+    ``redis_failed`` the session is not read (Redis, which it checks, would make the reader wait again)."""
     ctx: AppContext = request.app.state.ctx
+    known: Viewer | None = getattr(request.state, "viewer", None)
+    if known is not None:
+        return {"viewer": known, "csrf": ctx.sessions.csrf(request.state.sid)}
+    if redis_failed:
+        return {}
     try:
         session = ctx.sessions.read(request.cookies.get(Sessions.COOKIE))
         roster = auth.fresh_roster(ctx.mongo) if session else None
@@ -281,7 +300,7 @@ async def capture_submit(request: Request) -> Response:
             else "MongoDB"
         log.warning("capture refused, %s unavailable: %s", service, str(exc).splitlines()[0][:200] if str(exc) else "")
         refused = capture_page(request, viewer, 503, values, {}, submission,
-                               alert=i18n.translate(lang, "error.capture_unavailable", service=service))
+                               alert=i18n.translate(lang, "error.capture_unavailable"))
         refused.headers["Retry-After"] = "5"
         return refused
     except idempotency.KeyReused:

@@ -1,5 +1,6 @@
 """Maintain the message catalog: ``python -m salespred_assets.i18n set KEY --es TEXT --en TEXT`` adds or
 changes a message in both languages (entries stay sorted, so parallel edits merge cleanly);
+``python -m salespred_assets.i18n delete KEY`` removes a message no longer used from every language;
 ``python -m salespred_assets.i18n check`` lists what is wrong with the catalog (exit 1 if anything is).
 Run ``make locale`` afterwards to compile the ``.mo`` files the app reads.
 """
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     setter.add_argument("key")
     for lang in LANGUAGES:
         setter.add_argument(f"--{lang}", required=True, help=f"the text in {LANGUAGES[lang]}")
+    deleter = commands.add_parser("delete", help="remove one message (no longer used) from every language")
+    deleter.add_argument("key")
     commands.add_parser("check", help="list missing, empty, fuzzy or inconsistent messages")
     args = parser.parse_args(argv)
     if args.command == "set":
@@ -67,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
             catalog = load(lang)
             catalog.delete(args.key)
             catalog.add(args.key, getattr(args, lang))
+            save(lang, catalog)
+        return 0
+    if args.command == "delete":
+        catalogs = {lang: load(lang) for lang in LANGUAGES}
+        if not any(args.key in catalog for catalog in catalogs.values()):
+            print(f"no message {args.key!r}", file=sys.stderr)
+            return 1
+        for lang, catalog in catalogs.items():
+            catalog.delete(args.key)
             save(lang, catalog)
         return 0
     found = problems()

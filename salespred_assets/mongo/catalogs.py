@@ -30,7 +30,8 @@ INDEX = "kind_code_unique"
 TTL_S = 5.0
 
 log = logging.getLogger("salespred.catalogs")
-_cache: Expiring[Names] = Expiring(ttl_s=TTL_S, refresh_ahead=True)
+# While MongoDB is down, the last catalogs (up to an hour old) still name the codes.
+_cache: Expiring[Names] = Expiring(ttl_s=TTL_S, refresh_ahead=True, stale_s=3600.0)
 
 
 def ensure_index(mongo: MongoResource, collection: str = CATALOGS) -> None:
