@@ -212,6 +212,7 @@ def test_a_bug_answers_the_localised_500_page_or_the_apis_error_and_logs_the_tra
             assert page.status_code == 500 and page.headers["content-type"].startswith("text/html")
             assert "Algo salió mal" in page.text and 'action="/logout"' in page.text  # the app's header
             assert "Internal Server Error" not in page.text and "a bug in listing" not in page.text
+            assert "content-security-policy" in page.headers and page.headers["x-frame-options"] == "DENY"
             headers = login_token(client, app_db, "luis")
             api = client.get("/api/opportunities", headers={**headers, "Accept-Language": "en"})
             assert api.status_code == 500 and api.json()["detail"] == "internal server error"

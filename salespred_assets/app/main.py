@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -306,7 +306,15 @@ def _install_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         # A bug: the traceback goes to the log; the reader gets the app's 500 in their language.
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return await _error(request, 500, "internal server error", "error.generic")
+        try:
+            response = await _error(request, 500, "internal server error", "error.generic")
+        except Exception:  # the error page itself failed: a last, plain answer in both languages
+            log.exception("the 500 page could not be rendered")
+            response = PlainTextResponse("Algo salió mal. Something went wrong.", status_code=500)
+        # Starlette answers this outside the middleware: the security headers are added here.
+        for name, value in HttpGuard.headers_for(request.url.path):
+            response.headers[name.decode()] = value.decode()
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
