@@ -143,3 +143,14 @@ def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
     with engine.connect() as conn:
         history = sa.table(tables.FACT_PREDICTION_HISTORY, sa.column("model_version"))
         assert set(conn.execute(sa.select(history.c.model_version).distinct()).scalars()) == {versions[1]}
+
+
+def test_the_dashboard_shows_codes_when_the_catalogs_cannot_be_read():
+    # As every page does: MongoDB down while the dashboard is written costs the names, not the dashboard.
+    frame = pd.DataFrame({"view_name": [], "rows_json": []})
+    from salespred_assets.defs.reporting.assets import sales_dashboard
+    down = MongoResource(uri="mongodb://127.0.0.1:1/?directConnection=true", database="down", timeout_ms=200)
+    result = sales_dashboard(context=dg.build_asset_context(), dashboard_figures=frame, mongo=down)
+    meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
+    assert meta["names"].startswith("unavailable, codes shown")
+    assert Path(meta["path_es"]).read_text(encoding="utf-8").startswith("<!")
