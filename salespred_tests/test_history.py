@@ -4,16 +4,18 @@ writers make directly in MongoDB (found by the new-opportunity sensor's change s
 from __future__ import annotations
 
 import datetime as dt
+import html
 import re
 
 import pandas as pd
 import pytest
 from bson import ObjectId
 
+from salespred_assets import i18n
 from salespred_assets.app import opportunities
 from salespred_assets.app.auth import load_viewer
 from salespred_assets.app.context import ChangeRefused
-from salespred_assets.mongo import history
+from salespred_assets.mongo import catalogs, history
 from salespred_assets.mongo.resource import OPPORTUNITIES, OPPORTUNITY_HISTORY
 from salespred_assets.operations import loading
 from salespred_assets.scoring import batches
@@ -165,7 +167,9 @@ def test_the_detail_page_moves_the_stage_with_a_csrf_protected_form(client, app_
     assert client.post(url, data={"etapas": "S2"}, follow_redirects=False).status_code == 403  # no CSRF token
     moved = client.post(url, data={"etapas": "S2", "csrf": csrf}, follow_redirects=False)
     assert moved.status_code == 303 and moved.headers["location"] == f"/opportunities/{number}?changed=1"
-    assert "Etapa cambiada a S2." in client.get(moved.headers["location"]).text
+    # The stage by the name the page shows (the catalog the app holds, else the message catalog's).
+    stage = i18n.stage_name("es", "S2", catalogs.names(client.app.state.ctx.mongo))
+    assert stage != "S2" and f"Etapa cambiada a {html.escape(stage)}." in client.get(moved.headers["location"]).text
     bad = client.post(url, data={"etapas": "S9", "csrf": csrf})
     assert bad.status_code == 422 and "Etapa desconocida" in bad.text
     extra = client.post(url, data={"etapas": "S3", "acv": "1", "csrf": csrf})
