@@ -107,3 +107,20 @@ def test_points_are_signed():
     (None, "es;level=1;q=0, en;q=0.5", "en"), (None, "en; q=0.4, es;level=1", "es")])
 def test_the_api_language_comes_from_the_query_then_accept_language(query, header, expected):
     assert i18n.negotiate(query, header) == expected
+
+
+@pytest.mark.parametrize("lang", sorted(i18n.LANGUAGES))
+def test_the_dashboard_translates_every_state_and_period_and_speaks_one_language(lang):
+    from salespred_assets.dashboard import render
+
+    t, f = render.texts(lang), render.Fmt(lang)
+    # A state or a period the catalog does not know reads as a word of the page's language, never raw English.
+    assert render._state(lang, "archived") == i18n.translate(lang, "dash.state.unknown") != "archived"
+    pipeline = {"horizons": [{"order": 9, "horizon": "someday", "opportunities": 1, "expected_tcv": 1.0}],
+                "opportunities": 1, "tcv": 1.0, "expected_tcv": 1.0, "as_of": None, "period_rule": "r"}
+    page = render._pipeline(pipeline, t, f)
+    assert "someday" not in page and t["h_unknown"] in page
+    if lang == "es":
+        assert not re.search(r"backtest|\bNr\b", " ".join(t.values()), re.IGNORECASE)
+    # The quality table has no stages: its hint does not speak of them.
+    assert t["scroll_hint_quality"] != t["scroll_hint"]
