@@ -99,6 +99,7 @@ def _fill(engine: sa.Engine, frames: dict[str, pd.DataFrame]) -> None:
         if kind == "territorios":
             dim["region"] = None
         writer.write(engine, t[table], dim)
+        writer.refresh_statistics(engine, t[table])  # too small for the write to refresh them; autovacuum would
     assert views.refresh(engine, S) == list(views.NAMES)
 
 
