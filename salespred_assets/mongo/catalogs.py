@@ -111,11 +111,11 @@ def write(mongo: MongoResource, entries: list[Entry], *, replace: bool = False) 
             db[staging].insert_many([e.as_doc() for e in entries], ordered=False)
             before = db[CATALOGS].count_documents({})
             db[staging].rename(CATALOGS, dropTarget=True)
-            # A no-op on MongoDB; the embedded server may leave the renamed name behind, empty.
-            db.drop_collection(staging)
-        except BaseException:
-            db.drop_collection(staging)  # a failed replacement leaves the catalog and nothing else
-            raise
+        finally:
+            # After the rename a no-op on MongoDB; under concurrent replacements the embedded server
+            # (SecantusDB) has been seen to leave the renamed name behind, empty, and a single drop did
+            # not always remove it: drop until it is gone. A failed replacement leaves the catalog only.
+            _drop_until_gone(mongo, staging)
         forget()
         return {"written": len(entries), "removed": before, "total": len(entries)}
     ensure_index(mongo)
@@ -126,6 +126,15 @@ def write(mongo: MongoResource, entries: list[Entry], *, replace: bool = False) 
     forget()
     return {"written": result.upserted_count + result.modified_count, "removed": 0,
             "total": db[CATALOGS].count_documents({})}
+
+
+def _drop_until_gone(mongo: MongoResource, name: str, attempts: int = 20) -> None:
+    for attempt in range(attempts):
+        mongo.db.drop_collection(name)
+        if not mongo.db.list_collection_names(filter={"name": name}):
+            return
+        time.sleep(0.01 * (attempt + 1))
+    log.warning("the staging collection %s could not be dropped; the next replacement drops it when stale", name)
 
 
 def staging_name(now: float | None = None) -> str:
