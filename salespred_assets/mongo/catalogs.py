@@ -128,12 +128,20 @@ def write(mongo: MongoResource, entries: list[Entry], *, replace: bool = False) 
             "total": db[CATALOGS].count_documents({})}
 
 
-def _drop_until_gone(mongo: MongoResource, name: str, attempts: int = 20) -> None:
-    for attempt in range(attempts):
-        mongo.db.drop_collection(name)
-        if not mongo.db.list_collection_names(filter={"name": name}):
-            return
-        time.sleep(0.01 * (attempt + 1))
+def _drop_until_gone(mongo: MongoResource, name: str, attempts: int = 50, quiet: int = 3) -> None:
+    # The embedded server (SecantusDB) has been seen to re-create a just-renamed or just-dropped staging name,
+    # empty, a few milliseconds later, under concurrent replacements: it counts as gone once absent from
+    # ``quiet`` checks in a row, 10 ms apart.
+    absent = 0
+    for _ in range(attempts):
+        if mongo.db.list_collection_names(filter={"name": name}):
+            mongo.db.drop_collection(name)
+            absent = 0
+        else:
+            absent += 1
+            if absent >= quiet:
+                return
+        time.sleep(0.01)
     log.warning("the staging collection %s could not be dropped; the next replacement drops it when stale", name)
 
 
