@@ -29,7 +29,7 @@ RUN pip install -c constraints.txt babel \
       pybabel compile -i "$po" -o "${po%.po}.mo" -l "$(basename "$(dirname "$(dirname "$po")")")"; done \
  && pip install -c constraints.txt ".[${EXTRAS}]" \
  && cp pyproject.toml /opt/venv/pyproject.toml \
- && cd / && python -c "import salespred_assets.definitions as d, dagster_postgres, dagster_docker; d.defs()"
+ && cd / && python -c "import salespred_assets.definitions as d, salespred_assets.i18n as i, dagster_postgres, dagster_docker; i.check(); d.defs()"
 
 # ---- runtime: the virtual environment, system ODBC drivers, and a non-root user
 FROM ${PYTHON_IMAGE} AS runtime

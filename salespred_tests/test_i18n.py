@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 from babel import numbers as babel_numbers
 
 from salespred_assets import i18n
+from salespred_assets.errors import SalespredError
 from salespred_assets.i18n.__main__ import problems
 
 PACKAGE = Path(i18n.__file__).parents[1]
@@ -22,10 +26,45 @@ def test_the_catalog_is_complete_and_consistent():
 
 
 def test_the_compiled_catalog_is_the_current_one():
+    i18n.check()  # what the image's build runs
     for lang in i18n.LANGUAGES:
-        po, mo = i18n.catalog_path(lang), i18n.catalog_path(lang, ".mo")
-        assert mo.exists() and mo.stat().st_mtime >= po.stat().st_mtime, f"run `make locale`: {mo} is stale"
+        i18n.load(lang)
     assert i18n.translate("es", "login.submit") == "Ingresar" and i18n.translate("en", "login.submit") == "Log in"
+
+
+@pytest.fixture
+def locales(tmp_path):
+    copy = tmp_path / "locales"
+    shutil.copytree(i18n.LOCALES_DIR, copy)
+    return copy
+
+
+def test_a_po_newer_than_its_mo_with_the_same_content_is_accepted(locales):
+    # An installed wheel does not keep modification times (the Docker image): content decides.
+    po = locales / "es" / "LC_MESSAGES" / "messages.po"
+    mo = po.with_suffix(".mo")
+    os.utime(mo, (1_000_000, 1_000_000))
+    os.utime(po, (2_000_000, 2_000_000))
+    assert i18n.load("es", locales).gettext("login.submit") == "Ingresar"
+
+
+def test_a_po_changed_without_recompiling_or_a_missing_mo_is_refused(locales):
+    po = locales / "es" / "LC_MESSAGES" / "messages.po"
+    po.write_text(po.read_text(encoding="utf-8").replace('msgstr "Ingresar"', 'msgstr "Entrar"', 1),
+                  encoding="utf-8")
+    with pytest.raises(SalespredError, match="make locale"):
+        i18n.load("es", locales)
+    (locales / "en" / "LC_MESSAGES" / "messages.mo").unlink()
+    with pytest.raises(SalespredError, match="make locale"):
+        i18n.load("en", locales)
+
+
+def test_loading_a_catalog_is_fast():
+    i18n.load("es")  # warm the imports
+    start = time.perf_counter()
+    for lang in i18n.LANGUAGES:
+        i18n.load(lang)
+    assert time.perf_counter() - start < 0.5  # a few ms per language; generous for a loaded machine
 
 
 def test_every_key_the_code_uses_is_translated():
@@ -63,7 +102,9 @@ def test_points_are_signed():
 
 @pytest.mark.parametrize(("query", "header", "expected"), [
     ("en", "es-CO,es;q=0.9", "en"), (None, "en-GB,en;q=0.9,es;q=0.8", "en"), (None, "fr, es;q=0.5", "es"),
-    (None, "es;q=0.2, en;q=0.9", "en"), (None, None, "es"), ("xx", "de", "es"), (None, "en;q=0", "es")])
+    (None, "es;q=0.2, en;q=0.9", "en"), (None, None, "es"), ("xx", "de", "es"), (None, "en;q=0", "es"),
+    ("EN", None, "en"), ("en-US", "es", "en"), ("en_GB", None, "en"), (None, "EN-us", "en"),
+    (None, "es;level=1;q=0, en;q=0.5", "en"), (None, "en; q=0.4, es;level=1", "es")])
 def test_the_api_language_comes_from_the_query_then_accept_language(query, header, expected):
     assert i18n.negotiate(query, header) == expected
 
@@ -83,3 +124,20 @@ def test_set_then_delete_keeps_both_languages_in_step(tmp_path, monkeypatch):
     assert tool.main(["delete", "zz.test"]) == 1  # a key that is not there is an error, not silence
     for lang in i18n.LANGUAGES:  # back to the very same file
         assert (tmp_path / f"{lang}.po").read_text() == i18n.catalog_path(lang).read_text()
+
+
+@pytest.mark.parametrize("lang", sorted(i18n.LANGUAGES))
+def test_the_dashboard_translates_every_state_and_period_and_speaks_one_language(lang):
+    from salespred_assets.dashboard import render
+
+    t, f = render.texts(lang), render.Fmt(lang)
+    # A state or a period the catalog does not know reads as a word of the page's language, never raw English.
+    assert render._state(lang, "archived") == i18n.translate(lang, "dash.state.unknown") != "archived"
+    pipeline = {"horizons": [{"order": 9, "horizon": "someday", "opportunities": 1, "expected_tcv": 1.0}],
+                "opportunities": 1, "tcv": 1.0, "expected_tcv": 1.0, "as_of": None, "period_rule": "r"}
+    page = render._pipeline(pipeline, t, f)
+    assert "someday" not in page and t["h_unknown"] in page
+    if lang == "es":
+        assert not re.search(r"backtest|\bNr\b", " ".join(t.values()), re.IGNORECASE)
+    # The quality table has no stages: its hint does not speak of them.
+    assert t["scroll_hint_quality"] != t["scroll_hint"]

@@ -26,6 +26,7 @@ from babel import Locale
 
 from salespred_assets import i18n
 from salespred_assets.app.main import create_app
+from salespred_assets.core.names import Names, demo_entries
 from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.mongo.resource import OPPORTUNITIES, MongoResource
 from salespred_assets.operations import loading
@@ -45,8 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / ".salespred" / "test-reports" / "screenshots"
 VIEWPORTS = ({"width": 390, "height": 844}, {"width": 1366, "height": 900})
 LANGS = ("es", "en")
-PAGES = ("login", "capture", "capture_errors", "result", "opportunity", "list", "closed", "dashboard", "no_model",
-         "error_403", "error_404", "error_413", "error_429", "error_503", "capture_503")
+PAGES = ("login", "capture", "capture_errors", "result", "opportunity", "list", "closed", "dashboard",
+         "dashboard_explained", "no_model", "dashboard_503", "error_403", "error_404", "error_405", "error_413",
+         "error_429", "error_503", "capture_503")
 TEAM = ("NV-0", *(n for n, *_, boss in SELLERS if boss == "NV-0"))  # Ana, the manager who logs in, and her reports
 
 # Words that leaked into pages of the other language before (whole words, case-sensitive).
@@ -59,7 +61,17 @@ LEAKS = {
            "puntos", "Etapa", "Tablero", "Contraseña", "Usuario", "Elija", "Volver", "Detalles", "Cliente",
            "disponible", "Inténtelo", "en producción", "modelo", "Ingresar", "está", "según", "también"],
 }
-CODE = re.compile(r"\b(?:BU|TY|RE|TE|IN|LS)-\d\d\b|\bNV-\d+\b")
+LEAKS["es"] += ["backtest", "Nr"]
+# The open stages' names of the other language, as the demo catalog (which the pages use) spells them.
+_STAGES = [e for e in demo_entries() if e.kind == "etapas" and e.code not in ("Won", "Lost")]
+for _lang, _other in (("es", "en"), ("en", "es")):
+    LEAKS[_lang] += [getattr(e, _other) for e in _STAGES if getattr(e, _other) != getattr(e, _lang)]
+# Codes the demo catalog names (stages S1-S6 too): shown where a name exists, they are a fault.
+CODE = re.compile(r"\b(?:BU|TY|RE|TE|IN|LS)-\d\d\b|\bNV-\d+\b|(?<![\w-])S[1-6](?![\w-])")
+# What a page says outside its visible text: the tab's title, the charts' tooltips, the labels read aloud.
+EXTRA_JS = """() => [document.title,
+  ...Array.from(document.querySelectorAll('svg title'), el => el.textContent),
+  ...Array.from(document.querySelectorAll('[aria-label]'), el => el.getAttribute('aria-label'))].join('\\n')"""
 
 
 # ---- the checks (pure: also tested on their own below) ----------------------------------------------------
@@ -192,7 +204,7 @@ class Pages:
             self.page.wait_for_timeout(50)  # one layout at the new width
             shot = SHOTS / f"{name}-{self.lang}-{viewport['width']}x{viewport['height']}.png"
             self.page.screenshot(path=str(shot), full_page=True)
-            text = self.page.evaluate("document.body.innerText")
+            text = self.page.evaluate("document.body.innerText") + "\n" + self.page.evaluate(EXTRA_JS)
             font = tuple(self.page.evaluate(FONT_JS))
             self.visits[(name, self.lang, viewport["width"])] = Visit(text, font, shot)  # type: ignore[arg-type]
         self.page.set_viewport_size(VIEWPORTS[0])
@@ -279,6 +291,8 @@ def visits(browser, app_db, redis_url, tmp_path_factory):  # noqa: F811
                 p.record("dashboard_explained")
                 assert p.go("/opportunities/OP-99999999").status == 404
                 p.record("error_404")
+                assert p.go(f"/opportunities/{closed['numero_opportunidad']}/stage").status == 405  # a form's POST
+                p.record("error_405")
                 p.post("/logout", {"csrf": "not-this-session's"})
                 p.record("error_403")
                 p.go("/opportunities/new")
@@ -303,6 +317,8 @@ def visits(browser, app_db, redis_url, tmp_path_factory):  # noqa: F811
                 q.log_in("ana", passwords["ana"])
                 q.go(f"/opportunities/{unscored['numero_opportunidad']}")
                 q.record("no_model")
+                assert q.go("/dashboard").status == 503  # no reporting database for this app
+                q.record("dashboard_503")
                 q.go("/opportunities/new")
                 q.fill_capture()
                 server.stop()
@@ -359,6 +375,9 @@ def test_the_checks_catch_what_leaked_before():
     assert leaked_words("Ganada · Salir", "en") == ["Ganada", "Salir"]
     assert leaked_words("Ganadas", "en") == []
     assert codes_shown("Industria IN-23 · NV-12 · CL-00042 · OP-00042") == ["IN-23", "NV-12"]
+    assert codes_shown("Etapa S3 · OP-S3 · S7") == ["S3"]
+    assert {"Discovery", "backtest"} <= set(leaked_words("Discovery · backtest", "es"))
+    assert leaked_words("Propuesta", "en") == ["Propuesta"]
     # Babel's es groups "11.187" and "3.280", but its short amounts read "3280 M".
     assert ungrouped_numbers("11,187 · 73.0% · 11187 · 48000.0", "es") == ["11,187", "11187", "48000.0"]
     assert ungrouped_numbers("11.187 oportunidades · 3.280 · 3280 M · 0,8125 · 73,0 %", "es") == []
@@ -381,14 +400,15 @@ def test_the_standalone_dashboard_file_reads_well_on_a_phone(browser, tmp_path):
     from salespred_assets import dashboard
 
     figs = dashboard.figures(_reporting_db(tmp_path / "report.db").engine)
+    names = Names(demo_entries())  # as the asset renders it: with the catalogs
     context = browser.new_context(viewport=VIEWPORTS[0])
     page = context.new_page()
     for lang in LANGS:
-        page.set_content(dashboard.render_html(figs, lang))
-        text = page.evaluate("document.body.innerText")
+        page.set_content(dashboard.render_html(figs, lang, names=names))
+        text = page.evaluate("document.body.innerText") + "\n" + page.evaluate(EXTRA_JS)
         smallest, what = page.evaluate(FONT_JS)
         assert smallest >= 12, what
-        assert leaked_words(text, lang) == [] and ungrouped_numbers(text, lang) == []
+        assert leaked_words(text, lang) == [] and ungrouped_numbers(text, lang) == [] and codes_shown(text) == []
         assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORTS[0]["width"]  # charts scroll inside
         page.screenshot(path=str(SHOTS / f"standalone_dashboard-{lang}-390x844.png"), full_page=True)
     context.close()

@@ -93,6 +93,13 @@ def _fill(engine: sa.Engine, frames: dict[str, pd.DataFrame]) -> None:
     writer.write(engine, t[tables.DIM_MODEL_VERSION], frames["registry"])
     for scoring in ("earlier", "latest"):
         writer.write(engine, t[tables.FACT_PREDICTION_HISTORY], frames[scoring], mode="append")
+    for kind, table in tables.CODE_DIMENSIONS.items():  # every code the fact uses, named
+        codes = sorted(set(frames["fact"][kind].dropna().astype(str))) if kind in frames["fact"] else ["X"]
+        dim = pd.DataFrame({"code": codes, "name_es": codes, "name_en": codes})
+        if kind == "territorios":
+            dim["region"] = None
+        writer.write(engine, t[table], dim)
+        writer.refresh_statistics(engine, t[table])  # too small for the write to refresh them; autovacuum would
     assert views.refresh(engine, S) == list(views.NAMES)
 
 

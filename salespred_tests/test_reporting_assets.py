@@ -17,13 +17,14 @@ import sqlalchemy as sa
 
 from salespred_assets import dashboard, settings
 from salespred_assets.core.names import STAGE_CODES
+from salespred_assets.core.schema import DEFAULT_SCHEMA
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.operations import loading
 from salespred_assets.redis_cache.io_manager import RedisCacheIOManager
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.registry import model_store
 from salespred_assets.registry.io_manager import MongoModelIOManager
-from salespred_assets.sql import tables, views, writer
+from salespred_assets.sql import queries, tables, views, writer
 from salespred_assets.sql.io_manager import SqlIOManager
 from salespred_assets.sql.resource import SqlResource, make_engine
 from salespred_tests import reporting_fixtures as rf
@@ -87,7 +88,8 @@ def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
     assert checks == {"fact_opportunity_reconciles": True, "dim_seller_safe": True,
                       "dim_model_version_matches_registry": True, "fact_prediction_history_has_latest_scoring": True,
                       "reporting_views_reconcile": True, "sales_dashboard_self_contained": True,
-                      "dashboard_figures_cover_the_views": True}
+                      "dashboard_figures_cover_the_views": True,
+                      **{f"{table}_covers_the_data": True for table in tables.CODE_DIMENSIONS.values()}}
     assert _metadata(first, "reporting_views")["views"] == ", ".join(views.NAMES)
     # The dashboard reads the stored figures: the same as reading every view now.
     stored, live = dashboard.figures(engine), dashboard.from_snapshot(dashboard.snapshot(engine))
@@ -143,3 +145,37 @@ def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
     with engine.connect() as conn:
         history = sa.table(tables.FACT_PREDICTION_HISTORY, sa.column("model_version"))
         assert set(conn.execute(sa.select(history.c.model_version).distinct()).scalars()) == {versions[1]}
+
+
+def test_the_dashboard_shows_codes_when_the_catalogs_cannot_be_read():
+    # As every page does: MongoDB down while the dashboard is written costs the names, not the dashboard.
+    frame = pd.DataFrame({"view_name": [], "rows_json": []})
+    from salespred_assets.defs.reporting.assets import sales_dashboard
+    down = MongoResource(uri="mongodb://127.0.0.1:1/?directConnection=true", database="down", timeout_ms=200)
+    result = sales_dashboard(context=dg.build_asset_context(), dashboard_figures=frame, mongo=down)
+    meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
+    assert meta["names"].startswith("unavailable, codes shown")
+    assert Path(meta["path_es"]).read_text(encoding="utf-8").startswith("<!")
+
+
+def test_the_code_dimension_check_finds_a_code_without_a_row_and_a_blank_name(tmp_path):
+    # What code_dimensions_cover_the_data counts: Power BI would show these opportunities with no name.
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    frame = rf.source_frame()
+    preds = rf.scored(frame, rf.tiny_model(frame))
+    schema = DEFAULT_SCHEMA
+    t = tables.all_tables(sa.MetaData(), schema)
+    writer.write(engine, t[tables.FACT_OPPORTUNITY], preds)
+    codes = sorted(set(preds["industrias"].dropna()))
+    dim = pd.DataFrame({"code": codes, "name_es": codes, "name_en": codes})
+    writer.write(engine, t["dim_industria"], dim)
+
+    def counts() -> tuple[int, int]:
+        with engine.connect() as conn:
+            return (int(conn.execute(queries.codes_without_name(schema, "industrias")).scalar_one()),
+                    int(conn.execute(queries.blank_names("industrias")).scalar_one()))
+
+    assert counts() == (0, 0)
+    dim.loc[0, "name_en"] = "  "
+    writer.write(engine, t["dim_industria"], dim.iloc[:-1])  # the last code loses its row
+    assert counts() == (1, 1)

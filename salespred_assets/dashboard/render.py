@@ -26,7 +26,7 @@ KEYS = ("title", "closed", "won", "lost", "pipeline", "headline", "pipeline_note
         "h3", "h4", "h5", "horizon", "by_month", "by_region", "matrix", "seller", "count", "tcv", "total", "quality",
         "version", "trained", "status", "roc_auc", "accuracy", "brier", "predictions", "unavailable", "empty",
         "current", "explain", "explain_expected", "explain_forecast", "explain_brier", "explain_auc", "scroll_hint",
-        "expected")
+        "scroll_hint_quality", "h_unknown", "expected")
 
 
 def texts(lang: str) -> dict[str, str]:
@@ -131,7 +131,7 @@ def _pipeline(p: dict[str, Any], t: dict[str, str], f: Fmt) -> str:
     rows = []
     for h in p["horizons"]:
         key, count = f"pipeline.horizon.{h['order']}", h["opportunities"]
-        rows.append(f"<tr><td>{escape(t.get('h' + str(h['order']), h['horizon']))}</td>"
+        rows.append(f"<tr><td>{escape(t.get('h' + str(h['order']), t['h_unknown']))}</td>"
                     f"<td>{_value(key + '.opportunities', count, f.count(count))}</td>"
                     f"<td>{_value(key + '.expected_tcv', h['expected_tcv'], f.money(h['expected_tcv']))}</td></tr>")
     note = t["pipeline_note"].format(n=f.count(p["opportunities"]), tcv=f.money(p["tcv"]))
@@ -202,7 +202,8 @@ def _matrix(m: dict[str, Any], t: dict[str, str], f: Fmt) -> str:
 
 def _state(lang: str, status: str) -> str:
     key = f"dash.state.{status}"
-    return i18n.translate(lang, key) if i18n.has(lang, key) else status
+    # An unknown status reads as a word of the page's language, never as the stored English one.
+    return i18n.translate(lang, key if i18n.has(lang, key) else "dash.state.unknown")
 
 
 def _quality(versions: list[dict[str, Any]], t: dict[str, str], f: Fmt) -> str:
@@ -224,7 +225,7 @@ def _quality(versions: list[dict[str, Any]], t: dict[str, str], f: Fmt) -> str:
         f"<td>{escape(_state(f.lang, v['status']))}</td><td>{f.metric(v['roc_auc'])}</td>"
         f"<td>{f.metric(v['accuracy'])}</td><td>{f.metric(v['brier'])}</td>"
         f"<td>{f.count(v['predictions_recorded'])}</td></tr>" for v in reversed(versions))
-    table = (f'<p class="scroll-hint">{escape(t["scroll_hint"])} →</p>'
+    table = (f'<p class="scroll-hint">{escape(t["scroll_hint_quality"])} →</p>'
              f"<div class='scroll' tabindex='0'><table><thead><tr><th>{escape(t['version'])}</th>"
              f"<th>{escape(t['trained'])}</th><th>{escape(t['status'])}</th><th>{escape(t['roc_auc'])}</th>"
              f"<th>{escape(t['accuracy'])}</th><th>{escape(t['brier'])}</th><th>{escape(t['predictions'])}</th></tr>"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from babel import Locale, UnknownLocaleError, dates as babel_dates, numbers as babel_numbers
+from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 
 from salespred_assets.errors import SalespredError
@@ -35,14 +36,43 @@ def catalog_path(lang: str, suffix: str = ".po") -> Path:
     return LOCALES_DIR / lang / "LC_MESSAGES" / f"{DOMAIN}{suffix}"
 
 
+def _po_messages(po: Path) -> set[tuple[str, str]]:
+    """What ``pybabel compile`` writes to the .mo: the translated, non-fuzzy messages."""
+    with po.open("rb") as fp:
+        catalog = read_po(fp)
+    return {(m.id, m.string) for m in catalog if m.id and m.string and not m.fuzzy
+            and isinstance(m.id, str) and isinstance(m.string, str)}
+
+
+def load(lang: str, locales_dir: Path | None = None) -> NullTranslations:
+    """The compiled catalog of ``lang``, refused unless it holds exactly what its ``.po`` says.
+
+    Judged by content, not by modification times: an installed wheel does not keep them, so the ``.po`` can
+    look newer than a matching ``.mo`` (the Docker image)."""
+    base = LOCALES_DIR if locales_dir is None else locales_dir
+    po = base / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
+    mo = po.with_suffix(".mo")
+    stale = SalespredError(f"the {lang} message catalog {mo} is missing or does not match {po.name}: "
+                           "run `make locale` (or `pybabel compile -d salespred_assets/i18n/locales`)")
+    if not mo.exists():
+        raise stale
+    with mo.open("rb") as fp:
+        translations = Translations(fp, domain=DOMAIN)
+    compiled = {(k, v) for k, v in translations._catalog.items() if k and isinstance(k, str)}
+    if compiled != _po_messages(po):
+        raise stale
+    return translations
+
+
 @functools.cache
 def _translations(lang: str) -> NullTranslations:
-    po, mo = catalog_path(lang), catalog_path(lang, ".mo")
-    if not mo.exists() or mo.stat().st_mtime < po.stat().st_mtime:
-        raise SalespredError(f"the {lang} message catalog {mo} is missing or older than {po.name}: "
-                             "run `make locale` (or `pybabel compile -d salespred_assets/i18n/locales`)")
-    with mo.open("rb") as fp:
-        return Translations(fp, domain=DOMAIN)
+    return load(lang)
+
+
+def check() -> None:
+    """Load every language's catalog now (the image's build runs this), so that a stale one fails early."""
+    for lang in LANGUAGES:
+        _translations(lang)
 
 
 def pick(value: str | None) -> str:
@@ -52,18 +82,21 @@ def pick(value: str | None) -> str:
 
 def negotiate(query: str | None = None, accept_language: str | None = None) -> str:
     """The API's language: ``?lang=`` if supported, then the best of ``Accept-Language``, then the default."""
-    if query in LANGUAGES:
-        return query
+    code = (query or "").strip().lower().replace("_", "-").split("-")[0]
+    if code in LANGUAGES:
+        return code
     ranked: list[tuple[float, int, str]] = []
     for i, part in enumerate((accept_language or "").split(",")):
-        tag, _, params = part.strip().partition(";")
+        tag, *params = part.split(";")
         weight = 1.0
-        if params.strip().startswith("q="):
-            try:
-                weight = float(params.strip()[2:])
-            except ValueError:
-                weight = 0.0
-        code = tag.strip().lower().split("-")[0]
+        for param in params:  # q may follow other parameters (es;level=1;q=0)
+            name, _, given = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(given.strip())
+                except ValueError:
+                    weight = 0.0
+        code = tag.strip().lower().replace("_", "-").split("-")[0]
         if code in LANGUAGES and weight > 0:
             ranked.append((-weight, i, code))
     return min(ranked)[2] if ranked else DEFAULT

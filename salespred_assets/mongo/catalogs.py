@@ -112,11 +112,11 @@ def write(mongo: MongoResource, entries: list[Entry], *, replace: bool = False) 
             db[staging].insert_many([e.as_doc() for e in entries], ordered=False)
             before = db[CATALOGS].count_documents({})
             db[staging].rename(CATALOGS, dropTarget=True)
-            # A no-op on MongoDB; the embedded server may leave the renamed name behind, empty.
-            db.drop_collection(staging)
-        except BaseException:
-            db.drop_collection(staging)  # a failed replacement leaves the catalog and nothing else
-            raise
+        finally:
+            # After the rename a no-op on MongoDB; under concurrent replacements the embedded server
+            # (SecantusDB) has been seen to leave the renamed name behind, empty, and a single drop did
+            # not always remove it: drop until it is gone. A failed replacement leaves the catalog only.
+            _drop_until_gone(mongo, staging)
         forget()
         return {"written": len(entries), "removed": before, "total": len(entries)}
     ensure_index(mongo)
@@ -127,6 +127,23 @@ def write(mongo: MongoResource, entries: list[Entry], *, replace: bool = False) 
     forget()
     return {"written": result.upserted_count + result.modified_count, "removed": 0,
             "total": db[CATALOGS].count_documents({})}
+
+
+def _drop_until_gone(mongo: MongoResource, name: str, attempts: int = 50, quiet: int = 3) -> None:
+    # The embedded server (SecantusDB) has been seen to re-create a just-renamed or just-dropped staging name,
+    # empty, a few milliseconds later, under concurrent replacements: it counts as gone once absent from
+    # ``quiet`` checks in a row, 10 ms apart.
+    absent = 0
+    for _ in range(attempts):
+        if mongo.db.list_collection_names(filter={"name": name}):
+            mongo.db.drop_collection(name)
+            absent = 0
+        else:
+            absent += 1
+            if absent >= quiet:
+                return
+        time.sleep(0.01)
+    log.warning("the staging collection %s could not be dropped; the next replacement drops it when stale", name)
 
 
 def staging_name(now: float | None = None) -> str:

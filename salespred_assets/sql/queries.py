@@ -70,6 +70,27 @@ def batch_rows(schema: DatasetSchema, ids: Sequence[str]) -> sa.Select:
             .select_from(joined).where(fact.c[schema.id].in_(list(ids))))
 
 
+def codes_without_name(schema: DatasetSchema, kind: str) -> sa.Select | None:
+    """code_dimensions_cover_the_data: distinct codes ``fact_opportunity.<kind>`` uses that its dimension table
+    lacks (Power BI's relationship would show them blank); None when the export has no such field."""
+    md = sa.MetaData()
+    fact = tables.fact_opportunity(md, schema)
+    if kind not in fact.c:
+        return None
+    dim = tables.dim_code(md, kind)
+    code = fact.c[kind]
+    return (sa.select(sa.func.count(sa.distinct(code)))
+            .select_from(fact.outerjoin(dim, dim.c.code == code))
+            .where(code.is_not(None), dim.c.code.is_(None)))
+
+
+def blank_names(kind: str) -> sa.Select:
+    """code_dimensions_cover_the_data: rows of a dimension table with an empty name in either language."""
+    dim = tables.dim_code(sa.MetaData(), kind)
+    blank = sa.or_(*(sa.or_(c.is_(None), sa.func.trim(c) == "") for c in (dim.c.name_es, dim.c.name_en)))
+    return sa.select(sa.func.count()).select_from(dim).where(blank)
+
+
 def catalogue(schema: DatasetSchema, ids: Sequence[str], model_version: str,
               scored_at: dt.datetime) -> dict[str, sa.Executable]:
     """Every query a check, a view read (the dashboard), or the batch path runs, by name.
@@ -90,6 +111,11 @@ def catalogue(schema: DatasetSchema, ids: Sequence[str], model_version: str,
             history, ["opportunity_id", "model_version", "scored_at"], [model_version, scored_at], ids),
         "batch path: upsert's delete": writer.upsert_delete_statement(fact, schema.id, ids),
     }
+    for kind, table in tables.CODE_DIMENSIONS.items():
+        missing = codes_without_name(schema, kind)
+        if missing is not None:
+            out[f"check code_dimensions_cover_the_data: {table} codes without a row"] = missing
+        out[f"check code_dimensions_cover_the_data: {table} blank names"] = blank_names(kind)
     if schema.amount:
         out["check reporting_views_reconcile: open totals"] = open_totals(schema)
         out["check reporting_views_reconcile: closed TCV"] = closed_tcv(schema)

@@ -128,12 +128,17 @@ def dashboard_figures(sql: SqlResource) -> dg.Output[pd.DataFrame]:
 
 
 @dg.asset(group_name=GROUP, kinds={"html"}, retry_policy=IO_RETRY)
-def sales_dashboard(dashboard_figures: pd.DataFrame, mongo: MongoResource) -> dg.MaterializeResult:
+def sales_dashboard(context: dg.AssetExecutionContext, dashboard_figures: pd.DataFrame,
+                    mongo: MongoResource) -> dg.MaterializeResult:
     """The five Power BI tiles and the model-quality trend as one self-contained HTML page (inline SVG,
     no network), from the stored figures, regions and stages by name (the code catalogs); written under
     $SALESPRED_HOME/dashboard/."""
     figs = dashboard.from_snapshot(dashboard_figures)
-    names = catalogs.names(mongo)
+    try:
+        names, names_note = catalogs.names(mongo), "catalogs"
+    except Exception as exc:  # noqa: BLE001 - as the pages do: without names the dashboard shows the codes
+        context.log.warning(f"the code catalogs could not be read ({exc}); the dashboard shows codes")
+        names, names_note = Names(), f"unavailable, codes shown: {type(exc).__name__}"
     out = dashboard_dir()
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -145,7 +150,7 @@ def sales_dashboard(dashboard_figures: pd.DataFrame, mongo: MongoResource) -> dg
         paths[lang] = path
     metadata: dict = {"path": dg.MetadataValue.path(str(paths["en"])),
                       "path_es": dg.MetadataValue.path(str(paths["es"])),
-                      "bytes": paths["en"].stat().st_size, **dashboard.summary(figs),
+                      "bytes": paths["en"].stat().st_size, "names": names_note, **dashboard.summary(figs),
                       "figures": dg.MetadataValue.json(figs)}
     if figs.get("pipeline"):
         metadata["open_pipeline"] = md(pd.DataFrame(figs["pipeline"]["horizons"]), floatfmt="{:,.0f}")

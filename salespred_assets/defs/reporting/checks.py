@@ -55,6 +55,30 @@ def dim_seller_safe(dim_seller: pd.DataFrame, mongo: MongoResource) -> dg.AssetC
 
 
 
+@dg.multi_asset_check(
+    specs=[dg.AssetCheckSpec(f"{table}_covers_the_data", asset=table, additional_deps=[fact_opportunity],
+                             blocking=True,
+                             description=f"Every {kind} code fact_opportunity uses has a row in {table} (the "
+                                         "relationship Power BI relies on), and no row has a blank name.")
+           for kind, table in tables.CODE_DIMENSIONS.items()],
+    can_subset=True)
+def code_dimensions_cover_the_data(context: dg.AssetCheckExecutionContext, sql: SqlResource,
+                                   mongo: MongoResource):
+    schema = mongo.schema()
+    with sql.engine.connect() as conn:
+        for kind, table in tables.CODE_DIMENSIONS.items():
+            key = dg.AssetCheckKey(dg.AssetKey(table), f"{table}_covers_the_data")
+            if key not in context.selected_asset_check_keys:
+                continue
+            statement = queries.codes_without_name(schema, kind)
+            missing = int(conn.execute(statement).scalar_one()) if statement is not None else 0
+            blank = int(conn.execute(queries.blank_names(kind)).scalar_one())
+            yield dg.AssetCheckResult(
+                asset_key=table, check_name=key.name, passed=missing == 0 and blank == 0,
+                metadata={"codes_without_a_row": missing, "blank_names": blank,
+                          "field_in_fact_table": statement is not None})
+
+
 @dg.asset_check(asset=dim_model_version, blocking=True,
                 description="One row per registry version, and the current version is the one scoring now.")
 def dim_model_version_matches_registry(dim_model_version: pd.DataFrame, mongo: MongoResource) -> dg.AssetCheckResult:
