@@ -43,6 +43,27 @@ def sellers_frame() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reporting_database(engine: sa.Engine) -> pd.DataFrame:
+    """A reporting database as a full refresh leaves it (fact, sellers, one promoted model version, history,
+    views) for the pages that read it; returns the scored rows."""
+    from salespred_assets.sql import writer
+
+    frame = source_frame()
+    preds = scored(frame, tiny_model(frame))
+    version = str(preds["model_version"].iloc[0])
+    t = tables.all_tables(sa.MetaData(), S)
+    writer.write(engine, t[tables.FACT_OPPORTUNITY], preds)
+    writer.write(engine, t[tables.DIM_SELLER], sellers_frame())
+    writer.write(engine, t[tables.DIM_MODEL_VERSION], pd.DataFrame([{
+        "model_version": version, "trained_at": SCORED_AT, "status": "promoted", "is_current": True,
+        "ever_promoted": True, "times_promoted": 1, "promoted_at": SCORED_AT, "retired_at": pd.NaT,
+        "roc_auc": 0.8125, "accuracy": 0.7625, "brier": 0.17, "f1": 0.8, "threshold": 0.5, "training_rows": 700,
+        "hyperparameters": "{}", "metrics": "{}"}]))
+    writer.write(engine, t[tables.FACT_PREDICTION_HISTORY], preds[HISTORY_COLUMNS], mode="append")
+    views.refresh(engine, S)
+    return preds
+
+
 def reset(engine: sa.Engine) -> None:
     """Drop the reporting views and tables (server databases are shared by every test of a session)."""
     with engine.begin() as conn:

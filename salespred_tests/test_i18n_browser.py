@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 from babel import Locale
@@ -31,7 +30,6 @@ from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.mongo.resource import OPPORTUNITIES, MongoResource
 from salespred_assets.operations import loading
 from salespred_assets.redis_cache.resource import RedisResource
-from salespred_assets.sql import tables, views, writer
 from salespred_assets.sql.resource import SqlResource
 from salespred_tests import reporting_fixtures as rf
 from salespred_tests.app_fixtures import *  # noqa: F403 - the fixtures app, app_db, client (its __all__)
@@ -169,19 +167,7 @@ class Visit:
 # ---- the world the pages show ---------------------------------------------------------------------------------
 def _reporting_db(path: Path) -> SqlResource:
     engine = sa.create_engine(f"sqlite:///{path}")
-    frame = rf.source_frame()
-    preds = rf.scored(frame, rf.tiny_model(frame))
-    version = str(preds["model_version"].iloc[0])
-    t = tables.all_tables(sa.MetaData(), S)
-    writer.write(engine, t[tables.FACT_OPPORTUNITY], preds)
-    writer.write(engine, t[tables.DIM_SELLER], rf.sellers_frame())
-    writer.write(engine, t[tables.DIM_MODEL_VERSION], pd.DataFrame([{
-        "model_version": version, "trained_at": rf.SCORED_AT, "status": "promoted", "is_current": True,
-        "ever_promoted": True, "times_promoted": 1, "promoted_at": rf.SCORED_AT, "retired_at": pd.NaT,
-        "roc_auc": 0.8125, "accuracy": 0.7625, "brier": 0.17, "f1": 0.8, "threshold": 0.5, "training_rows": 700,
-        "hyperparameters": "{}", "metrics": "{}"}]))
-    writer.write(engine, t[tables.FACT_PREDICTION_HISTORY], preds[rf.HISTORY_COLUMNS], mode="append")
-    views.refresh(engine, S)
+    rf.reporting_database(engine)
     return SqlResource(url=str(engine.url))
 
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import uuid
 
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from salespred_assets import i18n
 from salespred_assets.app.main import create_app
-from salespred_assets.core.schema import DEFAULT_SCHEMA as S
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.redis_cache.resource import RedisResource
-from salespred_assets.sql import tables, views, writer
+from salespred_assets.sql import views
 from salespred_assets.sql.resource import SqlResource
 from salespred_tests import reporting_fixtures as rf
 from salespred_tests.app_fixtures import (
@@ -41,19 +39,7 @@ def dashboard_app(mongo_server, redis_url, tmp_path_factory):
     redis = RedisResource(url=redis_url, namespace=f"tdash{uuid.uuid4().hex[:10]}", timeout_s=2.0)
     passwords = add_sellers(mongo)
     engine = sa.create_engine(f"sqlite:///{tmp_path_factory.mktemp('dash') / 'report.db'}")
-    frame = rf.source_frame()
-    preds = rf.scored(frame, rf.tiny_model(frame))
-    version = str(preds["model_version"].iloc[0])
-    t = tables.all_tables(sa.MetaData(), S)
-    writer.write(engine, t[tables.FACT_OPPORTUNITY], preds)
-    writer.write(engine, t[tables.DIM_SELLER], rf.sellers_frame())
-    writer.write(engine, t[tables.DIM_MODEL_VERSION], pd.DataFrame([{
-        "model_version": version, "trained_at": rf.SCORED_AT, "status": "promoted", "is_current": True,
-        "ever_promoted": True, "times_promoted": 1, "promoted_at": rf.SCORED_AT, "retired_at": pd.NaT,
-        "roc_auc": 0.8125, "accuracy": 0.7625, "brier": 0.17, "f1": 0.8, "threshold": 0.5, "training_rows": 700,
-        "hyperparameters": "{}", "metrics": "{}"}]))
-    writer.write(engine, t[tables.FACT_PREDICTION_HISTORY], preds[rf.HISTORY_COLUMNS], mode="append")
-    views.refresh(engine, S)
+    rf.reporting_database(engine)
     app = create_app(mongo, redis, SECRET, login_limits=LIMITS)
     app.state.sql = SqlResource(url=str(engine.url))
     yield app, passwords, engine
