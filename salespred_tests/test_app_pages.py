@@ -80,7 +80,7 @@ def test_log_in_capture_and_see_the_prediction(client, app_db):
     assert detail.status_code == 200 and f"Oportunidad guardada con el número {number}" in detail.text
     assert re.search(r"Probablemente (ganada|perdida)", detail.text)
     assert re.search(r'data-testid="probability">\d+(\xa0)?%', detail.text) and 'data-testid="grade">' in detail.text
-    assert "Predicción leída de la caché (Redis)." in detail.text  # written by the capture
+    assert "Predicción del último cálculo guardado." in detail.text  # written by the capture
     listing = client.get("/opportunities")
     assert number in listing.text and "Mis oportunidades" in listing.text
     lookup = client.get(f"/opportunities?number={number}", follow_redirects=False)
