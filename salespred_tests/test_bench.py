@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from salespred_assets import bench
-from salespred_assets.bench.harness import Goal, percentile
+from salespred_assets.bench.harness import Figure, Goal, StageResult, percentile, scale_limits
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +19,17 @@ def test_goals_and_percentiles_are_computed_right():
     assert Goal("x", 0.9, 0.8, "at_least").met and not Goal("x", 0.7, 0.8, "at_least").met
     assert Goal("x", 4, 5, "at_most").met and Goal("x", 10, 5, "at_most").gap == "missed: 2.0× the target"
     assert percentile([1, 2, 3, 4, 5], 50) == 3 and percentile([1.0, 2.0], 100) == 2.0
+
+
+def test_scale_limits_size_by_the_slowest_reporting_database():
+    refresh = StageResult("full_refresh", "Full refresh", figures=[
+        Figure("SQLite: throughput", "opportunities/s", [6000.0]),
+        Figure("MariaDB: throughput", "opportunities/s", [5000.0]),
+        Figure("SQLite: peak memory of the run's largest process", "GB", [3.0]),
+        Figure("MariaDB: peak memory of the run's largest process", "GB", [4.0])])
+    text = "\n".join(scale_limits([refresh]))
+    assert "5,000 opportunities/s (MariaDB, the slowest" in text and "peaked at 4.0 GB" in text
+    assert "no full-refresh" not in text
 
 
 @pytest.mark.slow  # four minutes of the ten stages end to end: `make test-slow`, which .ci/run also runs
