@@ -365,8 +365,7 @@ async def detail_page(request: Request, viewer: Viewer, number: str, status: int
         log.warning("no prediction for %s: %s", number, exc.detail if isinstance(exc, Unavailable) else exc)
         problem = "page.no_model" if no_model else "page.prediction_unavailable"
     lang = lang_of(request)
-    reasons = app_reasons.render((prediction or {}).get("reasons"), lang,
-                                  app_reasons.namer(ctx, held_only=True) or names_of(request).display)
+    reasons = app_reasons.render((prediction or {}).get("reasons"), lang, names_of(request).display)
     schema = await run_in_threadpool(ctx.mongo.schema)
     changeable = schema == DEFAULT_SCHEMA and doc.get(DEFAULT_SCHEMA.stage) not in opportunities.CLOSED_STAGES
     context = {"saved": False, "changed": False, "errors": {}, **extra}
