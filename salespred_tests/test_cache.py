@@ -120,3 +120,32 @@ def test_upsert_chunks_and_starts_a_generation_when_none_is_live(redis_resource,
     bucket = cache.bucket_key(first["generation"], cache_module.bucket_of("OP-M4"))
     for key in (bucket, cache.meta_key(first["generation"])):  # each write renews the expiry
         assert 0 < redis_resource.client.ttl(key) <= redis_resource.ttl_s
+
+
+def test_the_coverage_check_counts_every_entry_and_reads_a_sample_back(redis_resource):
+    """The asset check, called directly: the entry count is exact for any size, the contents are read on a sample."""
+    from salespred_assets.defs.serving import checks
+
+    n = checks.SAMPLE + 2_000  # more than the sample: a lost entry must be found by the count, not by luck
+    ids, values = _values(n, "v1", 0.7)
+    scored = pd.DataFrame({"opportunity_id": ids, "model_version": "v1"})
+    cache = redis_resource.cache()
+    cache.publish(ids, values, "v1")
+    ok = checks.prediction_cache_coverage(opportunity_predictions=scored, redis=redis_resource)
+    assert ok.passed and ok.metadata["sampled"].value == checks.SAMPLE
+    assert ok.metadata["live_entries"].value == n and ok.metadata["missing_in_sample"].value == 0
+
+    # A capture made since adds an entry: still covered. One entry lost: the count falls short.
+    cache.set_one("OP-99999", {"probability": 0.5, "model_version": "v1"})
+    assert checks.prediction_cache_coverage(opportunity_predictions=scored, redis=redis_resource).passed
+    cache.delete("OP-00017")
+    cache.delete("OP-99999")
+    lost = checks.prediction_cache_coverage(opportunity_predictions=scored, redis=redis_resource)
+    assert not lost.passed and lost.metadata["live_entries"].value == n - 1
+
+    # Entries by another model version than the one scored: the generation says so, and the sample too.
+    small = scored.iloc[:50]
+    cache.publish(ids[:50], _values(50, "v2", 0.4)[1], "v2")
+    wrong = checks.prediction_cache_coverage(opportunity_predictions=small, redis=redis_resource)
+    assert not wrong.passed and wrong.metadata["model_versions"].value == "v2"
+    assert wrong.metadata["generation_model_version"].value == "v2" and wrong.metadata["sampled"].value == 50

@@ -52,22 +52,33 @@ def mongo_db(mongo_server):
 
 
 @pytest.fixture(scope="module")
-def storage(mongo_db, tmp_path_factory) -> Path:
+def instance():
+    """One Dagster instance for the module, as a deployment has: a check reads what an earlier run recorded
+    (fact_opportunity_reconciles, the extraction's document counts)."""
+    with dg.DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def storage(mongo_db, tmp_path_factory, instance) -> Path:
     """Upstream frames materialised once, in a filesystem IO manager the reporting runs read from."""
     base = tmp_path_factory.mktemp("storage")
-    result = _materialize(mongo_db[0], f"sqlite:///{base / 'unused.db'}", base, dg.AssetSelection.assets(*UPSTREAM))
+    result = _materialize(mongo_db[0], f"sqlite:///{base / 'unused.db'}", base, dg.AssetSelection.assets(*UPSTREAM),
+                          instance)
     assert result.success
     return base
 
 
-def _materialize(mongo: MongoResource, sql_url: str, base: Path, selection) -> dg.ExecuteInProcessResult:
+def _materialize(mongo: MongoResource, sql_url: str, base: Path, selection,
+                 instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
     sql = SqlResource(url=sql_url)
     redis = RedisResource(url="redis://127.0.0.1:1/0")  # the reporting group never touches Redis
     resources = {"mongo": mongo, "sql": sql, "redis": redis, "model_io_manager": MongoModelIOManager(mongo=mongo),
                  "sql_io_manager": SqlIOManager(sql=sql), "redis_io_manager": RedisCacheIOManager(redis=redis),
                  "io_manager": dg.FilesystemIOManager(base_dir=str(base))}
     assets, checks = all_assets_and_checks()
-    return dg.materialize([*assets, *checks], resources=resources, selection=selection, raise_on_error=False)
+    return dg.materialize([*assets, *checks], resources=resources, selection=selection, raise_on_error=False,
+                          instance=instance)
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
@@ -75,14 +86,14 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     return {k: v.value for k, v in event.metadata.items()}
 
 
-def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
+def test_the_reporting_group_on_every_dialect(mongo_db, storage, instance, sql_url):
     mongo, versions = mongo_db
     engine = make_engine(sql_url)
     rf.reset(engine)
     preds = pd.read_pickle(storage / "opportunity_predictions")
     reporting = dg.AssetSelection.groups("reporting")
 
-    first = _materialize(mongo, sql_url, storage, reporting)
+    first = _materialize(mongo, sql_url, storage, reporting, instance)
     assert first.success
     checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
     assert checks == {"fact_opportunity_reconciles": True, "dim_seller_safe": True,
@@ -136,7 +147,7 @@ def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
     assert meta["current_model"] == versions[1]
 
     # Idempotent: the same run again changes no table (the history already holds this scoring).
-    second = _materialize(mongo, sql_url, storage, reporting)
+    second = _materialize(mongo, sql_url, storage, reporting, instance)
     assert second.success and all(e.passed for e in second.get_asset_check_evaluations())
     assert _metadata(second, "fact_prediction_history")["rows_already_recorded"] == len(preds)
     for name, rows in {tables.FACT_OPPORTUNITY: len(preds), tables.FACT_PREDICTION_HISTORY: len(preds),
@@ -145,6 +156,18 @@ def test_the_reporting_group_on_every_dialect(mongo_db, storage, sql_url):
     with engine.connect() as conn:
         history = sa.table(tables.FACT_PREDICTION_HISTORY, sa.column("model_version"))
         assert set(conn.execute(sa.select(history.c.model_version).distinct()).scalars()) == {versions[1]}
+
+    # A row lost in SQL fails the reconciliation against what the extraction read (not a recount of MongoDB).
+    fact = sa.table(tables.FACT_OPPORTUNITY, sa.column(DEFAULT_SCHEMA.id))
+    with engine.begin() as conn:
+        conn.execute(sa.delete(fact).where(fact.c[DEFAULT_SCHEMA.id] == str(preds[DEFAULT_SCHEMA.id].iloc[0])))
+    reconcile = dg.AssetCheckKey(dg.AssetKey(tables.FACT_OPPORTUNITY), "fact_opportunity_reconciles")
+    lost = _materialize(mongo, sql_url, storage, dg.AssetSelection.checks(reconcile), instance)
+    [evaluation] = lost.get_asset_check_evaluations()
+    found = {k: v.value for k, v in evaluation.metadata.items()}
+    assert not evaluation.passed and found["sql_rows"] == len(preds) - 1
+    assert found["mongo_documents_read"] - found["quarantined"] == len(preds)
+    assert found["primary_key"] == DEFAULT_SCHEMA.id
 
 
 def test_the_dashboard_shows_codes_when_the_catalogs_cannot_be_read():

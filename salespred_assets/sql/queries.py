@@ -20,12 +20,6 @@ def row_count(table_name: str) -> sa.Select:
     return sa.select(sa.func.count()).select_from(sa.table(table_name))
 
 
-def distinct_ids(schema: DatasetSchema) -> sa.Select:
-    """fact_opportunity_reconciles: distinct opportunity numbers (the key: an index-only count)."""
-    t = sa.table(tables.FACT_OPPORTUNITY, sa.column(schema.id))
-    return sa.select(sa.func.count(sa.distinct(t.c[schema.id])))
-
-
 def _fact_and_history(schema: DatasetSchema) -> tuple[sa.Table, sa.Table, sa.Join]:
     md = sa.MetaData()
     fact, history = tables.fact_opportunity(md, schema), tables.fact_prediction_history(md)
@@ -102,7 +96,6 @@ def catalogue(schema: DatasetSchema, ids: Sequence[str], model_version: str,
     fact, history = tables.fact_opportunity(md, schema), tables.fact_prediction_history(md)
     out: dict[str, sa.Executable] = {
         "check fact_opportunity_reconciles: rows": row_count(tables.FACT_OPPORTUNITY),
-        "check fact_opportunity_reconciles: distinct ids": distinct_ids(schema),
         "check fact_prediction_history_has_latest_scoring: missing": latest_scoring_missing(schema),
         "check fact_prediction_history_has_latest_scoring: rows": row_count(tables.FACT_PREDICTION_HISTORY),
         "check fact_prediction_history_has_latest_scoring: scorings": history_scorings(),

@@ -43,6 +43,9 @@ def raw_opportunities(context: dg.AssetExecutionContext, mongo: MongoResource) -
     reasons = pd.DataFrame(sorted(validated.reason_counts.items()), columns=["reason", "documents"])
     return dg.Output(frame, metadata={
         "dagster/row_count": len(frame),
+        # What fact_opportunity_reconciles compares SQL with: the documents this read found (counting them
+        # again later would scan the collection, and would count captures made since).
+        "documents_read": len(frame) + len(validated.quarantine),
         "quarantined": quarantined,
         "quarantine_reasons": md(reasons) if len(reasons) else dg.MetadataValue.md("none"),
         "stages": counts_md(frame[schema.stage], "stage") if len(frame) else dg.MetadataValue.md("no rows"),
