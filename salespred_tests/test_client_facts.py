@@ -166,3 +166,35 @@ def test_rows_without_a_client_or_a_unit_score_and_match_the_recomputation(app_d
     predictions, quarantined = online.score_documents(mongo, stored, model=app_db.model)
     assert len(predictions) == len(docs) and quarantined.empty
     _assert_same_features(mongo, ["CL-77001"])
+
+
+def test_packed_members_read_back_as_the_validated_rows():
+    """pack then unpack (Arrow's split) gives the validated columns, dtypes included: missing dates, amounts
+    and units, a unit that looks like a number, and a value with spaces and accents."""
+    docs = []
+    for i in range(300):
+        doc = dict(valid_payload(), **{S.id: f"OP-{i:05d}"}, cliente=f"CL-{i % 7}", numero_vendedor="NV-1",
+                   edad_oferta=3,
+                   fecha_creacion_oportunidad=f"20{10 + i % 15}-0{1 + i % 9}-1{i % 10}",
+                   unidad_negocio=["BU-01", "010", "Unidad Ñandú 2", None][i % 4],
+                   acv=[1234.5, float("nan"), 0.0, 1e20][i % 4], etapas=["Won", "Lost", "S3", "S1"][i % 4],
+                   fecha_cierre_oportunidad=f"2026-0{1 + i % 9}-2{i % 8}")
+        docs.append(doc)
+    frame = validate(records_frame(docs, S), S, dedupe=False).frame
+    packed = client_facts.pack(frame, S)
+    assert len(packed) == len(frame) > 200
+    columns = client_facts.unpack([v for _, _, v in packed], S)
+    for field, values in columns.items():
+        expected = frame[field].to_numpy()
+        if np.issubdtype(values.dtype, np.datetime64):
+            assert values.dtype == np.dtype("datetime64[ns]")
+            assert np.array_equal(values, expected.astype("datetime64[D]").astype("datetime64[ns]"), equal_nan=True)
+        elif values.dtype == np.float64:
+            assert np.array_equal(values, expected.astype("float64"), equal_nan=True), field
+        else:
+            assert values.dtype == object
+            assert [None if isinstance(v, float) else v for v in values] == \
+                   [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in expected], field
+    assert all(len(v) == 0 for v in client_facts.unpack([], S).values())
+    with pytest.raises(ValueError, match="client facts"):
+        client_facts.unpack(["1\x1f2"], S)

@@ -32,6 +32,8 @@ from typing import Any
 import bson
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pymongo
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
@@ -85,19 +87,33 @@ def pack(frame: pd.DataFrame, schema: DatasetSchema) -> list[tuple[str, str, str
 
 
 def unpack(members: Iterable[str], schema: DatasetSchema) -> dict[str, np.ndarray]:
-    """The context columns of packed members, typed as validated documents are (for the feature code)."""
+    """The context columns of packed members, typed as validated documents are (for the feature code).
+
+    Split by Arrow, in C: splitting in Python cost a capture for a client with 8,000 opportunities more
+    than all the rest of its scoring.
+    """
     fields = history_fields(schema)
-    rows = [m.split(SEP) for m in members]
-    cols = list(zip(*rows, strict=True)) if rows else [() for _ in fields]
+    packed = pa.array(members if isinstance(members, list) else list(members), type=pa.string())
+    parts = pc.split_pattern(packed, SEP)
+    if len(packed) and pc.min(pc.list_value_length(parts)).as_py() != pc.max(pc.list_value_length(parts)).as_py():
+        raise ValueError("client facts: members with different numbers of fields")
+    flat = pc.list_flatten(parts)
+    if len(flat) != len(packed) * len(fields):
+        raise ValueError(f"client facts: members hold {len(flat)} values for {len(packed)} rows of {len(fields)} "
+                         "fields")
     data: dict[str, Any] = {}
-    for f, values in zip(fields, cols, strict=True):
+    for i, f in enumerate(fields):
+        values = pc.take(flat, pa.array(np.arange(i, len(flat), len(fields), dtype=np.int64)))
         if f in schema.dates:
-            days = np.array([int(v) if v else np.iinfo(np.int64).min for v in values], dtype="int64")
-            data[f] = days.astype("datetime64[D]").astype("datetime64[ns]")
+            days = pc.cast(pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values), pa.int64())
+            data[f] = (pc.fill_null(days, np.iinfo(np.int64).min).to_numpy()
+                       .astype("datetime64[D]").astype("datetime64[ns]"))
         elif f in schema.number_fields:
-            data[f] = np.array(values, dtype="float64")
-        else:
-            data[f] = np.array([v if v else np.nan for v in values], dtype=object)
+            data[f] = pc.cast(values, pa.float64()).to_numpy()
+        else:  # "" is a missing category
+            column = values.to_numpy(zero_copy_only=False).astype(object)
+            column[column == ""] = np.nan
+            data[f] = column
     return data
 
 
