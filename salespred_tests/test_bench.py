@@ -53,6 +53,35 @@ def test_the_suite_runs_at_smoke_scale(tmp_path, mongo_server, redis_url, monkey
             assert by_name["dashboard"]["skipped"] is None and by_name["dashboard"]["figures"]
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Goals" in markdown and "ratio ours / raw" in markdown
+    if shutil.which("py-spy") or os.path.exists(os.path.join(os.path.dirname(sys.executable), "py-spy")):
+        assert any("profiled by py-spy" in note for note in by_name["full_refresh"]["notes"])
+
+
+def test_a_step_profile_takes_every_sample_of_the_steps_process():
+    from salespred_assets.bench.stages.pipeline import step_profile
+
+    main = 'process 10:"python -m salespred materialize"'
+    server = 'process 11:"python -c from multiprocessing.forkserver import main; main(3, 5)"'
+    raw = "\n".join([
+        # the step's process (12): its compute, and its IO manager's write after the asset function returned
+        (f'{main};{server};process 12:"python -c x";run (dagster/x.py:1);fact_opportunity '
+        f'(/r/salespred_assets/defs/reporting/assets.py:40);read (/r/salespred_assets/sql/writer.py:9);'
+        f'fetch (sqlalchemy/engine/base.py:3) 30'),
+        (f'{main};{server};process 12:"python -c x";run (dagster/x.py:1);handle_output '
+        f'(/r/salespred_assets/sql/io_manager.py:20);copy (/r/salespred_assets/sql/writer.py:50);'
+        f'execute (/venv/lib/python3.11/site-packages/psycopg/cursor.py:7) 60'),
+        f'{main};{server};process 12:"python -c x";<module> (<frozen importlib._bootstrap>:1) 10',
+        # another step's process, and the run's own process: not the step's
+        (f'{main};{server};process 13:"python -c x";win_model (/r/salespred_assets/defs/modeling/assets.py:9);'
+        f'fit (sklearn/ensemble/_forest.py:3) 500'),
+        f'{main};wait (threading.py:1) 99',
+        "garbage line",
+    ])
+    samples, where, packages = step_profile(raw, "fact_opportunity")
+    assert samples == 100
+    assert where[0] == ("sql/writer.py:copy", 0.6) and where[1] == ("sql/writer.py:read", 0.3)
+    assert dict(packages) == {"psycopg": 0.6, "sqlalchemy": 0.3, "Python (standard library)": 0.1}
+    assert step_profile(raw, "no_such_step") == (0, [], [])
 
 
 def test_peak_memory_counts_step_processes_forked_from_a_forkserver(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -82,18 +83,21 @@ class Servers:
         return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
-def measured_run(args: list[str], env: dict[str, str], timeout: int = 7200) -> tuple[float, float, str]:
+def measured_run(args: list[str], env: dict[str, str], timeout: int = 7200,
+                 profile: Path | None = None) -> tuple[float, float, str]:
     """(seconds, peak RSS in MB, output) of one `salespred` command in a fresh process.
 
     The child is reaped with wait4, whose rusage gives the peak RSS of the largest process in its tree (Linux
     reports the maximum over the child and the descendants it waited for). Step processes are children of a
     forkserver that nobody waits for, so this process adopts the tree's orphans while the command runs and
-    reaps them too: their peaks count.
+    reaps them too: their peaks count. ``profile``: py-spy samples the command and its descendants (25 per
+    second, without pausing them) into that file, in its raw format (one collapsed stack and its count per line).
     """
     before = _children()
     adopting = _set_subreaper(True)
     started = time.perf_counter()
     proc = subprocess.Popen([*SALESPRED, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    spy = _spy(proc.pid, profile) if profile else None
     chunks: list[bytes] = []
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -116,6 +120,9 @@ def measured_run(args: list[str], env: dict[str, str], timeout: int = 7200) -> t
     rest = proc.stdout.read()
     if rest:
         chunks.append(rest)
+    if spy is not None:  # it ends with the command; never counted among the command's processes
+        before.add(spy.pid)
+        spy.wait(120)
     orphans_peak = _reap_orphans(before - {proc.pid}) if adopting else 0
     _set_subreaper(False)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -123,6 +130,14 @@ def measured_run(args: list[str], env: dict[str, str], timeout: int = 7200) -> t
     if proc.returncode != 0:
         raise RuntimeError(f"`salespred {' '.join(args)}` failed ({proc.returncode}):\n{out[-3000:]}")
     return time.perf_counter() - started, max(usage.ru_maxrss, orphans_peak) / 1024, out
+
+
+def _spy(pid: int, out: Path) -> subprocess.Popen | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return None
+    return subprocess.Popen([spy, "record", "-p", str(pid), "--subprocesses", "-r", "25", "-f", "raw",
+                             "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _set_subreaper(on: bool) -> bool:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import re
 import shutil
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +49,11 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
         servers_urls = (_scratch(servers.mariadb_url, state), _scratch(servers.postgres_url, state))
         databases = [sqlite, *(url for url in servers_urls if url)]
     bounds = []
+    profiles = []
     for url in databases:
         name = _dialect(url)
-        seconds, rss, steps = _refresh(servers, scale, "big", url)
+        profile = servers.home / f"profile-{name.lower()}.txt"
+        seconds, rss, steps = _refresh(servers, scale, "big", url, profile=profile)
         docs = scale.big_docs
         r.figure(f"{name}: wall", "min", [seconds / 60])
         r.figure(f"{name}: peak memory of the run's largest process", "GB", [rss / 1024])
@@ -67,6 +72,13 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
         if total:
             shares = sorted(((k, v / total) for k, v in steps.items()), key=lambda kv: -kv[1])
             bounds.append(f"{name}: " + ", ".join(f"{k} {share:.0%}" for k, share in shares[:4]))
+            slowest = shares[0][0]
+            if profile.exists():
+                samples, where, packages = step_profile(profile.read_text(), _function_of(slowest))
+                if samples:
+                    profiles.append(f"{name}, {slowest} ({steps[slowest]:.0f} s, {samples:,} samples): in "
+                                    + ", ".join(f"{k} {v:.0%}" for k, v in where) + "; the CPU in "
+                                    + ", ".join(f"{k} {v:.0%}" for k, v in packages))
         state["sql_big"] = url
     from salespred_assets.core.model import SearchConfig
 
@@ -80,6 +92,11 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
     if bounds:
         r.notes.append("What bounds the refresh, as shares of the summed step time (largest first): "
                        + "; ".join(bounds) + ".")
+    if profiles:
+        r.notes.append("The slowest step of each refresh, profiled by py-spy during the measured run (25 samples "
+                       "per second of every process, without pausing them): where its samples were, by the "
+                       "innermost salespred function on the stack, and by the package the CPU was in: "
+                       + "; ".join(profiles) + ".")
     return r
 
 
@@ -91,6 +108,11 @@ def _check_names() -> frozenset[str]:
     from salespred_assets.definitions import defs
 
     return frozenset(key.name for key in defs().resolve_asset_graph().asset_check_keys)
+
+
+def _function_of(step: str) -> str:
+    """The Python function a step runs: an asset's is its name, a check's step is ``<asset>_<check>``."""
+    return next((name for name in _check_names() if step.endswith(f"_{name}")), step)
 
 
 def _is_check_or_view(step: str) -> bool:
@@ -111,14 +133,70 @@ def _scratch(url: str | None, state: dict[str, Any]) -> str | None:
     return ctx.__enter__()
 
 
-def _refresh(servers: Servers, scale: Scale, name: str, sql_url: str) -> tuple[float, float, dict[str, float]]:
+def _refresh(servers: Servers, scale: Scale, name: str, sql_url: str,
+             profile: Path | None = None) -> tuple[float, float, dict[str, float]]:
     """One full refresh in a fresh process: (seconds, peak MB, seconds per step from the run's own records)."""
     home = servers.home / f"run-{name}-{_dialect(sql_url).lower()}"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     seconds, rss, _out = measured_run(["materialize", "--job", "full_refresh", "--processes"],
-                                      env_for(servers, f"bench_{name}", sql_url, scale.search, home))
+                                      env_for(servers, f"bench_{name}", sql_url, scale.search, home), profile=profile)
     return seconds, rss, _step_seconds(home / "dagster")
+
+
+_PROCESS = re.compile(r'process (\d+):"')
+
+
+def _stacks(raw: str) -> Iterator[tuple[str, list[str], int]]:
+    """(innermost process id, its Python frames, samples) per line of py-spy's raw output with --subprocesses,
+    whose stacks start with ``process PID:"command line";`` for the process and each of its ancestors."""
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        found = list(_PROCESS.finditer(stack))
+        if not count.isdigit() or not found:
+            continue
+        last = found[-1]
+        end = stack.find('";', last.end())
+        frames = [f.strip() for f in stack[end + 2:].split(";")] if end >= 0 else []
+        yield last.group(1), frames, int(count)
+
+
+def _package(frame: str) -> str:
+    """The package a frame's code belongs to (py-spy names files from their package: ``sklearn/tree/x.py``)."""
+    path = frame.partition(" (")[2].rpartition(":")[0]
+    if "salespred_assets/" in path:
+        return "salespred"
+    top = path.rpartition("site-packages/")[2].split("/")[0].removesuffix(".py")
+    if not top or top.startswith("<") or top in sys.stdlib_module_names:
+        return "Python (standard library)"
+    return top
+
+
+def step_profile(raw: str, function: str, top: int = 4) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+    """A step's samples in a py-spy raw profile of a multiprocess run: (how many, the innermost salespred
+    function running by share, the package the CPU was in by share). Each step runs in a process of its own:
+    the step's are all the samples of the process(es) where a frame runs ``function`` (its load of inputs and
+    its IO manager's write included)."""
+    stacks = list(_stacks(raw))
+    pids = {pid for pid, frames, _ in stacks if function in (f.partition(" (")[0] for f in frames)}
+    ours: dict[str, int] = {}
+    packages: dict[str, int] = {}
+    total = 0
+    for pid, frames, n in stacks:
+        if pid not in pids or not frames:
+            continue
+        total += n
+        inner = next((f for f in reversed(frames) if "salespred_assets/" in f), frames[-1])
+        name, _, place = inner.partition(" (")
+        file = place.rpartition("salespred_assets/")[2].rpartition(":")[0] if "salespred_assets/" in place else ""
+        label = f"{file}:{name}" if file else name
+        ours[label] = ours.get(label, 0) + n
+        packages[_package(frames[-1])] = packages.get(_package(frames[-1]), 0) + n
+
+    def shares(counts: dict[str, int]) -> list[tuple[str, float]]:
+        return sorted(((k, v / total) for k, v in counts.items()), key=lambda kv: -kv[1])[:top]
+
+    return total, shares(ours) if total else [], shares(packages) if total else []
 
 
 def _step_seconds(dagster_home: Path) -> dict[str, float]:
