@@ -39,8 +39,7 @@ os.environ.setdefault("SALESPRED_SEARCH", "fast")
 # The suite's graphs run on a few hundred synthetic opportunities, whose backtest ROC AUC is noisy; the gate's
 # own tests set the floor they test.
 os.environ.setdefault("SALESPRED_GATE_AUC_FLOOR", "0.55")
-for _var in ("SALESPRED_MONGO_URI", "SALESPRED_REDIS_URL", "SALESPRED_SQL_URL", "SALESPRED_ENV",
-             "SALESPRED_STORAGE_URL", "SALESPRED_STORAGE_DIR", "SALESPRED_STORAGE_ENDPOINT_URL"):
+for _var in ("SALESPRED_MONGO_URI", "SALESPRED_REDIS_URL", "SALESPRED_SQL_URL", "SALESPRED_ENV"):
     os.environ.pop(_var, None)
 os.environ["DAGSTER_HOME"] = str(Path(_SESSION_HOME) / "dagster")
 Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)

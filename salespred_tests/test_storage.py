@@ -8,6 +8,7 @@ setting fails before anything is written, naming the URL (masked) and what to ch
 
 import importlib.util
 import io
+import os
 
 import dagster as dg
 import pandas as pd
@@ -25,6 +26,7 @@ from salespred_assets.storage.location import StorageError, parse
 from salespred_tests.conftest import free_port
 from salespred_tests.helpers import AS_OF, all_assets_and_checks, build_test_resources, train_current_model
 from salespred_tests.storage_fixtures import *  # noqa: F403 - the fixtures s3_server, s3_storage_url (its __all__)
+from salespred_tests.storage_fixtures import two_process_job
 
 pytestmark = pytest.mark.integration
 PARTS = dg.StaticPartitionsDefinition(["b1", "b2"])
@@ -218,6 +220,7 @@ def test_an_unreachable_endpoint_fails_the_step_naming_it(s3_storage_url, monkey
 
 
 def test_the_settings_the_url_wins_and_a_directory_takes_no_url(monkeypatch, tmp_path):
+    monkeypatch.delenv(settings.ENV_STORAGE_URL, raising=False)
     monkeypatch.setenv(settings.ENV_STORAGE_DIR, str(tmp_path))
     assert storage_setting() == dg.EnvVar(settings.ENV_STORAGE_DIR)
     monkeypatch.setenv(settings.ENV_STORAGE_URL, "s3://bucket/runs")
@@ -231,3 +234,14 @@ def test_the_settings_the_url_wins_and_a_directory_takes_no_url(monkeypatch, tmp
         storage_setting()
     monkeypatch.delenv(settings.ENV_STORAGE_DIR)
     assert storage_setting() == (settings.home() / "storage").as_uri()
+
+
+
+def test_steps_in_separate_processes_hand_frames_over_through_the_bucket(s3_server, s3_storage_url, monkeypatch):
+    monkeypatch.setenv(settings.ENV_STORAGE_URL, s3_storage_url)  # the step processes inherit the environment
+    with dg.instance_for_test() as instance:
+        result = dg.execute_job(dg.reconstructable(two_process_job), instance=instance, raise_on_error=False)
+        assert result.success, _failure(result)
+    data = s3_server.filesystem().cat_file(f"{s3_storage_url.removeprefix('s3://')}/total.parquet")
+    [row] = pq.read_table(io.BytesIO(data)).to_pylist()
+    assert row["total"] == 6 and row["writer_pid"] != row["reader_pid"] != os.getpid()
