@@ -27,7 +27,6 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster._core.storage.upath_io_manager import escape_dotdot_segments, escape_leading_slash
 from pydantic import Field
 from upath import UPath
 
@@ -127,8 +126,10 @@ class FrameStore(dg.UPathIOManager):
 
     # ---- where -----------------------------------------------------------------------------------------
     def make_safe_partition_path(self, base_path: UPath, partition: str) -> UPath:
-        # A partition key is a name, never a way out of the asset's folder (a directory resolves '..').
-        return base_path / escape_dotdot_segments(escape_leading_slash(partition))
+        # A partition key is a name, never a way out of the asset's folder: a leading '/' would replace the base,
+        # and a directory resolves '..' (escaped as Dagster's own filesystem IO manager does).
+        key = "%2F" + partition[1:] if partition.startswith("/") else partition
+        return base_path / "/".join("%2E%2E" if part == ".." else part for part in key.split("/"))
 
     def check(self) -> None:
         """Fail now, saying what to fix, if the location cannot be reached (or, for a directory, created)."""
