@@ -5,6 +5,7 @@
 #   docker build -t salespred:0.1.0 .
 #   docker build -t salespred:0.1.0-mssql --build-arg INSTALL_MSODBCSQL18=1 .   # + SQL Server driver
 #   docker build -t salespred:0.1.0-k8s --build-arg EXTRAS=deploy,k8s .        # Helm / K8sRunLauncher
+#   add ",cloud" to EXTRAS for intermediates on gs:// or az:// (s3:// needs nothing more)
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 

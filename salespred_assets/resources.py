@@ -21,6 +21,8 @@ from salespred_assets.redis_cache.resource import RedisResource
 from salespred_assets.registry.io_manager import MongoModelIOManager
 from salespred_assets.sql.io_manager import SqlIOManager
 from salespred_assets.sql.resource import SqlResource
+from salespred_assets.storage.io_manager import FrameIOManager
+from salespred_assets.storage.location import choose
 
 _SERVICE = {settings.ENV_MONGO: "mongo", settings.ENV_REDIS: "redis", settings.ENV_SQL: "sql"}
 
@@ -62,13 +64,24 @@ def database_resources(environment: str | None = None, *, env_vars: bool = False
 def build_resources(environment: str | None = None) -> dict[str, object]:
     """Every resource key the definitions use, from the environment."""
     mongo, sql, redis = database_resources(environment, env_vars=True)
-    storage = (dg.EnvVar(settings.ENV_STORAGE_DIR) if settings.get(settings.ENV_STORAGE_DIR)
-               else str(settings.home() / "storage"))
-    return wire(mongo, sql, redis, storage)
+    return wire(mongo, sql, redis, storage_setting())
+
+
+def storage_setting() -> dg.EnvVar | str:
+    """Where intermediate values live: ``SALESPRED_STORAGE_URL`` when set (it wins), else ``SALESPRED_STORAGE_DIR``,
+    else ``$SALESPRED_HOME/storage``; checked now, so that a bad URL stops the code location from loading."""
+    url, directory = settings.get(settings.ENV_STORAGE_URL), settings.get(settings.ENV_STORAGE_DIR)
+    location = choose(url, directory, settings.home() / "storage", url_name=settings.ENV_STORAGE_URL,
+                      directory_name=settings.ENV_STORAGE_DIR)
+    if url:
+        return dg.EnvVar(settings.ENV_STORAGE_URL)
+    return dg.EnvVar(settings.ENV_STORAGE_DIR) if directory else location.url
 
 
 def wire(mongo: MongoResource, sql: SqlResource, redis: RedisResource, storage: dg.EnvVar | str) -> dict[str, object]:
-    """The resource keys the assets use, around one resource per database."""
+    """The resource keys the assets use, around one resource per database; ``storage``: a directory or URL for
+    the intermediate values (see :mod:`salespred_assets.storage`)."""
+    origin = storage.env_var_name if isinstance(storage, dg.EnvVar) else "the storage location"
     return {
         "mongo": mongo,
         "sql": sql,
@@ -76,6 +89,6 @@ def wire(mongo: MongoResource, sql: SqlResource, redis: RedisResource, storage: 
         "model_io_manager": MongoModelIOManager(mongo=mongo),
         "sql_io_manager": SqlIOManager(sql=sql),
         "redis_io_manager": RedisCacheIOManager(redis=redis),
-        # Intermediate frames; point SALESPRED_STORAGE_DIR at a shared volume when runs get their own containers.
-        "io_manager": dg.FilesystemIOManager(base_dir=storage),
+        # Intermediate frames, as Parquet under a directory or an object store URL that every run can reach.
+        "io_manager": FrameIOManager(url=storage, origin=origin),
     }

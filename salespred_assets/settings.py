@@ -37,6 +37,8 @@ ENV_ENV = "SALESPRED_ENV"
 ENV_SECRET_KEY = "SALESPRED_SECRET_KEY"
 ENV_HEALTH_TOKEN = "SALESPRED_HEALTH_TOKEN"
 ENV_STORAGE_DIR = "SALESPRED_STORAGE_DIR"
+ENV_STORAGE_URL = "SALESPRED_STORAGE_URL"
+ENV_STORAGE_ENDPOINT = "SALESPRED_STORAGE_ENDPOINT_URL"
 ENV_SEARCH = "SALESPRED_SEARCH"
 ENV_RETRAIN_CRON = "SALESPRED_RETRAIN_CRON"
 ENV_DRIFT_CRON = "SALESPRED_DRIFT_CRON"
@@ -58,8 +60,14 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "`$SALESPRED_HOME/secret_key` (mode 0600); required in production"),
     Variable(ENV_HEALTH_TOKEN, "", "the operator's token, which `/healthz` asks for in `X-Health-Token` before it "
              "shows the servers' details (unset: it shows them to nobody)"),
-    Variable(ENV_STORAGE_DIR, "", "intermediate frames between steps; unset: `$SALESPRED_HOME/storage` (point it at "
-             "a volume every run container mounts)"),
+    Variable(ENV_STORAGE_URL, "", "where intermediate frames between steps live (Parquet; other values pickled): "
+             "`s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`, `file:///dir` or a plain path; "
+             "wins over `SALESPRED_STORAGE_DIR`; unset: that directory. Credentials come from the environment "
+             "(`AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`, `AZURE_STORAGE_*`)"),
+    Variable(ENV_STORAGE_DIR, "", "the same as a plain directory, used when `SALESPRED_STORAGE_URL` is unset; unset "
+             "too: `$SALESPRED_HOME/storage` (one machine, or a volume every run container mounts)"),
+    Variable(ENV_STORAGE_ENDPOINT, "", "an S3-compatible endpoint for `s3://` (MinIO, Ceph, a test server), e.g. "
+             "`http://minio:9000`; unset: AWS, or `AWS_ENDPOINT_URL` when that is set"),
     Variable(ENV_SEARCH, "full", "the hyperparameter search: `full`, or `fast` for smoke runs"),
     Variable(ENV_RETRAIN_CRON, "0 2 * * *", "when the retrain schedule runs (cron)"),
     Variable(ENV_DRIFT_CRON, "0 */6 * * *", "when the drift monitor runs (cron)"),
