@@ -168,6 +168,33 @@ def test_a_frame_parquet_cannot_hold_is_pickled_and_says_why(tmp_path):
     assert any("stored as a pickle, not Parquet, because Parquet cannot hold it" in m for m in logged)
 
 
+@pytest.mark.parametrize("where", ["s3", "directory"])
+def test_an_input_that_names_columns_reads_only_those(where, request, tmp_path):
+    """AssetIn(metadata={"columns": [...]}): a check reading two columns of a large frame gets only those, from
+    Parquet or from a pickled frame alike."""
+    url = request.getfixturevalue("s3_storage_url") if where == "s3" else str(tmp_path / "storage")
+    seen: dict[str, list[str]] = {}
+
+    @dg.asset
+    def wide() -> pd.DataFrame:
+        return pd.DataFrame({"id": ["a", "b", "c"], "score": [0.1, 0.2, 0.3], "note": ["x", "y", "z"]})
+
+    @dg.asset
+    def mixed() -> pd.DataFrame:
+        return pd.DataFrame({"id": ["a", "b"], "code": [1, "A"]})  # pickled: Parquet cannot hold it
+
+    @dg.asset(ins={"wide": dg.AssetIn("wide", metadata={"columns": ["score", "id"]}),
+                   "mixed": dg.AssetIn("mixed", metadata={"columns": ["id"]})})
+    def narrow(wide: pd.DataFrame, mixed: pd.DataFrame) -> int:
+        seen["wide"], seen["mixed"] = list(wide.columns), list(mixed.columns)
+        assert wide["score"].tolist() == [0.1, 0.2, 0.3]
+        return len(wide) + len(mixed)
+
+    result = dg.materialize([wide, mixed, narrow], resources={"io_manager": FrameIOManager(url=url)})
+    assert result.success and result.output_for_node("narrow") == 5
+    assert seen == {"wide": ["score", "id"], "mixed": ["id"]}
+
+
 @pytest.mark.parametrize(("url", "says"), [
     ("ftp://host/dir", "the scheme ftp:// is not supported"),
     ("s3://", "name a bucket"),

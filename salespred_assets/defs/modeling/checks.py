@@ -24,7 +24,8 @@ UNSEEN_ROWS_WARN = 0.01
 
 
 @dg.asset_check(asset=opportunity_features, blocking=True,
-                additional_ins={"raw_opportunities": dg.AssetIn("raw_opportunities")},
+                # Of the extracted rows, only how many there are: one column read from the stored Parquet.
+                additional_ins={"raw_opportunities": dg.AssetIn("raw_opportunities", metadata={"columns": ["_id"]})},
                 description="One feature row per opportunity; every numeric feature finite (or missing where there "
                             "is no history yet, or the export left the number empty) and within its bounds (months "
                             "1-12, ages, counts and ratios >= 0); no blank category (a missing one is a category).")

@@ -23,7 +23,8 @@ from salespred_assets.sql.resource import SqlResource
 
 
 @dg.asset_check(asset=opportunity_predictions, blocking=True,
-                additional_ins={"raw_opportunities": dg.AssetIn("raw_opportunities")},
+                # Of the extracted rows, only how many there are: one column read from the stored Parquet.
+                additional_ins={"raw_opportunities": dg.AssetIn("raw_opportunities", metadata={"columns": ["_id"]})},
                 description="Every opportunity has its row; every open one is predicted with a probability in [0, 1]; "
                             "every closed one carries its outcome instead (no probability).")
 def predictions_complete(opportunity_predictions: pd.DataFrame, raw_opportunities: pd.DataFrame) -> dg.AssetCheckResult:

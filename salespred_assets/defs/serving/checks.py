@@ -15,7 +15,9 @@ SAMPLE = 10_000
 
 
 @dg.asset_check(asset=prediction_cache,
-                additional_ins={"opportunity_predictions": dg.AssetIn("opportunity_predictions")},
+                # Two columns of the scored frame: read alone from the stored Parquet.
+                additional_ins={"opportunity_predictions": dg.AssetIn(
+                    "opportunity_predictions", metadata={"columns": ["opportunity_id", "model_version"]})},
                 description=f"Every scored opportunity is cached, all by the same model version: the live "
                             f"generation holds at least as many entries as were scored (exact), and a random "
                             f"sample of {SAMPLE:,} scored opportunities is read back with its model version.")
