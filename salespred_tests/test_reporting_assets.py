@@ -202,3 +202,14 @@ def test_the_code_dimension_check_finds_a_code_without_a_row_and_a_blank_name(tm
     dim.loc[0, "name_en"] = "  "
     writer.write(engine, t["dim_industria"], dim.iloc[:-1])  # the last code loses its row
     assert counts() == (1, 1)
+
+
+def test_the_seller_check_fails_on_a_hash_a_password_column_or_a_missing_seller():
+    from salespred_assets.defs.reporting.checks import dim_seller_safe
+
+    read = pd.DataFrame({"numero_vendedor": ["NV-1", "NV-2"], "username": ["ana", "luis"]})
+    assert dim_seller_safe(dim_seller=read.copy(), sellers=read).passed
+    assert not dim_seller_safe(dim_seller=read.iloc[:1], sellers=read).passed
+    assert not dim_seller_safe(dim_seller=read.assign(title=["$argon2id$v=19$x", "Rep"]), sellers=read).passed
+    leaky = dim_seller_safe(dim_seller=read.assign(password_hash=""), sellers=read)
+    assert not leaky.passed and leaky.metadata["suspicious_columns"].value == "password_hash"
