@@ -102,3 +102,12 @@ def test_peak_memory_counts_step_processes_forked_from_a_forkserver(tmp_path, mo
     monkeypatch.setattr(common, "SALESPRED", [sys.executable, str(script)])
     _, peak_mb, _ = common.measured_run([], dict(os.environ))
     assert peak_mb >= 400, f"the step's 400 MB were not seen: peak {peak_mb:.0f} MB"
+
+
+def test_the_chain_a_run_waited_on_follows_step_ends():
+    from salespred_assets.bench.stages.pipeline import critical_path
+
+    times = {"extract": (0.0, 10.0), "sellers": (0.5, 2.0), "features": (10.2, 20.0), "sellers_check": (2.1, 3.0),
+             "train": (20.1, 50.0), "cache_check": (21.0, 25.0), "score": (50.3, 60.0), "load": (60.2, 70.0)}
+    assert critical_path(times) == ["extract", "features", "train", "score", "load"]
+    assert critical_path({}) == []

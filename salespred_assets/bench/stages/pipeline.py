@@ -37,7 +37,7 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
         state["seeded"] = True
     small_url = state.get("sql_small") or _pipeline_sql(servers, "small", state)
     state["sql_small"] = small_url
-    seconds, rss, _steps = _refresh(servers, scale, "small", small_url)
+    seconds, rss, _steps, _path = _refresh(servers, scale, "small", small_url)
     r.figure(f"wall at {scale.small_docs:,} ({_dialect(small_url)})", "s", [seconds])
     r.figure(f"peak memory at {scale.small_docs:,}", "GB", [rss / 1024])
     # The large collection on each reporting database; the last one (PostgreSQL when configured) is what the
@@ -49,11 +49,11 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
         servers_urls = (_scratch(servers.mariadb_url, state), _scratch(servers.postgres_url, state))
         databases = [sqlite, *(url for url in servers_urls if url)]
     bounds = []
-    profiles = []
+    profiles, halves = [], []
     for url in databases:
         name = _dialect(url)
         profile = servers.home / f"profile-{name.lower()}.txt"
-        seconds, rss, steps = _refresh(servers, scale, "big", url, profile=profile)
+        seconds, rss, steps, path = _refresh(servers, scale, "big", url, profile=profile)
         docs = scale.big_docs
         r.figure(f"{name}: wall", "min", [seconds / 60])
         r.figure(f"{name}: peak memory of the run's largest process", "GB", [rss / 1024])
@@ -73,6 +73,13 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
             shares = sorted(((k, v / total) for k, v in steps.items()), key=lambda kv: -kv[1])
             bounds.append(f"{name}: " + ", ".join(f"{k} {share:.0%}" for k, share in shares[:4]))
             slowest = shares[0][0]
+            on_path = sum(steps[k] for k in path)
+            # What a refresh twice as fast needs: half the wall taken off the steps the run waited on.
+            largest = sorted(path, key=lambda k: -steps[k])[:3]
+            halves.append(f"{name}: the {len(path)} steps the run waited on, one after the other, take "
+                          f"{on_path:.0f} s of its {seconds:.0f} s; {seconds / 2:.0f} s less is "
+                          f"{seconds / 2 / max(on_path, 1e-9):.0%} of that chain, whose largest steps are "
+                          + ", ".join(f"{k} {steps[k]:.0f} s" for k in largest))
             if profile.exists():
                 samples, where, packages = step_profile(profile.read_text(), _function_of(slowest))
                 if samples:
@@ -92,6 +99,10 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
     if bounds:
         r.notes.append("What bounds the refresh, as shares of the summed step time (largest first): "
                        + "; ".join(bounds) + ".")
+    if halves:
+        r.notes.append("Twice as fast: " + "; ".join(halves) + ". The chain is each step that ended last before the "
+                       "next one on it started (the executor runs as many steps at once as there are cores); "
+                       "a step beside it, on the other core, does not shorten the refresh.")
     if profiles:
         r.notes.append("The slowest step of each refresh, profiled by py-spy during the measured run (25 samples "
                        "per second of every process, without pausing them): where its samples were, by the "
@@ -134,14 +145,17 @@ def _scratch(url: str | None, state: dict[str, Any]) -> str | None:
 
 
 def _refresh(servers: Servers, scale: Scale, name: str, sql_url: str,
-             profile: Path | None = None) -> tuple[float, float, dict[str, float]]:
-    """One full refresh in a fresh process: (seconds, peak MB, seconds per step from the run's own records)."""
+             profile: Path | None = None) -> tuple[float, float, dict[str, float], list[str]]:
+    """One full refresh in a fresh process: (seconds, peak MB, seconds per step from the run's own records,
+    the steps on its critical path)."""
     home = servers.home / f"run-{name}-{_dialect(sql_url).lower()}"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     seconds, rss, _out = measured_run(["materialize", "--job", "full_refresh", "--processes"],
                                       env_for(servers, f"bench_{name}", sql_url, scale.search, home), profile=profile)
-    return seconds, rss, _step_seconds(home / "dagster")
+    times = _step_seconds(home / "dagster")
+    steps = {k: end - start for k, (start, end) in times.items()}
+    return seconds, rss, steps, critical_path(times)
 
 
 _PROCESS = re.compile(r'process (\d+):"')
@@ -199,13 +213,31 @@ def step_profile(raw: str, function: str, top: int = 4) -> tuple[int, list[tuple
     return total, shares(ours) if total else [], shares(packages) if total else []
 
 
-def _step_seconds(dagster_home: Path) -> dict[str, float]:
+def _step_seconds(dagster_home: Path) -> dict[str, tuple[float, float]]:
+    """(start, end) of each step of the instance's latest run, in seconds since the epoch."""
     import dagster as dg
 
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         [run] = instance.get_runs(limit=1)
-        return {s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(run.run_id)
+        return {s.step_key: (s.start_time, s.end_time) for s in instance.get_run_step_stats(run.run_id)
                 if s.start_time and s.end_time}
+
+
+def critical_path(times: dict[str, tuple[float, float]], slack: float = 1.0) -> list[str]:
+    """The chain of steps that kept the run going, first to last: from the step that ended last, each
+    step's predecessor is the one that ended last before it started (within ``slack`` seconds: the
+    executor's own start-up between them). Shortening a step off this chain does not shorten the run."""
+    if not times:
+        return []
+    current = max(times, key=lambda k: times[k][1])
+    chain = [current]
+    while True:
+        start = times[current][0]
+        before = [k for k, (_, end) in times.items() if end <= start + slack and k not in chain]
+        if not before:
+            return chain[::-1]
+        current = max(before, key=lambda k: times[k][1])
+        chain.append(current)
 
 
 def _pipeline_sql(servers: Servers, name: str, state: dict[str, Any]) -> str:
