@@ -142,12 +142,15 @@ def test_captures_reach_sql_and_the_cache_through_the_daemon(stack, reliability)
 
     assert wait_until(all_in_sql, timeout=300, interval=0.25), \
         f"{len(posted) - len(seen)} captures never reached SQL\n{stack.log_tails()}"
+    # A row is committed before its run records its end: wait for the runs themselves to finish.
+    runs = wait_until(lambda: (r := _runs(stack, "score_new_opportunities")) and
+                      all(s in ("SUCCESS", "FAILURE", "CANCELED") for s in r) and r, timeout=120)
+    assert runs, f"batch runs still in progress: {_runs(stack, 'score_new_opportunities')}"
     fact = _fact(stack, list(posted))
     cache = RedisResource(url=stack.redis_url).cache()
     cached = [json.loads(raw) if raw else None for raw in cache.get_many(list(posted))]
     latencies = sorted(seen[n] - posted[n] for n in posted)
     q = statistics.quantiles(latencies, n=100, method="inclusive")
-    runs = _runs(stack, "score_new_opportunities")
     reliability.record("Stack", f"{CAPTURES} captures to SQL through the daemon's sensor", **{
         "captures": len(posted), "in SQL": len(fact), "in the cache": sum(c is not None for c in cached),
         "scored by the model": sum(r["prediction_basis"] == "model" for r in fact.values()),
