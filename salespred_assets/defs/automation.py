@@ -50,7 +50,9 @@ WORKLOAD = "salespred/workload"
 BATCHES = dg.AssetSelection.assets(new_opportunity_scores)
 # Everything that is not a batch: what a full refresh materialises.
 EVERYTHING = dg.AssetSelection.all() - BATCHES
-RETRAIN = (dg.AssetSelection.assets(win_model).upstream() | dg.AssetSelection.assets(win_model).downstream()) - BATCHES
+# The model and everything it feeds, with every input of those (a retrain that rescored from features left in
+# storage by an earlier run scored fresh rows against stale ones).
+RETRAIN = dg.AssetSelection.assets(win_model).downstream().upstream().materializable() - BATCHES
 # Rescoring with the current model: fresh data and features, predictions and everything they feed (the
 # reporting views need the sellers too), and the model-version tables (a switch is recorded by the same run).
 RESCORE = (dg.AssetSelection.assets(raw_opportunities, opportunity_features, sellers, dim_seller, dim_model_version,
