@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,17 +84,31 @@ class Stack:
         return str(self.graphql.submit_job_execution(job, repository_location_name=LOCATION,
                                                     repository_name=REPOSITORY, **kwargs))
 
+    def query(self, document: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One request to the webserver's GraphQL API, in gql 4's form (the variables on the GraphQLRequest).
+
+        The polls go through here, not ``DagsterGraphQLClient``: dagster-graphql 1.13.27 passes ``variable_values``
+        to ``gql.Client.execute``, which gql 4 deprecates, one DeprecationWarning (attributed to gql) per call.
+        """
+        from gql import Client, GraphQLRequest
+        from gql.transport.requests import RequestsHTTPTransport
+
+        transport = RequestsHTTPTransport(url=f"{self.ui_url}/graphql", timeout=60)
+        with Client(transport=transport) as session:
+            return dict(session.execute(GraphQLRequest(document, variable_values=variables)))
+
     def wait_run(self, run_id: str, timeout: float = 600) -> str:
         """Poll the run's status through GraphQL until it ends; return the final status name."""
-        from dagster import DagsterRunStatus
-
-        ended = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+        query = """query ($runId: ID!) { runOrError(runId: $runId) {
+            __typename ... on Run { status } ... on PythonError { message } } }"""
         deadline = time.monotonic() + timeout
         status = None
         while time.monotonic() < deadline:
-            status = self.graphql.get_run_status(run_id)
-            if status in ended:
-                return status.value
+            answer = self.query(query, {"runId": run_id})["runOrError"]
+            assert answer["__typename"] == "Run", answer
+            status = answer["status"]
+            if status in ("SUCCESS", "FAILURE", "CANCELED"):
+                return str(status)
             time.sleep(1.0)
         raise AssertionError(f"run {run_id} still {status} after {timeout} s\n{self.log_tails()}")
 
@@ -221,6 +236,7 @@ def stack(mongo_server, redis_url, stack_extra_env) -> Iterator[Stack]:
         for start in range(0, len(keys), 5000):
             client.delete(*keys[start:start + 5000])
         client.close()
+        shutil.rmtree(home, ignore_errors=True)  # logs, compute logs, intermediate frames
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
