@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow reliability bench docs docs-build install system-deps lint clean locale
+.PHONY: demo stack test test-slow reliability bench docs docs-build install system-deps lint clean locale
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ system-deps:
 
 demo: $(STAMP) locale
 	$(BIN)/salespred demo
+
+# The docker-compose topology as local processes (docs/stack.md); `.venv/bin/salespred stack down` stops it.
+stack: $(STAMP) locale
+	$(BIN)/salespred stack up
 
 test: $(STAMP) locale system-deps
 	$(BIN)/python -m pytest --durations=15

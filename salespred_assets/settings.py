@@ -48,6 +48,7 @@ ENV_SENSOR_INTERVAL = "SALESPRED_SENSOR_INTERVAL"
 ENV_DRIFT_COOLDOWN = "SALESPRED_DRIFT_COOLDOWN_HOURS"
 ENV_GATE_AUC_FLOOR = "SALESPRED_GATE_AUC_FLOOR"
 ENV_SHARED_DATA = "SALESPRED_SHARED_DATA"
+ENV_DAGSTER_PG_URL = "SALESPRED_DAGSTER_PG_URL"
 _TESTS = "benchmarks and tests"
 
 VARIABLES: dict[str, Variable] = {v.name: v for v in (
@@ -77,6 +78,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable(ENV_SENSOR_INTERVAL, "30", "seconds between new-opportunity sensor ticks"),
     Variable(ENV_DRIFT_COOLDOWN, "6", "hours: drift starts no retrain while the current model is younger"),
     Variable(ENV_GATE_AUC_FLOOR, "0.70", "the promotion gate's absolute floor for the backtest ROC AUC"),
+    Variable(ENV_DAGSTER_PG_URL, "", "`salespred stack`: the Dagster instance's PostgreSQL, `postgresql://user:password@host:"
+             "port/database` (created if missing); unset: `postgresql://postgres@127.0.0.1:5432/salespred_dagster`"),
     Variable(ENV_SHARED_DATA, "", "the directory of the shared reference data the benchmarks read; unset: "
              "`../shared/data` beside the checkout", _TESTS),
     Variable("SALESPRED_BENCH_MONGO_URI", "", "the benchmarks' MongoDB; unset: the platform's", _TESTS),

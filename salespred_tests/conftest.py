@@ -27,6 +27,9 @@ from salespred_tests.reliability import (  # noqa: F401
     reliability,
 )
 
+# The running stack (`salespred stack up`): `stack`, and `stack_extra_env`, which a module overrides.
+from salespred_tests.stack_fixtures import stack, stack_extra_env  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SALESPRED_SHARED_DATA", REPO.parent / "shared" / "data"))
 SEED_CSV = SHARED_DATA / "opportunities_seed.csv"

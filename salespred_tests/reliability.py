@@ -49,6 +49,9 @@ SECTIONS = [
       "killed (SIGKILL) at each named point of the load, then run again (`salespred_tests/test_csv_load.py`).")),
     ("Faults", "Each scenario runs against real servers (marked `slow`: `make test-slow`)."),
     ("Load", "Concurrent sellers capture through the API of a real uvicorn server (marked `slow`)."),
+    ("Stack", ("The production topology as local processes (`salespred stack up`: code server, webserver, daemon "
+               "with the run queue, seller app; the Dagster instance on PostgreSQL), driven through the webserver's "
+               "GraphQL API and the app's REST API (marked `slow`: `salespred_tests/test_stack_running.py`).")),
     ("Security", "What the security tests checked, with their figures."),
 ]
 PACKAGES = ("dagster", "fastapi", "starlette", "pydantic", "pymongo", "redis", "SQLAlchemy", "psycopg", "pyodbc",

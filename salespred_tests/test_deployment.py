@@ -289,7 +289,7 @@ def test_every_image_is_pinned():
 def test_databases_have_healthchecks_and_dependents_wait_for_them():
     svcs = services()
     checks = {name: " ".join(map(str, svcs[name]["healthcheck"]["test"])) for name in DATABASES}
-    assert "mongosh" in checks["mongo"] and "ping" in checks["mongo"]
+    assert "mongosh" in checks["mongo"] and "/opt/salespred/mongo-rs/healthcheck.js" in checks["mongo"]
     assert "redis-cli" in checks["redis"] and "ping" in checks["redis"]
     assert "pg_isready" in checks["postgres"]
     for name in ("user-code", "dagster-webserver", "dagster-daemon", "seller-app", "sqlserver"):
@@ -321,6 +321,41 @@ def test_databases_keep_their_data_and_require_auth():
         assert source.is_dir() and any(source.iterdir()), f"{mount}: nothing to run"
     # The postgres entrypoint sources a non-executable .sh into its own shell; ours must run on its own.
     assert os.access(DEPLOY / "postgres" / "10-create-databases.sh", os.X_OK)
+    # A replica set with authentication needs a key file: the entrypoint makes the one --keyFile names,
+    # in a volume of its own (kept across restarts); nothing in the init directory but first-start scripts.
+    mongo = svcs["mongo"]
+    keyfile = mongo["command"][mongo["command"].index("--keyFile") + 1]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in mongo["volumes"]}
+    assert any(keyfile.startswith(target + "/") and source.endswith("-config") for target, source in mounts.items())
+    scripts = mounts[str(Path(mongo["entrypoint"][-1]).parent)]
+    assert (REPO / scripts / "entrypoint.sh").is_file() and (REPO / scripts / "healthcheck.js").is_file()
+
+
+def test_mongo_entrypoint_makes_a_key_file_once_and_hands_over(tmp_path):
+    """deploy/mongo-rs/entrypoint.sh outside its container: the image's entrypoint and chown are stand-ins."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for name in ("docker-entrypoint.sh", "chown"):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{calls}"\n')
+        (bin_dir / name).chmod(0o755)
+    keyfile = tmp_path / "configdb" / "replica-set.key"
+    keyfile.parent.mkdir()
+    args = ["mongod", "--replSet", "rs0", "--keyFile", str(keyfile), "--bind_ip_all"]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def run() -> None:
+        done = subprocess.run(["bash", str(DEPLOY / "mongo-rs" / "entrypoint.sh"), *args], env=env,
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+
+    run()
+    key = keyfile.read_text()
+    assert 6 <= len(key) <= 1024 and re.fullmatch(r"[A-Za-z0-9+/=]+", key)  # what mongod accepts
+    assert keyfile.stat().st_mode & 0o777 == 0o400
+    run()  # a restart keeps the key
+    assert keyfile.read_text() == key
+    handed_over = f"docker-entrypoint.sh {' '.join(args)}"  # the same arguments, unchanged
+    assert calls.read_text().splitlines() == [f"chown mongodb:mongodb {keyfile}", handed_over] * 2
 
 
 def test_compose_urls_reach_the_compose_services():
@@ -329,11 +364,18 @@ def test_compose_urls_reach_the_compose_services():
 
     fake = {name: f"pw{i}" if SECRET_NAME.search(name) else "" for i, name in enumerate(sorted(env_example_names()))}
     env = {k: interpolate(v, fake) for k, v in environment(services()["user-code"]).items()}
-    mongo = re.match(r"mongodb://(\w+):[^@]+@(\w[\w-]*):(\d+)/(\w+)\?authSource=(\w+)$", env["SALESPRED_MONGO_URI"])
+    mongo = re.match(r"mongodb://(\w+):[^@]+@(\w[\w-]*):(\d+)/(\w+)\?authSource=(\w+)&replicaSet=(\w+)$",
+                     env["SALESPRED_MONGO_URI"])
     assert mongo and mongo.group(2) == "mongo" and int(mongo.group(3)) == EXPECTED_PORTS["mongo"]
     init_js = (DEPLOY / "mongo" / "10-create-app-user.js").read_text()
     assert f'user: "{mongo.group(1)}"' in init_js and f'getSiblingDB("{mongo.group(4)}")' in init_js
     assert mongo.group(4) == mongo.group(5)
+    # The replica set the URL names is the one the server runs and the healthcheck initiates, with the
+    # member under the host name the URL uses (a client connects to the members the configuration lists).
+    command = services()["mongo"]["command"]
+    assert command[command.index("--replSet") + 1] == mongo.group(6)
+    rs_js = (DEPLOY / "mongo-rs" / "healthcheck.js").read_text()
+    assert f'_id: "{mongo.group(6)}"' in rs_js and f'host: "{mongo.group(2)}:{mongo.group(3)}"' in rs_js
     redis = re.match(r"redis://:[^@]+@(\w+):(\d+)/\d+$", env["SALESPRED_REDIS_URL"])
     assert redis and redis.group(1) == "redis" and int(redis.group(2)) == EXPECTED_PORTS["redis"]
     sql = sa.engine.make_url(env["SALESPRED_SQL_URL"])

@@ -8,6 +8,7 @@
 - ``batches``: partitions of new and changed opportunities (:mod:`.batches`)
 - ``demo``, ``materialize``: the asset graph run into the Dagster instance (:mod:`.demo`)
 - ``serve``: the seller app (:mod:`.serve`); ``bench``: the benchmark suite (:mod:`.bench`)
+- ``stack``: the docker-compose topology as local processes (:mod:`.stack`)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import click
 
 from salespred_assets import settings
-from salespred_assets.cli import batches, bench, catalog, data, demo, evaluation, model, serve, services
+from salespred_assets.cli import batches, bench, catalog, data, demo, evaluation, model, serve, services, stack
 from salespred_assets.errors import SalespredError, ServiceUnavailable
 
 
@@ -29,7 +30,8 @@ def cli() -> None:
 
 # One module per command group; click lists the commands by name.
 for command in (services.services, data.seed, catalog.catalog, evaluation.backtest, evaluation.evaluate, model.model,
-                batches.batches_group, demo.demo, demo.materialize, serve.serve, bench.bench):
+                batches.batches_group, demo.demo, demo.materialize, serve.serve, bench.bench,
+                stack.stack):
     cli.add_command(command)
 
 

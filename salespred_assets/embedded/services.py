@@ -213,6 +213,12 @@ def ensure(name: str) -> str:
         return uri
 
 
+def running(name: str) -> bool:
+    """An embedded ``name`` that this project started runs and answers."""
+    entry = _read_state().get(name)
+    return entry is not None and _alive(entry["pid"]) and ping(name, entry["uri"]) is None
+
+
 def stop(name: str) -> bool:
     """Stop the embedded service if this project started it. Returns True if one was stopped."""
     with _lock():

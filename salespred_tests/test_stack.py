@@ -1,0 +1,78 @@
+"""`salespred stack`: what it generates from the production files (no servers; the running stack is in
+test_stack_running.py, marked slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from salespred_assets.stack import config, processes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _differences(a: Any, b: Any, path: str = "") -> set[str]:
+    """The key paths where two loaded YAML documents differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for key in set(a) | set(b):
+            out |= _differences(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return set() if a == b else {path}
+
+
+def test_the_packaged_instance_is_deploy_dagster_yaml():
+    packaged = REPO / "salespred_assets" / "stack" / "dagster.deploy.yaml"
+    assert packaged.read_bytes() == (REPO / "deploy" / "dagster.yaml").read_bytes(), \
+        "copy deploy/dagster.yaml to salespred_assets/stack/dagster.deploy.yaml (an installed wheel reads that one)"
+
+
+def test_the_instance_differs_from_deploy_only_in_the_launcher_and_the_addresses(tmp_path):
+    deploy = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    instance_path, _ = config.write_files(tmp_path / "home", tmp_path / "logs", 5432, 4000)
+    generated = yaml.safe_load(instance_path.read_text())
+    assert _differences(deploy, generated) == {"run_launcher.module", "run_launcher.class", "run_launcher.config",
+                                               "compute_logs.config.base_dir"}
+    assert generated["run_launcher"] == {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"}
+    assert generated["compute_logs"]["config"]["base_dir"] == str(tmp_path / "logs")
+    # The address stays in the same DAGSTER_PG_* variables; a server on another port changes the port alone.
+    moved = yaml.safe_load(config.write_files(tmp_path / "h2", tmp_path / "logs", 6543, 4000)[0].read_text())
+    assert _differences(generated, moved) == {f"{s}.config.postgres_db.port" for s in config.STORAGES}
+
+
+def test_the_generated_instance_loads_as_a_dagster_instance_config(tmp_path):
+    from dagster._core.instance.config import dagster_instance_config
+
+    config.write_files(tmp_path, tmp_path / "logs", 5432, 4000)
+    loaded, _ = dagster_instance_config(str(tmp_path))
+    assert loaded["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert loaded["run_retries"]["enabled"] is True
+
+
+def test_the_workspace_is_the_docker_workspace_on_this_machine(tmp_path):
+    docker = yaml.safe_load((REPO / "deploy" / "workspace.docker.yaml").read_text())
+    _, workspace_path = config.write_files(tmp_path, tmp_path / "logs", 5432, 4123)
+    local = yaml.safe_load(workspace_path.read_text())
+    docker["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=4123)
+    assert local == docker
+
+
+def test_the_instance_database_url_is_read_into_the_deploy_variables():
+    target = config.postgres_target("postgresql+psycopg://dagster:s%40cret@db.example:5433/instance")
+    assert target.env() == {"DAGSTER_PG_HOST": "db.example", "DAGSTER_PG_USERNAME": "dagster",
+                            "DAGSTER_PG_PASSWORD": "s@cret", "DAGSTER_PG_DB": "instance"}
+    assert target.port == 5433 and "s@cret" not in target.masked()
+    default = config.postgres_target(None)
+    assert (default.host, default.port, default.database, default.password) == \
+        ("127.0.0.1", 5432, "salespred_dagster", "")
+
+
+def test_each_stack_process_stands_for_one_compose_service():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert {s.compose for s in processes.SERVICES} == \
+        {"user-code", "dagster-webserver", "dagster-daemon", "seller-app"} <= set(compose["services"])
+    for service in processes.SERVICES:
+        if service.preferred_port:  # compose's own port, so the addresses read the same
+            assert str(service.preferred_port) in str(compose["services"][service.compose])
