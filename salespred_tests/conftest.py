@@ -29,6 +29,7 @@ from salespred_tests.reliability import (  # noqa: F401
 
 # The running stack (`salespred stack up`): `stack`, and `stack_extra_env`, which a module overrides.
 from salespred_tests.stack_fixtures import stack, stack_extra_env  # noqa: F401
+from salespred_tests.storage_fixtures import s3_server  # noqa: F401 - the stack's object storage
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SALESPRED_SHARED_DATA", REPO.parent / "shared" / "data"))

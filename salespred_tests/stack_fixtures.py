@@ -11,9 +11,9 @@ of its own (``STACK_REDIS_DB``, its ``salespred:*`` keys deleted after), SQL a P
 the module, and the Dagster instance another PostgreSQL database created for the module, both dropped after.
 Without ``SALESPRED_TEST_POSTGRES_URL`` the stack tests skip.
 
-``stack_extra_env`` (a module fixture, ``{}`` here) is the hook for more environment: a module overrides it
-to point the stack at object storage (e.g. ``SALESPRED_STORAGE_URL`` on a moto S3 server it starts), so that
-no run shares a directory with another.
+``stack_extra_env`` (a module fixture) is the hook for more environment; by default it points the stack's
+intermediates at a new bucket on moto's S3 server (``SALESPRED_STORAGE_URL``), so that no run shares a
+directory with another.
 """
 
 from __future__ import annotations
@@ -173,9 +173,11 @@ def _redis_db_url(base: str, db: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack_extra_env() -> dict[str, str]:
-    """More environment for the stack's processes; override in a module (object storage, other intervals)."""
-    return {}
+def stack_extra_env(s3_server) -> dict[str, str]:
+    """More environment for the stack's processes; override in a module (other intervals). By default the
+    intermediates go to a new bucket on the moto S3 server, as on a cluster: no run shares a directory with
+    another, or with the code server."""
+    return {**s3_server.environment(), "SALESPRED_STORAGE_URL": f"s3://{s3_server.create_bucket()}/runs"}
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,16 @@ def test_up_status_reuse_and_a_full_refresh_through_the_queue(stack):
         <= events
     assert _current_version(stack) is not None
     assert len(_fact(stack)) == OPPORTUNITIES_SEEDED
+    # The run's steps handed their frames over through the bucket alone, as on a cluster: none on disk.
+    url = stack.env["SALESPRED_STORAGE_URL"]
+    import s3fs
+
+    bucket = s3fs.S3FileSystem(key=stack.env["AWS_ACCESS_KEY_ID"], secret=stack.env["AWS_SECRET_ACCESS_KEY"],
+                               endpoint_url=stack.env["SALESPRED_STORAGE_ENDPOINT_URL"], skip_instance_cache=True)
+    stored = {p.rsplit("/", 1)[-1] for p in bucket.find(url.removeprefix("s3://"))}
+    assert {"raw_opportunities.parquet", "opportunity_features.parquet", "opportunity_predictions.parquet"} <= stored
+    local = stack.home / "storage"
+    assert not local.exists() or not any(local.iterdir()), sorted(p.name for p in local.iterdir())
 
 
 @contextlib.contextmanager
