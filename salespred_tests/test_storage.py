@@ -199,7 +199,7 @@ def test_an_input_that_names_columns_reads_only_those(where, request, tmp_path):
     ("ftp://host/dir", "the scheme ftp:// is not supported"),
     ("s3://", "name a bucket"),
     ("file://server/share", "file:///dir (three slashes)"),
-    ("s3://AKIAEXAMPLE:hunter2@bucket/runs", "credentials do not belong in the URL"),
+    ("s3://AKIAEXAMPLE:hunter2@bucket/runs", "credentials do not belong in the URL"),  # scan-secrets: allow
     ("   ", "is empty"),
 ])
 def test_a_bad_url_is_refused_naming_what_to_fix(url, says):
@@ -235,7 +235,7 @@ def test_a_missing_bucket_fails_the_step_naming_it(s3_storage_url):
     url = s3_storage_url.replace("s3://salespred-", "s3://nobucket-")
     message = _run_fails(url)
     assert f"intermediate storage {url} (SALESPRED_STORAGE_URL)" in message and "is unreachable" in message
-    assert "create the bucket 'nobucket-" in message
+    assert "make the bucket 'nobucket-" in message
 
 
 def test_an_unreachable_endpoint_fails_the_step_naming_it(s3_storage_url, monkeypatch):

@@ -124,7 +124,7 @@ def unreachable(location: Location, cause: BaseException, endpoint_url: str | No
     if location.local:
         fix = "check that the directory can be created and written by this user"
     elif isinstance(cause, FileNotFoundError):
-        fix = f"create the bucket {location.bucket!r} or correct {location.origin}"
+        fix = f"make the bucket {location.bucket!r} (it does not exist) or correct {location.origin}"
     elif isinstance(cause, PermissionError):
         fix = "check the credentials in the environment and that they may read and write the bucket"
     else:
