@@ -51,7 +51,8 @@ SECTIONS = [
     ("Load", "Concurrent sellers capture through the API of a real uvicorn server (marked `slow`)."),
     ("Stack", ("The production topology as local processes (`salespred stack up`: code server, webserver, daemon "
                "with the run queue, seller app; the Dagster instance on PostgreSQL), driven through the webserver's "
-               "GraphQL API and the app's REST API (marked `slow`: `salespred_tests/test_stack_running.py`).")),
+               "GraphQL API and the app's REST API (marked `slow`: `salespred_tests/test_stack_running.py`, "
+               "`test_stack_faults.py`).")),
     ("Security", "What the security tests checked, with their figures."),
 ]
 PACKAGES = ("dagster", "fastapi", "starlette", "pydantic", "pymongo", "redis", "SQLAlchemy", "psycopg", "pyodbc",

@@ -7,7 +7,8 @@ The conftest registers the fixtures; a test module asks for ``stack`` (module sc
         stack.graphql.submit_job_execution("full_refresh", ...)
 
 Servers: MongoDB is the session's SecantusDB (a database of its own), Redis the tests' server on a db number
-of its own (``STACK_REDIS_DB``, its ``salespred:*`` keys deleted after), SQL a PostgreSQL database created for
+of its own (one of ``STACK_REDIS_DBS``, claimed for the module: stacks of other sessions on the same server
+each hold another; its ``salespred:*`` keys deleted after), SQL a PostgreSQL database created for
 the module, and the Dagster instance another PostgreSQL database created for the module, both dropped after.
 Without ``SALESPRED_TEST_POSTGRES_URL`` the stack tests skip.
 
@@ -34,7 +35,10 @@ from typing import Any
 
 import pytest
 
-STACK_REDIS_DB = 11  # the tests' Redis server, a db number of its own (the stack's keys use the default prefix)
+# The tests' Redis server, a db number of its own per stack (the stack's keys use the default prefix): a stack
+# claims a free one with CLAIM_KEY, so that stacks of concurrent sessions never read each other's generations.
+STACK_REDIS_DBS = range(12, 16)
+CLAIM_KEY = "salespred-stack-claim"
 SENSOR_INTERVAL_S = 2
 LOCATION = "salespred"
 REPOSITORY = "__repository__"  # what dg.load_from_defs_folder's Definitions are served as
@@ -172,6 +176,21 @@ def _redis_db_url(base: str, db: int) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
 
 
+def _claim_redis_db(base: str, tag: str) -> str:
+    """The URL of a db of ``STACK_REDIS_DBS`` that no other stack holds, claimed for this one."""
+    import redis
+
+    for db in STACK_REDIS_DBS:
+        url = _redis_db_url(base, db)
+        client = redis.Redis.from_url(url)
+        try:
+            if client.set(CLAIM_KEY, tag, nx=True, ex=6 * 3600):  # expires if a session dies holding it
+                return url
+        finally:
+            client.close()
+    pytest.skip(f"every Redis db of {list(STACK_REDIS_DBS)} is held by another stack ({CLAIM_KEY})")
+
+
 @pytest.fixture(scope="module")
 def stack_extra_env(s3_server) -> dict[str, str]:
     """More environment for the stack's processes; override in a module (other intervals). By default the
@@ -198,7 +217,7 @@ def stack(mongo_server, redis_url, stack_extra_env) -> Iterator[Stack]:
     home = Path(tempfile.mkdtemp(prefix="salespred-stack-"))
     database = f"stack_{tag}"
     mongo_uri = mongo_server.uri.replace("/?", f"/{database}?")
-    stack_redis = _redis_db_url(redis_url, STACK_REDIS_DB)
+    stack_redis = _claim_redis_db(redis_url, tag)
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     env.update({
         "SALESPRED_HOME": str(home),
@@ -237,6 +256,7 @@ def stack(mongo_server, redis_url, stack_extra_env) -> Iterator[Stack]:
         keys = list(client.scan_iter(match="salespred:*", count=10_000))
         for start in range(0, len(keys), 5000):
             client.delete(*keys[start:start + 5000])
+        client.delete(CLAIM_KEY)
         client.close()
         shutil.rmtree(home, ignore_errors=True)  # logs, compute logs, intermediate frames
 

@@ -1,4 +1,4 @@
-"""`salespred stack`: the docker-compose topology as local processes (up, status, down)."""
+"""`salespred stack`: the docker-compose topology as local processes (up, status, restart, down)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,18 @@ def stack_status() -> None:
                    f"{row['health'] or 'healthy'}")
     if any(row["health"] is not None for row in rows):
         sys.exit(1)
+
+
+@stack.command("restart")
+@click.argument("service", type=click.Choice(["code-server", "webserver", "daemon", "app"]))
+@click.option("--timeout", type=click.FloatRange(0), default=20.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL for the service's process group.")
+def stack_restart(service: str, timeout: float) -> None:
+    """Stop one service and start it again on the same port; wait until it answers."""
+    from salespred_assets.stack import processes
+
+    entry = processes.restart(service, timeout, progress=lambda line: click.echo(f"stack: {line}"))
+    click.echo(f"{service} restarted: pid {entry['pid']}")
 
 
 @stack.command("down")

@@ -373,6 +373,31 @@ def up(ports: dict[str, int | None] | None = None,
         return state
 
 
+def restart(name: str, timeout_s: float = STOP_TIMEOUT_S,
+            progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Stop one service's process group and start it again on the same port (``docker compose restart``).
+
+    The code server's group holds the runs it launched (DefaultRunLauncher): they stop with it, as a node's
+    containers would, and the instance's run retries launch them again once it answers."""
+    service = BY_NAME.get(name)
+    if service is None:
+        raise SalespredError(f"no stack service {name!r}: one of {', '.join(BY_NAME)}")
+    with _lock():
+        state = read_state()
+        entry = state.get("services", {}).get(name)
+        if entry is None or "workspace" not in state:
+            raise SalespredError(f"{name} was not started by `salespred stack up`: start the stack first")
+        env = _service_env(state, progress)
+        _stop_group(entry, timeout_s)
+        progress(f"{name}: stopped pid {entry['pid']}")
+        entry = _start(service, int(entry.get("port") or 0), Path(state["workspace"]), env)
+        state["services"][name] = entry
+        _write_state(state)
+        progress(f"{name}: started pid {entry['pid']}")
+    _wait_healthy(service, entry, env, progress)
+    return entry
+
+
 def status() -> list[dict[str, Any]]:
     """One row per service: its compose name, pid, port and health (None: healthy)."""
     state = read_state()
