@@ -19,6 +19,7 @@ directory with another.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -270,3 +271,24 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
             return value
         time.sleep(interval)
     return None
+
+
+@contextlib.contextmanager
+def stack_instance(stack) -> Iterator[Any]:
+    """The stack's instance (PostgreSQL), as an operator's DAGSTER_HOME and DAGSTER_PG_* name it."""
+    import dagster as dg
+
+    from salespred_assets.stack.config import postgres_target
+
+    wanted = {"DAGSTER_HOME": str(stack.home / "stack" / "dagster_home"), **postgres_target(stack.dagster_pg_url).env()}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        with dg.DagsterInstance.from_config(wanted["DAGSTER_HOME"]) as instance:
+            yield instance
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -28,7 +28,7 @@ from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.operations import loading
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_tests.helpers import AS_OF
-from salespred_tests.stack_fixtures import LOCATION, REPOSITORY, wait_until
+from salespred_tests.stack_fixtures import LOCATION, REPOSITORY, stack_instance, wait_until
 
 # A backfill of 20 runs took about 9 minutes on 2 busy cores; each wait below has its own bound.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -54,23 +54,8 @@ VOLATILE = {"scored_at"}
 # ---- the stack's instance and what the runs wrote ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def instance(stack) -> Iterator[Any]:
-    """The stack's Dagster instance (PostgreSQL), as an operator's DAGSTER_HOME and DAGSTER_PG_* name it."""
-    import dagster as dg
-
-    from salespred_assets.stack.config import postgres_target
-
-    wanted = {"DAGSTER_HOME": str(stack.home / "stack" / "dagster_home"), **postgres_target(stack.dagster_pg_url).env()}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
-        with dg.DagsterInstance.from_config(wanted["DAGSTER_HOME"]) as inst:
-            yield inst
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with stack_instance(stack) as inst:
+        yield inst
 
 
 @dataclass

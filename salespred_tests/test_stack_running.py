@@ -7,15 +7,12 @@ the queue trains the model the captures are scored with.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import os
 import random
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,7 +24,7 @@ from salespred_assets.mongo.resource import OPPORTUNITIES, MongoResource
 from salespred_assets.operations import loading
 from salespred_assets.redis_cache.resource import RedisResource
 from salespred_tests.helpers import AS_OF
-from salespred_tests.stack_fixtures import wait_until
+from salespred_tests.stack_fixtures import stack_instance, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,7 +77,7 @@ def test_up_status_reuse_and_a_full_refresh_through_the_queue(stack):
     # The run went through the queue (the daemon dequeued it) and ran in a process of its own.
     import dagster as dg
 
-    with _stack_instance(stack) as instance:
+    with stack_instance(stack) as instance:
         events = {e.dagster_event_type for e in instance.all_logs(run_id)}
     assert {dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_STARTING, dg.DagsterEventType.RUN_SUCCESS} \
         <= events
@@ -96,27 +93,6 @@ def test_up_status_reuse_and_a_full_refresh_through_the_queue(stack):
     assert {"raw_opportunities.parquet", "opportunity_features.parquet", "opportunity_predictions.parquet"} <= stored
     local = stack.home / "storage"
     assert not local.exists() or not any(local.iterdir()), sorted(p.name for p in local.iterdir())
-
-
-@contextlib.contextmanager
-def _stack_instance(stack) -> Iterator[Any]:
-    """The stack's instance (PostgreSQL), as an operator's DAGSTER_HOME and DAGSTER_PG_* name it."""
-    import dagster as dg
-
-    from salespred_assets.stack.config import postgres_target
-
-    wanted = {"DAGSTER_HOME": str(stack.home / "stack" / "dagster_home"), **postgres_target(stack.dagster_pg_url).env()}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
-        with dg.DagsterInstance.from_config(wanted["DAGSTER_HOME"]) as instance:
-            yield instance
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _payload(rng: random.Random) -> dict[str, Any]:

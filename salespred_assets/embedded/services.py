@@ -112,7 +112,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     """No process listens on it. SO_REUSEADDR, as the servers bind: the connections a stopped server leaves in
     TIME_WAIT do not make its port look taken (it would then move on every restart)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -124,7 +124,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -175,7 +175,7 @@ def ensure(name: str) -> str:
             return entry["uri"]
         ports = state.setdefault("ports", {})
         wanted = int(ports.get(name) or svc.preferred_port)  # the port it had, so clients find it again
-        port = wanted if _port_free(wanted) else _free_port()
+        port = wanted if port_free(wanted) else free_port()
         moved = None
         if port != wanted:
             moved = (f"port {wanted} is taken by another process; started on {port} instead. Clients that "

@@ -134,22 +134,6 @@ def alive(entry: dict[str, Any]) -> bool:
     return started is not None and started == entry.get("start_time")
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
@@ -293,9 +277,9 @@ def _choose_port(service: Service, state: dict[str, Any], requested: int | None,
     if not service.preferred_port:
         return 0
     wanted = int(requested or state.get("ports", {}).get(service.name) or service.preferred_port)
-    if _port_free(wanted):
+    if embedded.port_free(wanted):
         return wanted
-    port = _free_port()
+    port = embedded.free_port()
     progress(f"{service.name}: port {wanted} is taken by another process; using {port}")
     return port
 
