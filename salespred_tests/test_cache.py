@@ -143,6 +143,13 @@ def test_the_coverage_check_counts_every_entry_and_reads_a_sample_back(redis_res
     lost = checks.prediction_cache_coverage(opportunity_predictions=scored, redis=redis_resource)
     assert not lost.passed and lost.metadata["live_entries"].value == n - 1
 
+    # An entry lost by the publish itself stays found after a capture adds one: the count at the publish.
+    cache.publish(ids[:-1], values[:-1], "v1")
+    cache.set_one("OP-99999", {"probability": 0.5, "model_version": "v1"})
+    short = checks.prediction_cache_coverage(opportunity_predictions=scored, redis=redis_resource)
+    assert not short.passed and short.metadata["live_entries"].value == n
+    assert short.metadata["entries_at_publish"].value == n - 1
+
     # Entries by another model version than the one scored: the generation says so, and the sample too.
     small = scored.iloc[:50]
     cache.publish(ids[:50], _values(50, "v2", 0.4)[1], "v2")

@@ -76,3 +76,25 @@ def test_each_stack_process_stands_for_one_compose_service():
     for service in processes.SERVICES:
         if service.preferred_port:  # compose's own port, so the addresses read the same
             assert str(service.preferred_port) in str(compose["services"][service.compose])
+
+
+def test_down_never_signals_a_group_the_stack_did_not_start():
+    """After a reboot the recorded group number may be someone else's: only a group whose members started no
+    earlier than the recorded leader is stopped."""
+    import subprocess
+
+    from salespred_assets.stack import processes
+
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        started = processes._start_time(other.pid)
+        assert started is not None
+        stale = {"pid": 2**22 + 7, "pgid": other.pid, "start_time": str(int(started) + 10**6)}  # a later leader
+        processes._stop_group(stale, timeout_s=1)
+        assert other.poll() is None  # untouched
+        ours = {"pid": 2**22 + 7, "pgid": other.pid, "start_time": started}  # leader gone, its member left
+        processes._stop_group(ours, timeout_s=1)
+        assert other.wait(10) is not None
+    finally:
+        other.kill()
+        other.wait()

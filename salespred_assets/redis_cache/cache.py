@@ -205,7 +205,13 @@ class PredictionCache:
         """Write a whole new generation and make it live in one command; the old one expires later."""
         gen = int(self.r.incr(f"{self.ns}:pred:gen"))
         self._write(gen, ids, values)
+        pipe = self.r.pipeline(transaction=False)
+        for key in self.bucket_keys(gen):
+            pipe.hlen(key)
+        # Counted back before the swap, while nothing else writes into it: what the coverage check compares.
+        entries = int(sum(pipe.execute()))
         self.r.hset(self.meta_key(gen), mapping={"model_version": model_version, "rows": len(ids),
+                                                 "entries_at_publish": entries,
                                                  "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         self.r.expire(self.meta_key(gen), self.ttl_s)
         old = self.r.getset(self.current_key, gen)  # the swap

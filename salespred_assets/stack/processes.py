@@ -140,8 +140,29 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _ours(entry: dict[str, Any]) -> bool:
+    """The recorded group is still the one ``up`` started: its leader is alive, or a member of it started no
+    earlier than the leader did (a run it spawned). After a reboot the number may name someone else's group."""
+    if alive(entry):
+        return True
+    pgid, since = int(entry["pgid"]), entry.get("start_time")
+    if since is None:
+        return False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z" and int(fields[19]) >= int(since):
+            return True
+    return False
+
+
 def _stop_group(entry: dict[str, Any], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM to the process group, SIGKILL to what is left after ``timeout_s``."""
+    """SIGTERM to the process group, SIGKILL to what is left after ``timeout_s``; nothing when the group is no
+    longer the one started (see :func:`_ours`)."""
+    if not _ours(entry):
+        return
     pgid = int(entry["pgid"])
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)

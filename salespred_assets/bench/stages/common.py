@@ -115,6 +115,10 @@ def measured_run(args: list[str], env: dict[str, str], timeout: int = 7200,
             break
         if time.monotonic() > deadline:
             proc.kill()
+            if spy is not None:
+                spy.kill()
+                spy.wait()
+            _set_subreaper(False)
             raise TimeoutError(f"`salespred {' '.join(args)}` ran past {timeout} s")
         time.sleep(0.2)
     rest = proc.stdout.read()
@@ -122,7 +126,11 @@ def measured_run(args: list[str], env: dict[str, str], timeout: int = 7200,
         chunks.append(rest)
     if spy is not None:  # it ends with the command; never counted among the command's processes
         before.add(spy.pid)
-        spy.wait(120)
+        try:
+            spy.wait(120)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
     orphans_peak = _reap_orphans(before - {proc.pid}) if adopting else 0
     _set_subreaper(False)
     proc.returncode = os.waitstatus_to_exitcode(status)
