@@ -98,3 +98,21 @@ def test_down_never_signals_a_group_the_stack_did_not_start():
     finally:
         other.kill()
         other.wait()
+
+
+def test_relative_storage_paths_reach_every_process_as_the_caller_meant_them(tmp_path, monkeypatch):
+    """The stack's processes run in its own directory: a relative SALESPRED_STORAGE_DIR (or a plain-path
+    SALESPRED_STORAGE_URL) is resolved where `stack up` was run, not there; URLs pass unchanged."""
+    from salespred_assets import settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(settings.ENV_HOME, str(tmp_path / "home"))
+    for var in (settings.ENV_MONGO, settings.ENV_REDIS, settings.ENV_SQL):  # no embedded server is started
+        monkeypatch.setenv(var, "unused://set-by-the-test")
+    monkeypatch.setenv(settings.ENV_STORAGE_DIR, "frames")
+    monkeypatch.setenv(settings.ENV_STORAGE_URL, "s3://bucket/prefix")
+    env = processes._service_env({}, progress=lambda _: None)
+    assert env[settings.ENV_STORAGE_DIR] == str(tmp_path / "frames")
+    assert env[settings.ENV_STORAGE_URL] == "s3://bucket/prefix"
+    monkeypatch.setenv(settings.ENV_STORAGE_URL, "./elsewhere")
+    assert processes._service_env({}, progress=lambda _: None)[settings.ENV_STORAGE_URL] == str(tmp_path / "elsewhere")

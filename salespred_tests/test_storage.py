@@ -195,6 +195,85 @@ def test_an_input_that_names_columns_reads_only_those(where, request, tmp_path):
     assert seen == {"wide": ["score", "id"], "mixed": ["id"]}
 
 
+def test_whole_numbers_with_a_none_come_back_as_whole_numbers(tmp_path):
+    """An object column of ints and None: Parquet would give 3.0 back for 3, so it is pickled, saying why; a
+    nullable Int64 column stays Parquet."""
+    odd = pd.DataFrame({"count": pd.Series([1, None, 3], dtype=object), "n": pd.array([1, None, 3], dtype="Int64")})
+
+    @dg.asset
+    def counts() -> pd.DataFrame:
+        return odd
+
+    @dg.asset
+    def nullable() -> pd.DataFrame:
+        return odd[["n"]]
+
+    @dg.asset
+    def read_back(counts: pd.DataFrame, nullable: pd.DataFrame) -> list:
+        return [counts["count"].tolist(), str(nullable["n"].dtype)]
+
+    storage = tmp_path / "storage"
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([counts, nullable, read_back],
+                                resources={"io_manager": FrameIOManager(url=str(storage))}, instance=instance)
+        logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert result.success
+    values, dtype = result.output_for_node("read_back")
+    assert values == [1, None, 3] and all(type(v) is int for v in values if v is not None)
+    assert dtype == "Int64"
+    assert sorted(p.name for p in storage.iterdir()) == ["counts.pkl", "nullable.parquet", "read_back.pkl"]
+    assert any("['count'] hold whole numbers and None, which Parquet gives back as floats" in m for m in logged)
+
+
+@pytest.mark.parametrize("where", ["s3", "directory"])
+def test_a_damaged_value_or_a_missing_column_is_named_as_such_not_as_unreachable(where, request, tmp_path):
+    url = request.getfixturevalue("s3_storage_url") if where == "s3" else str(tmp_path / "storage")
+    resources = {"io_manager": FrameIOManager(url=url, origin=settings.ENV_STORAGE_URL)}
+
+    @dg.asset
+    def wide() -> pd.DataFrame:
+        return pd.DataFrame({"id": ["a", "b"], "score": [0.1, 0.2]})
+
+    @dg.asset(ins={"wide": dg.AssetIn("wide", metadata={"columns": ["id", "grade"]})})
+    def asks_too_much(wide: pd.DataFrame) -> int:
+        return len(wide)
+
+    @dg.asset
+    def reads_all(wide: pd.DataFrame) -> int:
+        return len(wide)
+
+    assert dg.materialize([wide], resources=resources).success
+    lacking = dg.materialize([wide, asks_too_much], selection=[asks_too_much], resources=resources,
+                             raise_on_error=False)
+    message = _failure(lacking)
+    assert "cannot be read as parquet" in message and "no column 'grade' that the input asks for" in message
+    assert "unreachable" not in message and "could not read" not in message
+
+    store = FrameIOManager(url=url).create_io_manager(dg.build_init_resource_context())
+    store.fs.pipe_file(f"{store.location.url}/wide.parquet".removeprefix("file://"), b"not parquet at all")
+    damaged = dg.materialize([wide, reads_all], selection=[reads_all], resources=resources, raise_on_error=False)
+    message = _failure(damaged)
+    assert "wide.parquet cannot be read as parquet: ArrowInvalid" in message
+    assert "damaged or was written by something else: materialise the upstream asset again" in message
+    assert f"intermediate storage {store.location.masked} (SALESPRED_STORAGE_URL): " in message
+
+
+def test_a_bucket_policy_without_list_permission_passes_the_start_up_check(s3_storage_url, monkeypatch):
+    """Unit: asking for the bucket itself needs s3:ListBucket, which a policy over the prefix's objects leaves
+    out; the store starts, and its first read or write would name a real refusal."""
+    store = FrameIOManager(url=s3_storage_url).create_io_manager(dg.build_init_resource_context())
+
+    def refused(path: str) -> None:
+        raise PermissionError(f"Access Denied: {path}")
+
+    monkeypatch.setattr(store.fs, "info", refused)
+    store.check()  # no error
+    monkeypatch.setattr(store, "location", parse(str(tmp_dir := os.path.join(os.sep, "proc", "salespred-no"))))
+    with pytest.raises(StorageError, match="check that the directory can be created"):
+        store.check()
+    assert not os.path.exists(tmp_dir)
+
+
 @pytest.mark.parametrize(("url", "says"), [
     ("ftp://host/dir", "the scheme ftp:// is not supported"),
     ("s3://", "name a bucket"),

@@ -274,6 +274,11 @@ def _service_env(state: dict[str, Any], progress: Callable[[str], None]) -> dict
     """What every process of the stack gets: the caller's environment, the instance, the databases."""
     env = _instance_env()
     env[settings.ENV_HOME] = str(settings.home())  # absolute: every process shares the same home
+    # Each process runs in the stack's own directory: a relative storage path would name another folder there.
+    for var in (settings.ENV_STORAGE_DIR, settings.ENV_STORAGE_URL):
+        raw = settings.get(var)
+        if raw and "://" not in raw:
+            env[var] = str(Path(raw).expanduser().resolve())
     started = set(state.get("embedded_started", []))
     for var, name in ((settings.ENV_MONGO, "mongo"), (settings.ENV_REDIS, "redis")):
         if settings.get(var):

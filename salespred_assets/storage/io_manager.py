@@ -35,6 +35,8 @@ from salespred_assets.errors import SalespredError
 from salespred_assets.storage.location import Location, StorageError, parse, storage_options, unreachable
 
 PARQUET, PICKLE = ".parquet", ".pkl"
+# Raised by decoding bytes that were read: a damaged file, another format, or a column the frame lacks.
+UNREADABLE = (pa.ArrowInvalid, pickle.UnpicklingError, EOFError, KeyError)
 FORMATS = {PARQUET: "parquet", PICKLE: "pickle"}
 
 
@@ -59,10 +61,15 @@ def encode(obj: Any) -> Encoded:
                     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                            b"PANDAS_ATTRS": json.dumps(obj.attrs).encode()})
                 nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
-                if not nested:
+                widened = _widened_integers(obj, table)
+                if widened:
+                    why = (f"columns {widened[:5]} hold whole numbers and None, which Parquet gives back as "
+                           "floats")
+                elif not nested:
                     # zstd: smaller than the default snappy and, measured on a 1M-row frame, no slower to write
                     return Encoded(PARQUET, "", lambda file: pq.write_table(table, file, compression="zstd"))
-                why = f"columns {nested[:5]} hold lists or mappings, which Parquet gives back as arrays"
+                else:
+                    why = f"columns {nested[:5]} hold lists or mappings, which Parquet gives back as arrays"
             except (pa.ArrowException, TypeError, ValueError) as exc:
                 why = f"Parquet cannot hold it: {str(exc).splitlines()[0][:200]}"
 
@@ -107,6 +114,19 @@ def _arrow_table(frame: pd.DataFrame) -> pa.Table:
     return table
 
 
+def _widened_integers(frame: pd.DataFrame, table: pa.Table) -> list[str]:
+    """Object columns of whole numbers with a None among them: Arrow stores them as integers with nulls, and
+    pandas reads those back as float64, so 3 would come back as 3.0 (a nullable Int64 column is kept as it is)."""
+    out = []
+    for column in frame.columns:
+        if frame[column].dtype != object:
+            continue
+        stored = table.column(str(column))
+        if pa.types.is_integer(stored.type) and stored.null_count:
+            out.append(str(column))
+    return out
+
+
 def _parquet_refusal(frame: pd.DataFrame) -> str:
     """Why Parquet would not give ``frame`` back as it is ("" when it would)."""
     if not all(isinstance(c, str) for c in frame.columns):
@@ -141,6 +161,12 @@ class FrameStore(dg.UPathIOManager):
                 self.location.path.mkdir(parents=True, exist_ok=True)
             else:
                 self.fs.info(self.location.bucket)
+        except PermissionError as exc:
+            if self.location.local:
+                raise unreachable(self.location, exc, self.endpoint_url) from exc
+            # Asking for the bucket itself needs s3:ListBucket (or the store's equivalent), which a policy granting
+            # only its objects under the prefix leaves out: the first read or write then names what is missing.
+            return
         except Exception as exc:  # each driver raises its own kinds; the message names it
             raise unreachable(self.location, exc, self.endpoint_url) from exc
 
@@ -222,6 +248,8 @@ class FrameStore(dg.UPathIOManager):
                 return self._load(target, suffix, columns)
             except FileNotFoundError:
                 continue
+            except UNREADABLE as exc:  # the bytes came back; they are not what the name says
+                raise self._unreadable(target, suffix, columns, exc) from exc
             except Exception as exc:
                 raise self._failed("read", target, exc) from exc
         # FileNotFoundError, so that an input with allow_missing_partitions skips it.
@@ -235,6 +263,34 @@ class FrameStore(dg.UPathIOManager):
         self._written = None
         return {"path": dg.MetadataValue.path(path), "storage_format": dg.MetadataValue.text(fmt),
                 "stored_bytes": dg.MetadataValue.int(size)}
+
+    def _unreadable(self, path: UPath, suffix: str, columns: Sequence[str] | None,
+                    exc: BaseException) -> StorageError:
+        detail = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+        lacking = self._lacking(path, suffix, columns) if columns else []
+        if lacking:
+            fix = (f"the stored frame has no column {', '.join(map(repr, lacking))} that the input asks for: "
+                   "correct the input's columns, or materialise the upstream asset again with them")
+        else:
+            fix = ("it is damaged or was written by something else: materialise the upstream asset again to "
+                   "replace it")
+        return StorageError(f"intermediate storage {self.location.masked} ({self.location.origin}): "
+                            f"{settings.mask_url(str(path))} cannot be read as {FORMATS[suffix]}: "
+                            f"{type(exc).__name__}: {detail} ({fix})")
+
+    def _lacking(self, path: UPath, suffix: str, columns: Sequence[str]) -> list[str]:
+        """The asked-for columns the stored frame lacks ([] when that cannot be told)."""
+        try:
+            value = self._load(path, suffix) if suffix == PICKLE else None
+            if value is not None:
+                names = list(value.columns) if isinstance(value, pd.DataFrame) else []
+            elif self.location.local:
+                names = pq.read_schema(path.path).names
+            else:
+                names = pq.read_schema(io.BytesIO(self.fs.cat_file(path.path))).names
+        except Exception:  # noqa: BLE001 - only a better message is lost; the caller reports the first error
+            return []
+        return [c for c in columns if c not in names] if names else []
 
     def _failed(self, action: str, path: UPath, exc: BaseException) -> StorageError:
         return unreachable(self.location, exc, self.endpoint_url, doing=f"{action} {settings.mask_url(str(path))}")
