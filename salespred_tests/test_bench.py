@@ -83,6 +83,14 @@ def test_a_step_profile_takes_every_sample_of_the_steps_process():
     assert dict(packages) == {"psycopg": 0.6, "sqlalchemy": 0.3, "Python (standard library)": 0.1}
     assert step_profile(raw, "no_such_step") == (0, [], [])
 
+    # Recorded with --idle --threads: only the step's main thread (its id is the process id) counts, waiting
+    # included; a helper thread that only sleeps does not.
+    threaded = "\n".join(line.replace('process 12:"python -c x";', 'process 12:"python -c x";thread (12): MainThread;')
+                         for line in raw.splitlines())
+    threaded += (f'\n{main};{server};process 12:"python -c x";thread (17): Thread-2 (heartbeat);'
+                 'wait (threading.py:1) 400')
+    assert step_profile(threaded, "fact_opportunity") == (samples, where, packages)
+
 
 def test_peak_memory_counts_step_processes_forked_from_a_forkserver(tmp_path, monkeypatch):
     """Dagster's step processes are children of a forkserver that nobody waits for; their peak must count."""

@@ -144,8 +144,11 @@ def _spy(pid: int, out: Path) -> subprocess.Popen | None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         return None
-    return subprocess.Popen([spy, "record", "-p", str(pid), "--subprocesses", "-r", "25", "-f", "raw",
-                             "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # --idle: a step waiting on its database (a thread blocked in the driver) is sampled too, so shares are of
+    # wall time, not of CPU time only; --threads: its main thread's samples can be told from its helpers'.
+    return subprocess.Popen([spy, "record", "-p", str(pid), "--subprocesses", "--idle", "--threads", "-r", "25",
+                             "-f", "raw", "--nonblocking", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _set_subreaper(on: bool) -> bool:

@@ -84,7 +84,7 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
                 samples, where, packages = step_profile(profile.read_text(), _function_of(slowest))
                 if samples:
                     profiles.append(f"{name}, {slowest} ({steps[slowest]:.0f} s, {samples:,} samples): in "
-                                    + ", ".join(f"{k} {v:.0%}" for k, v in where) + "; the CPU in "
+                                    + ", ".join(f"{k} {v:.0%}" for k, v in where) + "; its time in "
                                     + ", ".join(f"{k} {v:.0%}" for k, v in packages))
         state["sql_big"] = url
     from salespred_assets.core.model import SearchConfig
@@ -105,8 +105,9 @@ def stage_pipeline(servers: Servers, scale: Scale, state: dict[str, Any]) -> Sta
                        "a step beside it, on the other core, does not shorten the refresh.")
     if profiles:
         r.notes.append("The slowest step of each refresh, profiled by py-spy during the measured run (25 samples "
-                       "per second of every process, without pausing them): where its samples were, by the "
-                       "innermost salespred function on the stack, and by the package the CPU was in: "
+                       "per second of every process's threads, running or waiting, without pausing them): where "
+                       "the step's main thread spent its time, by the innermost salespred function on the stack, "
+                       "and by the package it was in (waiting on a database counts in its driver's caller): "
                        + "; ".join(profiles) + ".")
     return r
 
@@ -159,11 +160,13 @@ def _refresh(servers: Servers, scale: Scale, name: str, sql_url: str,
 
 
 _PROCESS = re.compile(r'process (\d+):"')
+_THREAD = re.compile(r"thread \((\d+)\)")
 
 
-def _stacks(raw: str) -> Iterator[tuple[str, list[str], int]]:
-    """(innermost process id, its Python frames, samples) per line of py-spy's raw output with --subprocesses,
-    whose stacks start with ``process PID:"command line";`` for the process and each of its ancestors."""
+def _stacks(raw: str) -> Iterator[tuple[str, str | None, list[str], int]]:
+    """(innermost process id, thread id or None, its Python frames, samples) per line of py-spy's raw output with
+    --subprocesses (stacks start with ``process PID:"command line";`` for the process and each of its ancestors)
+    and --threads (then ``thread (TID)[: name];``)."""
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         found = list(_PROCESS.finditer(stack))
@@ -172,7 +175,10 @@ def _stacks(raw: str) -> Iterator[tuple[str, list[str], int]]:
         last = found[-1]
         end = stack.find('";', last.end())
         frames = [f.strip() for f in stack[end + 2:].split(";")] if end >= 0 else []
-        yield last.group(1), frames, int(count)
+        thread = _THREAD.match(frames[0]) if frames else None
+        if thread:
+            frames = frames[1:]
+        yield last.group(1), thread.group(1) if thread else None, frames, int(count)
 
 
 def _package(frame: str) -> str:
@@ -188,16 +194,18 @@ def _package(frame: str) -> str:
 
 def step_profile(raw: str, function: str, top: int = 4) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
     """A step's samples in a py-spy raw profile of a multiprocess run: (how many, the innermost salespred
-    function running by share, the package the CPU was in by share). Each step runs in a process of its own:
-    the step's are all the samples of the process(es) where a frame runs ``function`` (its load of inputs and
-    its IO manager's write included)."""
+    function running by share, the package its time was in by share). Each step runs in a process of its own:
+    the step's are all the samples of the main thread of the process(es) where a frame runs ``function`` (its
+    load of inputs and its IO manager's write included; waiting on a database too, when sampled with --idle)."""
     stacks = list(_stacks(raw))
-    pids = {pid for pid, frames, _ in stacks if function in (f.partition(" (")[0] for f in frames)}
+    pids = {pid for pid, _, frames, _ in stacks if function in (f.partition(" (")[0] for f in frames)}
     ours: dict[str, int] = {}
     packages: dict[str, int] = {}
     total = 0
-    for pid, frames, n in stacks:
-        if pid not in pids or not frames:
+    for pid, thread, frames, n in stacks:
+        # On Linux the main thread's id is the process id; Dagster's helper threads (heartbeats, log capture)
+        # only wait.
+        if pid not in pids or not frames or thread not in (None, pid):
             continue
         total += n
         inner = next((f for f in reversed(frames) if "salespred_assets/" in f), frames[-1])
