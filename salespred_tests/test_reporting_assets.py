@@ -195,7 +195,9 @@ def test_the_code_dimension_check_finds_a_code_without_a_row_and_a_blank_name(tm
 
     def counts() -> tuple[int, int]:
         with engine.connect() as conn:
-            return (int(conn.execute(queries.codes_without_name(schema, "industrias")).scalar_one()),
+            statement = queries.codes_without_name(schema, ["industrias"])
+            assert statement is not None
+            return (int(conn.execute(statement).scalar_one()),
                     int(conn.execute(queries.blank_names("industrias")).scalar_one()))
 
     assert counts() == (0, 0)

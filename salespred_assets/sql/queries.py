@@ -43,17 +43,15 @@ def history_scorings() -> sa.Select:
         sa.select(history.c.model_version, history.c.scored_at).distinct().subquery())
 
 
-def open_totals(schema: DatasetSchema) -> sa.Select:
-    """reporting_views_reconcile: count and expected TCV of the open opportunities."""
+def fact_totals(schema: DatasetSchema) -> sa.Select:
+    """reporting_views_reconcile: count and expected TCV of the open opportunities, and TCV of the closed ones,
+    in one scan of the fact table."""
     fact = tables.fact_opportunity(sa.MetaData(), schema)
-    amount = fact.c[str(schema.amount)]
-    return sa.select(sa.func.count(), sa.func.sum(amount * fact.c.probability)).where(fact.c.outcome == "open")
-
-
-def closed_tcv(schema: DatasetSchema) -> sa.Select:
-    """reporting_views_reconcile: TCV of the closed opportunities."""
-    fact = tables.fact_opportunity(sa.MetaData(), schema)
-    return sa.select(sa.func.sum(fact.c[str(schema.amount)])).where(fact.c.outcome.in_(["won", "lost"]))
+    amount, outcome = fact.c[str(schema.amount)], fact.c.outcome
+    is_open = outcome == "open"
+    return sa.select(sa.func.count(sa.case((is_open, 1))),
+                     sa.func.sum(sa.case((is_open, amount * fact.c.probability))),
+                     sa.func.sum(sa.case((outcome.in_(["won", "lost"]), amount))))
 
 
 def batch_rows(schema: DatasetSchema, ids: Sequence[str]) -> sa.Select:
@@ -64,18 +62,24 @@ def batch_rows(schema: DatasetSchema, ids: Sequence[str]) -> sa.Select:
             .select_from(joined).where(fact.c[schema.id].in_(list(ids))))
 
 
-def codes_without_name(schema: DatasetSchema, kind: str) -> sa.Select | None:
-    """code_dimensions_cover_the_data: distinct codes ``fact_opportunity.<kind>`` uses that its dimension table
-    lacks (Power BI's relationship would show them blank); None when the export has no such field."""
+def codes_without_name(schema: DatasetSchema, kinds: Sequence[str] | None = None) -> sa.Select | None:
+    """code_dimensions_cover_the_data: for each code field of ``fact_opportunity`` (``kinds``, default every one
+    the export has), how many distinct codes it uses that its dimension table lacks (Power BI's relationship
+    would show them blank); one row, a column per field; None when the export has none of them.
+
+    One scan of the fact table for all of them, each dimension joined on its key: a query per field read the
+    million rows seven times (3.8 s on MariaDB, against 2 s for this one)."""
     md = sa.MetaData()
     fact = tables.fact_opportunity(md, schema)
-    if kind not in fact.c:
-        return None
-    dim = tables.dim_code(md, kind)
-    code = fact.c[kind]
-    return (sa.select(sa.func.count(sa.distinct(code)))
-            .select_from(fact.outerjoin(dim, dim.c.code == code))
-            .where(code.is_not(None), dim.c.code.is_(None)))
+    joined: sa.FromClause = fact
+    counts = []
+    for kind in kinds if kinds is not None else list(tables.CODE_DIMENSIONS):
+        if kind not in fact.c:
+            continue
+        dim = tables.dim_code(md, kind).alias(f"dim_{kind}")
+        joined = joined.outerjoin(dim, dim.c.code == fact.c[kind])
+        counts.append(sa.func.count(sa.distinct(sa.case((dim.c.code.is_(None), fact.c[kind])))).label(kind))
+    return sa.select(*counts).select_from(joined) if counts else None
 
 
 def blank_names(kind: str) -> sa.Select:
@@ -104,14 +108,13 @@ def catalogue(schema: DatasetSchema, ids: Sequence[str], model_version: str,
             history, ["opportunity_id", "model_version", "scored_at"], [model_version, scored_at], ids),
         "batch path: upsert's delete": writer.upsert_delete_statement(fact, schema.id, ids),
     }
+    missing = codes_without_name(schema)
+    if missing is not None:
+        out["check code_dimensions_cover_the_data: codes without a row"] = missing
     for kind, table in tables.CODE_DIMENSIONS.items():
-        missing = codes_without_name(schema, kind)
-        if missing is not None:
-            out[f"check code_dimensions_cover_the_data: {table} codes without a row"] = missing
         out[f"check code_dimensions_cover_the_data: {table} blank names"] = blank_names(kind)
     if schema.amount:
-        out["check reporting_views_reconcile: open totals"] = open_totals(schema)
-        out["check reporting_views_reconcile: closed TCV"] = closed_tcv(schema)
+        out["check reporting_views_reconcile: totals"] = fact_totals(schema)
     for name in views.definitions(schema):
         out[f"view {name} (dashboard, reporting_views_reconcile)"] = views.read_statement(name)
     return out

@@ -91,18 +91,18 @@ def dim_seller_safe(dim_seller: pd.DataFrame, sellers: pd.DataFrame) -> dg.Asset
 def code_dimensions_cover_the_data(context: dg.AssetCheckExecutionContext, sql: SqlResource,
                                    mongo: MongoResource):
     schema = mongo.schema()
+    chosen = context.selected_asset_check_keys
+    selected = {kind: table for kind, table in tables.CODE_DIMENSIONS.items()
+                if dg.AssetCheckKey(dg.AssetKey(table), f"{table}_covers_the_data") in chosen}
+    statement = queries.codes_without_name(schema, list(selected))
     with sql.engine.connect() as conn:
-        for kind, table in tables.CODE_DIMENSIONS.items():
-            key = dg.AssetCheckKey(dg.AssetKey(table), f"{table}_covers_the_data")
-            if key not in context.selected_asset_check_keys:
-                continue
-            statement = queries.codes_without_name(schema, kind)
-            missing = int(conn.execute(statement).scalar_one()) if statement is not None else 0
+        missing = dict(conn.execute(statement).one()._mapping) if statement is not None else {}
+        for kind, table in selected.items():
             blank = int(conn.execute(queries.blank_names(kind)).scalar_one())
+            lacking = int(missing.get(kind, 0))
             yield dg.AssetCheckResult(
-                asset_key=table, check_name=key.name, passed=missing == 0 and blank == 0,
-                metadata={"codes_without_a_row": missing, "blank_names": blank,
-                          "field_in_fact_table": statement is not None})
+                asset_key=table, check_name=f"{table}_covers_the_data", passed=lacking == 0 and blank == 0,
+                metadata={"codes_without_a_row": lacking, "blank_names": blank, "field_in_fact_table": kind in missing})
 
 
 @dg.asset_check(asset=dim_model_version, blocking=True,
@@ -147,8 +147,7 @@ def reporting_views_reconcile(sql: SqlResource, mongo: MongoResource) -> dg.Asse
         if present != expected_names or not schema.amount:
             return dg.AssetCheckResult(passed=present == expected_names and not schema.amount, metadata={
                 "views_expected": ", ".join(expected_names), "views_present": ", ".join(present) or "none"})
-        open_count, open_expected = conn.execute(queries.open_totals(schema)).one()
-        closed_tcv = conn.execute(queries.closed_tcv(schema)).scalar()
+        open_count, open_expected, closed_tcv = conn.execute(queries.fact_totals(schema)).one()
         totals = {name: views.read(conn, name) for name in present if name != views.MODEL_QUALITY}
     metadata: dict = {"open_opportunities": int(open_count), "expected_open_tcv": float(open_expected or 0.0)}
     passed = True
