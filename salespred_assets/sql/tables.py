@@ -9,6 +9,8 @@ for instants (``TIMESTAMPTZ``/``DATETIMEOFFSET``; UTC ``DATETIME`` on MariaDB an
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
 
@@ -46,6 +48,14 @@ def _input_column(name: str, schema: DatasetSchema, primary: bool = False) -> sa
     return sa.Column(name, sa.Unicode(64), primary_key=primary, nullable=nullable, comment=f"source field {name}")
 
 
+OPEN_ROWS_INDEX = f"ix_{FACT_OPPORTUNITY}_view_rows"
+
+
+def _on_mariadb(ddl: Any, target: Any, bind: Any, tables: Any = None, state: Any = None, *, dialect: Any,
+                compiler: Any = None, checkfirst: bool = False) -> bool:
+    return dialect.name in ("mysql", "mariadb")  # the same server under either of SQLAlchemy's names
+
+
 def fact_opportunity(metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHEMA) -> sa.Table:
     cols = [_input_column(schema.id, schema, primary=True)]
     cols += [_input_column(c, schema) for c in schema.fields if c != schema.id]
@@ -65,11 +75,19 @@ def fact_opportunity(metadata: sa.MetaData, schema: DatasetSchema = DEFAULT_SCHE
         sa.Column("model_version", sa.String(40), nullable=False, comment="model version that scored the row"),
         sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, comment="when it was scored (UTC)"),
     ]
-    # No secondary index: every view and check reads all the rows of an outcome (three values, "open" about
-    # 8%) and groups them, which one scan answers; the key serves the batch path's upserts and the joins.
     # The views read the schema's roles (amount, close date, seller, stage, region) from here.
-    return sa.Table(FACT_OPPORTUNITY, metadata, *cols, info={"schema": schema},
-                    comment="One row per opportunity: its inputs and its latest prediction")
+    table = sa.Table(FACT_OPPORTUNITY, metadata, *cols, info={"schema": schema},
+                     comment="One row per opportunity: its inputs and its latest prediction")
+    # Every view and check reads all the rows of an outcome ("open" is about 8%) and groups them. PostgreSQL
+    # answers with one parallel scan. MariaDB's InnoDB reads whole rows, their explanations included, from a
+    # table larger than its default 128 MB buffer pool: each view took 0.5-1 s at a million rows. On MariaDB
+    # only, an index holding just what the views read answers them from a few MB (about 8x faster). Not the
+    # model version: the history check's anti join would then walk this index and probe the history's key in
+    # random order (8.7 s at a million, against 2.6 s scanning the table in key order).
+    covered = [c for c in ("outcome", schema.close, region_field(schema), schema.seller, schema.stage,
+                           schema.amount, "probability", "scored_at") if c and c in table.c]
+    sa.Index(OPEN_ROWS_INDEX, *(table.c[c] for c in covered)).ddl_if(callable_=_on_mariadb)
+    return table
 
 
 def region_field(schema: DatasetSchema) -> str | None:
