@@ -31,29 +31,40 @@ def test_the_packaged_instance_is_deploy_dagster_yaml():
 
 def test_the_instance_differs_from_deploy_only_in_the_launcher_and_the_addresses(tmp_path):
     deploy = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
-    instance_path, _ = config.write_files(tmp_path / "home", tmp_path / "logs", 5432, 4000)
+    instance_path, _ = config.write_files(tmp_path / "home", tmp_path / "logs", 5432, 4000, tmp_path / "runs")
     generated = yaml.safe_load(instance_path.read_text())
-    assert _differences(deploy, generated) == {"run_launcher.module", "run_launcher.class", "run_launcher.config",
-                                               "compute_logs.config.base_dir"}
-    assert generated["run_launcher"] == {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"}
+    assert {p.split(".")[0] if p.startswith("run_launcher.") else p for p in _differences(deploy, generated)} == \
+        {"run_launcher", "compute_logs.config.base_dir"}
+    # Each run a process of its own, as DockerRunLauncher makes it a container (not a child of the code server).
+    assert generated["run_launcher"] == {"module": "salespred_assets.stack.launcher", "class": "ProcessRunLauncher",
+                                         "config": {"log_dir": str(tmp_path / "runs")}}
+    assert "DefaultRunLauncher" in instance_path.read_text().split("\n\n")[0]  # the header says why not
     assert generated["compute_logs"]["config"]["base_dir"] == str(tmp_path / "logs")
     # The address stays in the same DAGSTER_PG_* variables; a server on another port changes the port alone.
-    moved = yaml.safe_load(config.write_files(tmp_path / "h2", tmp_path / "logs", 6543, 4000)[0].read_text())
+    moved_path, _ = config.write_files(tmp_path / "h2", tmp_path / "logs", 6543, 4000, tmp_path / "runs")
+    moved = yaml.safe_load(moved_path.read_text())
     assert _differences(generated, moved) == {f"{s}.config.postgres_db.port" for s in config.STORAGES}
 
 
 def test_the_generated_instance_loads_as_a_dagster_instance_config(tmp_path):
     from dagster._core.instance.config import dagster_instance_config
+    from dagster._serdes.config_class import ConfigurableClassData
 
-    config.write_files(tmp_path, tmp_path / "logs", 5432, 4000)
+    from salespred_assets.stack.launcher import ProcessRunLauncher
+
+    config.write_files(tmp_path, tmp_path / "logs", 5432, 4000, tmp_path / "runs")
     loaded, _ = dagster_instance_config(str(tmp_path))
     assert loaded["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert loaded["run_retries"]["enabled"] is True
+    launcher = loaded["run_launcher"]
+    built = ConfigurableClassData(launcher["module"], launcher["class"],
+                                  yaml.safe_dump(launcher["config"])).rehydrate(ProcessRunLauncher)
+    assert isinstance(built, ProcessRunLauncher) and built.log_dir == tmp_path / "runs"
 
 
 def test_the_workspace_is_the_docker_workspace_on_this_machine(tmp_path):
     docker = yaml.safe_load((REPO / "deploy" / "workspace.docker.yaml").read_text())
-    _, workspace_path = config.write_files(tmp_path, tmp_path / "logs", 5432, 4123)
+    _, workspace_path = config.write_files(tmp_path, tmp_path / "logs", 5432, 4123, tmp_path / "runs")
     local = yaml.safe_load(workspace_path.read_text())
     docker["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=4123)
     assert local == docker
@@ -87,7 +98,7 @@ def test_down_never_signals_a_group_the_stack_did_not_start():
 
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        started = processes._start_time(other.pid)
+        started = processes.start_time(other.pid)
         assert started is not None
         stale = {"pid": 2**22 + 7, "pgid": other.pid, "start_time": str(int(started) + 10**6)}  # a later leader
         processes._stop_group(stale, timeout_s=1)

@@ -67,4 +67,5 @@ def stack_down(timeout: float) -> None:
     from salespred_assets.stack import processes
 
     for name, stopped in processes.down(timeout):
-        click.echo(f"{name:22} {'stopped' if stopped else 'was not running'}")
+        idle = "none" if name == "runs in progress" else "was not running"
+        click.echo(f"{name:22} {'stopped' if stopped else idle}")

@@ -1,8 +1,9 @@
 """The stack's processes: one per docker-compose service, started, watched and stopped from a state file.
 
 Each process runs in a session of its own (``start_new_session``): it outlives the command that started it,
-``down`` signals its whole process group (the app's workers, the runs the code server launched), and Dagster
-honours SIGTERM (a job started without job control ignores SIGINT, and Dagster copies that onto SIGTERM).
+``down`` signals its whole process group (the app's workers, the code server's), and Dagster honours SIGTERM
+(a job started without job control ignores SIGINT, and Dagster copies that onto SIGTERM). Each run is a session
+of its own too (:mod:`.workers`): ``down`` stops the ones in progress after the daemon, ``restart`` none.
 The state file records what ``up`` started, so ``up`` twice reuses what runs and ``down`` stops only that;
 it keeps the ports across ``down`` so that clients find the same addresses again.
 
@@ -46,8 +47,10 @@ class Service:
 
     def command(self, port: int, workspace: Path) -> list[str]:
         if self.name == "code-server":
+            # Runs are launched with this environment's Python (`<python> -m dagster api execute_run`), not
+            # whichever `dagster` the PATH finds: the venv's bin need not be on it.
             return [_tool("dagster"), "api", "grpc", "-m", "salespred_assets.definitions", "-h", "127.0.0.1",
-                    "-p", str(port)]
+                    "-p", str(port), "--use-python-environment-entry-point"]
         if self.name == "webserver":
             return [_tool("dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)]
         if self.name == "daemon":
@@ -85,6 +88,11 @@ def dagster_home() -> Path:
     return stack_dir() / "dagster_home"
 
 
+def runs_dir() -> Path:
+    """Each run's output and its worker's record (the run launcher's ``log_dir``, :mod:`.workers`)."""
+    return settings.home() / "logs" / "runs"
+
+
 def log_path(name: str) -> Path:
     path = settings.home() / "logs"
     path.mkdir(parents=True, exist_ok=True)
@@ -119,8 +127,9 @@ def _lock() -> Iterator[None]:
 
 
 # ---- processes --------------------------------------------------------------------------------------------------
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid``: tells our process from a later one that reuses its number."""
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (None once it has exited, even unreaped): tells our process from a
+    later one that reuses its number."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
@@ -130,7 +139,7 @@ def _start_time(pid: int) -> str | None:
 
 
 def alive(entry: dict[str, Any]) -> bool:
-    started = _start_time(int(entry["pid"]))
+    started = start_time(int(entry["pid"]))
     return started is not None and started == entry.get("start_time")
 
 
@@ -161,19 +170,26 @@ def _ours(entry: dict[str, Any]) -> bool:
 def _stop_group(entry: dict[str, Any], timeout_s: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM to the process group, SIGKILL to what is left after ``timeout_s``; nothing when the group is no
     longer the one started (see :func:`_ours`)."""
-    if not _ours(entry):
-        return
-    pgid = int(entry["pgid"])
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+    stop_groups([entry], timeout_s)
+
+
+def stop_groups(entries: list[dict[str, Any]], timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """:func:`_stop_group` for several groups at once (all signalled, then waited for together); return how
+    many were still ours to stop."""
+    ours = [e for e in entries if _ours(e)]
+    for entry in ours:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(entry["pgid"]), signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and (alive(entry) or _group_exists(pgid)):
+    while time.monotonic() < deadline and any(alive(e) or _group_exists(int(e["pgid"])) for e in ours):
         time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+    for entry in ours:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(entry["pgid"]), signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _group_exists(pgid):
+    while time.monotonic() < deadline and any(_group_exists(int(e["pgid"])) for e in ours):
         time.sleep(0.1)
+    return len(ours)
 
 
 def _group_exists(pgid: int) -> bool:
@@ -317,7 +333,7 @@ def _start(service: Service, port: int, workspace: Path, env: dict[str, str]) ->
         fh.flush()
         proc = subprocess.Popen(service.command(port, workspace), stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, cwd=str(stack_dir()), start_new_session=True)
-    return {"pid": proc.pid, "pgid": proc.pid, "port": port, "start_time": _start_time(proc.pid),
+    return {"pid": proc.pid, "pgid": proc.pid, "port": port, "start_time": start_time(proc.pid),
             "log": str(log), "started_at": time.time()}
 
 
@@ -359,7 +375,7 @@ def up(ports: dict[str, int | None] | None = None,
         code_port = (running["code-server"]["port"] if "code-server" in running
                      else _choose_port(CODE_SERVER, state, ports.get("code-server"), progress))
         instance_path, workspace = config.write_files(dagster_home(), stack_dir() / "compute_logs", target.port,
-                                                      code_port)
+                                                      code_port, runs_dir())
         state.update(instance=str(instance_path), workspace=str(workspace), postgres=target.masked(),
                      dagster_home=str(dagster_home()))
         for service in SERVICES:
@@ -387,8 +403,8 @@ def restart(name: str, timeout_s: float = STOP_TIMEOUT_S,
             progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Stop one service's process group and start it again on the same port (``docker compose restart``).
 
-    The code server's group holds the runs it launched (DefaultRunLauncher): they stop with it, as a node's
-    containers would, and the instance's run retries launch them again once it answers."""
+    No service's group holds a run (each is a session of its own, see :mod:`.launcher`): the runs in progress
+    go on, as the run containers do when compose restarts a service."""
     service = BY_NAME.get(name)
     if service is None:
         raise SalespredError(f"no stack service {name!r}: one of {', '.join(BY_NAME)}")
@@ -424,7 +440,10 @@ def status() -> list[dict[str, Any]]:
 
 
 def down(timeout_s: float = STOP_TIMEOUT_S) -> list[tuple[str, bool]]:
-    """Stop what ``up`` started, in reverse order (the embedded services too, if ``up`` started them)."""
+    """Stop what ``up`` started, in reverse order (the embedded services too, if ``up`` started them), and the
+    runs in progress once the daemon, which launches them, is stopped."""
+    from salespred_assets.stack import workers  # it imports this module
+
     with _lock():
         state = read_state()
         services = state.get("services", {})
@@ -436,6 +455,8 @@ def down(timeout_s: float = STOP_TIMEOUT_S) -> list[tuple[str, bool]]:
                 _stop_group(entry, timeout_s)  # also what is left of its group when the leader is gone
             result.append((service.name, running))
             _write_state(state)
+            if service is DAEMON:  # each run is a session of its own: no service's group holds it
+                result.append(("runs in progress", workers.stop_all(runs_dir(), timeout_s) > 0))
         for name in state.pop("embedded_started", []):
             result.append((embedded.EMBEDDED[name].label, embedded.stop(name)))
         _write_state(state)
