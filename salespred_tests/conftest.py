@@ -28,6 +28,7 @@ from salespred_tests.reliability import (  # noqa: F401
 )
 
 # The running stack (`salespred stack up`): `stack`, and `stack_extra_env`, which a module overrides.
+from salespred_tests.server_databases import create_database, drop_database
 from salespred_tests.stack_fixtures import stack, stack_extra_env  # noqa: F401
 from salespred_tests.storage_fixtures import s3_server  # noqa: F401 - the stack's object storage
 
@@ -172,29 +173,12 @@ def redis_resource(redis_url: str):
 
 
 def _server_database(env_var: str, kind: str) -> Iterator[str]:
-    import sqlalchemy as sa
-
     base = os.environ.get(env_var)
     if not base:
         pytest.skip(f"{kind} tests need {env_var} (.ci/run sets it to the local server)")
     name = f"salespred_t_{uuid.uuid4().hex[:10]}"
-    url = sa.engine.make_url(base)
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"{kind} at {url.render_as_string(hide_password=True)} is not usable: {str(exc).splitlines()[0]}")
-    yield url.set(database=name).render_as_string(hide_password=False)
-    from salespred_assets.sql.resource import make_engine
-
-    make_engine.cache_clear()
-    with admin.connect() as conn:
-        if kind == "PostgreSQL":
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        else:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-    admin.dispose()
+    yield create_database(base, name, kind)
+    drop_database(base, name)
 
 
 @pytest.fixture(scope="session")

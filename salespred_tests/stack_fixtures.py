@@ -36,6 +36,8 @@ from typing import Any
 
 import pytest
 
+from salespred_tests.server_databases import create_database, drop_database
+
 # The tests' Redis server, a db number of its own per stack (the stack's keys use the default prefix): a stack
 # claims a free one with CLAIM_KEY, so that stacks of concurrent sessions never read each other's generations.
 STACK_REDIS_DBS = range(12, 16)
@@ -145,31 +147,6 @@ def _postgres_base() -> str:
     return base
 
 
-def _create_database(base: str, name: str) -> str:
-    import sqlalchemy as sa
-
-    url = sa.engine.make_url(base)
-    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at {url.render_as_string(hide_password=True)} is not usable: "
-                    f"{str(exc).splitlines()[0]}")
-    finally:
-        admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(base: str, name: str) -> None:
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(sa.engine.make_url(base), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-    admin.dispose()
-
-
 def _redis_db_url(base: str, db: int) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
@@ -210,7 +187,7 @@ def stack(mongo_server, redis_url, stack_extra_env) -> Iterator[Stack]:
     base = _postgres_base()
     tag = uuid.uuid4().hex[:10]
     sql_db, dagster_db = f"salespred_stack_{tag}", f"salespred_dagster_{tag}"
-    sql_url = _create_database(base, sql_db)
+    sql_url = create_database(base, sql_db, "PostgreSQL")
     import sqlalchemy as sa
 
     dagster_pg_url = sa.engine.make_url(base).set(drivername="postgresql", database=dagster_db) \
@@ -247,8 +224,8 @@ def stack(mongo_server, redis_url, stack_extra_env) -> Iterator[Stack]:
         yield result
     finally:
         result.cli("stack", "down", "--timeout", "15", check=False)
-        _drop_database(base, dagster_db)
-        _drop_database(base, sql_db)
+        drop_database(base, dagster_db)
+        drop_database(base, sql_db)
         import pymongo
         import redis
 
