@@ -5,6 +5,7 @@ runs are this module's job, launched on a temporary SQLite instance; the stack i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,7 +93,8 @@ def test_a_run_is_a_process_of_its_own_that_runs_to_success_and_is_reaped(instan
     # Reaped by the launcher's thread (no zombie left), its exit status in the record beside its log.
     assert wait_until(lambda: workers.exit_status(tmp_path / "runs", run_id, worker) is not None, timeout=60)
     assert workers.exit_status(tmp_path / "runs", run_id, worker) == 0
-    assert not Path(f"/proc/{worker.pid}").exists() or processes.start_time(worker.pid) != worker.start_time
+    with pytest.raises(ChildProcessError):  # this process started it, and nothing is left to reap
+        os.waitpid(worker.pid, os.WNOHANG)
     assert "wait_for_release" in (tmp_path / "runs" / f"{run_id}.log").read_text()
     events = {e.dagster_event_type for e in instance.all_logs(run_id)}
     assert dg.DagsterEventType.RUN_SUCCESS in events
@@ -107,6 +109,10 @@ def test_terminate_stops_the_process_group_and_the_run_ends_canceled(instance, t
     assert instance.run_launcher.terminate(run_id) is True
     assert not worker.alive()
     assert _status(instance, run_id) == dg.DagsterRunStatus.CANCELED
+    # The worker itself recorded the cancellation (SIGTERM to it alone: its steps are interrupted in order),
+    # not the launcher's fallback for a worker killed without a word.
+    messages = [e.message or "" for e in instance.all_logs(run_id)]
+    assert not any("stopped without reporting" in m for m in messages), messages[-5:]
     # A finished run is not terminated again.
     assert instance.run_launcher.terminate(run_id) is False
 
@@ -148,6 +154,49 @@ def test_describe_exit():
     assert workers.describe_exit(-9) == "was terminated by signal 9 (SIGKILL)"
     assert workers.describe_exit(-15) == "was terminated by signal 15 (SIGTERM)"
     assert "unknown" in workers.describe_exit(None)
+
+
+def test_what_a_killed_worker_leaves_behind_is_killed_with_it(tmp_path):
+    """A run worker's step processes outlive it when it is SIGKILLed (a container's end would take them along):
+    once it has exited, its reaper kills its whole process group."""
+    directory = tmp_path / "runs"
+    with_child = "import subprocess, time; subprocess.Popen(['sleep', '120']); time.sleep(120)"
+    worker = workers.spawn([*SLEEP[:2], with_child], "run-k", directory, dict(os.environ))
+    assert wait_until(lambda: len(_members(worker.pid)) == 2, timeout=30)
+    os.kill(worker.pid, signal.SIGKILL)
+    assert wait_until(lambda: not processes._group_exists(worker.pid), timeout=30), _members(worker.pid)
+    assert workers.exit_status(directory, "run-k", worker) == -signal.SIGKILL
+
+
+def _members(pgid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_group_whose_leader_ended_is_signalled_only_if_its_members_carry_the_marker():
+    """The number of a group whose leader has ended may be someone else's by now: without the marker in a
+    member's environment, it is left alone."""
+    script = "sleep 120 & exec sleep 0.2"
+    for marked in (False, True):
+        env = {**os.environ, processes.MARKER_VARIABLE: "ours"} if marked else dict(os.environ)
+        leader = subprocess.Popen(["sh", "-c", script], start_new_session=True, env=env)
+        started = processes.start_time(leader.pid)
+        leader.wait()  # the leader is gone; its background member lives on in the group
+        entry = {"pid": leader.pid, "pgid": leader.pid, "start_time": started, "marker": "ours"}
+        try:
+            assert processes._group_exists(leader.pid)
+            assert processes.stop_groups([entry], timeout_s=1) == int(marked)
+            assert processes._group_exists(leader.pid) is not marked
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leader.pid, signal.SIGKILL)
 
 
 def test_stop_all_stops_the_workers_in_progress_and_nothing_else(tmp_path):

@@ -254,24 +254,50 @@ def test_a_damaged_value_or_a_missing_column_is_named_as_such_not_as_unreachable
     damaged = dg.materialize([wide, reads_all], selection=[reads_all], resources=resources, raise_on_error=False)
     message = _failure(damaged)
     assert "wide.parquet cannot be read as parquet: ArrowInvalid" in message
+    assert "unreachable" not in message and "could not read" not in message
     assert "damaged or was written by something else: materialise the upstream asset again" in message
     assert f"intermediate storage {store.location.masked} (SALESPRED_STORAGE_URL): " in message
 
 
-def test_a_bucket_policy_without_list_permission_passes_the_start_up_check(s3_storage_url, monkeypatch):
-    """Unit: asking for the bucket itself needs s3:ListBucket, which a policy over the prefix's objects leaves
-    out; the store starts, and its first read or write would name a real refusal."""
-    store = FrameIOManager(url=s3_storage_url).create_io_manager(dg.build_init_resource_context())
+def test_a_truncated_file_or_a_pickle_of_a_class_since_removed_is_named_as_undecodable(tmp_path, monkeypatch):
+    import pickle
+    import sys
+    import types
 
-    def refused(path: str) -> None:
-        raise PermissionError(f"Access Denied: {path}")
+    storage = tmp_path / "storage"
+    resources = {"io_manager": FrameIOManager(url=str(storage))}
 
-    monkeypatch.setattr(store.fs, "info", refused)
-    store.check()  # no error
-    monkeypatch.setattr(store, "location", parse(str(tmp_dir := os.path.join(os.sep, "proc", "salespred-no"))))
-    with pytest.raises(StorageError, match="check that the directory can be created"):
-        store.check()
-    assert not os.path.exists(tmp_dir)
+    @dg.asset
+    def frame() -> pd.DataFrame:
+        return pd.DataFrame({"x": range(1000)})
+
+    @dg.asset
+    def thing() -> object:
+        return None
+
+    @dg.asset
+    def reads(frame: pd.DataFrame, thing: object) -> int:
+        return len(frame)
+
+    assert dg.materialize([frame, thing], resources=resources).success
+    whole = (storage / "frame.parquet").read_bytes()
+    (storage / "frame.parquet").write_bytes(whole[:len(whole) // 3] + whole[-(len(whole) // 3):])  # a middle lost
+    message = _failure(dg.materialize([frame, thing, reads], selection=[reads], resources=resources,
+                                      raise_on_error=False))
+    assert "frame.parquet cannot be read as parquet" in message and "damaged" in message, message
+    assert "unreachable" not in message and "could not read" not in message
+
+    (storage / "frame.parquet").write_bytes(whole)
+    gone = types.ModuleType("salespred_gone_module")
+    exec("class Thing:\n    pass", gone.__dict__)
+    gone.Thing.__module__ = "salespred_gone_module"
+    monkeypatch.setitem(sys.modules, "salespred_gone_module", gone)
+    (storage / "thing.pkl").write_bytes(pickle.dumps(gone.Thing()))
+    monkeypatch.delitem(sys.modules, "salespred_gone_module")  # the class's module is gone since
+    message = _failure(dg.materialize([frame, thing, reads], selection=[reads], resources=resources,
+                                      raise_on_error=False))
+    assert "thing.pkl cannot be read as pickle: ModuleNotFoundError" in message, message
+    assert "unreachable" not in message
 
 
 @pytest.mark.parametrize(("url", "says"), [

@@ -36,6 +36,7 @@ from salespred_assets.stack import workers
 PID_TAG = "salespred/run_worker_pid"
 START_TIME_TAG = "salespred/run_worker_start_time"  # the kernel's: tells the worker from a later reuse of its pid
 HOST_TAG = "salespred/run_worker_host"
+BOOT_TAG = "salespred/run_worker_boot"  # the machine's boot: a worker recorded under another one is gone
 DEFAULT_STOP_TIMEOUT_S = 20
 
 
@@ -45,7 +46,7 @@ def worker_of(run: DagsterRun) -> workers.Worker | None:
     if not pid:
         return None
     return workers.Worker(pid=int(pid), start_time=run.tags.get(START_TIME_TAG) or None,
-                          host=run.tags.get(HOST_TAG, ""))
+                          host=run.tags.get(HOST_TAG, ""), boot=run.tags.get(BOOT_TAG, ""), run_id=run.run_id)
 
 
 class ProcessRunLauncher(RunLauncher, ConfigurableClass):
@@ -81,7 +82,7 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         env = {**os.environ, "DAGSTER_RUN_JOB_NAME": run.job_name}  # as DockerRunLauncher sets it
         worker = workers.spawn(command, run.run_id, self.log_dir, env, label=label)
         self._instance.add_run_tags(run.run_id, {PID_TAG: str(worker.pid), START_TIME_TAG: worker.start_time or "",
-                                                 HOST_TAG: worker.host})
+                                                 HOST_TAG: worker.host, BOOT_TAG: worker.boot})
         self._instance.report_engine_event(
             message=f"Launching run in a new process {worker.pid} on {worker.host} "
                     f"(output: {workers.log_path(self.log_dir, run.run_id)})",
@@ -117,7 +118,8 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
                 dagster_run=run, cls=self.__class__)
             return False
         # The worker turns SIGTERM into an interruption and reports the run canceled itself.
-        workers.stop(worker, self.stop_timeout_seconds)
+        if not workers.stop(worker, self.stop_timeout_seconds):
+            return False  # it ended just before: run monitoring reports how
         after = self._instance.get_run_by_id(run_id)
         if after is not None and not after.is_finished:
             # Stopped without a word (SIGKILL after the timeout): nothing is left to report it, so mark it
@@ -140,8 +142,11 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         if worker is None:
             return CheckRunHealthResult(WorkerStatus.NOT_FOUND, msg="No run process pid tag for run.")
         if not worker.here():
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN,
-                                        msg=f"Run process {worker.pid} is on host {worker.host}, not on this one.")
+            # The stack is one machine: a worker from an earlier boot is gone with it.
+            return CheckRunHealthResult(
+                WorkerStatus.FAILED, run_worker_id=str(worker.pid),
+                msg=f"Run process {worker.pid} was started on {worker.host} before this machine last started; it "
+                    "is gone.")
         if worker.alive():
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(worker.pid))
         return CheckRunHealthResult(

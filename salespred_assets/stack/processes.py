@@ -149,12 +149,26 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+MARKER_VARIABLE = "SALESPRED_STACK_PROCESS"
+
+
+def _marked(pid: str, marker: str) -> bool:
+    """Whether process ``pid`` was started with ``MARKER_VARIABLE=marker`` (inherited by its children)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"{MARKER_VARIABLE}={marker}".encode() in environ
+
+
 def _ours(entry: dict[str, Any]) -> bool:
-    """The recorded group is still the one ``up`` started: its leader is alive, or a member of it started no
-    earlier than the leader did (a run it spawned). After a reboot the number may name someone else's group."""
+    """The recorded group is still the one started: its leader is alive, or a member of it started no earlier
+    than the leader did (a process it spawned) and carries the group's marker in its environment, when the
+    entry has one. The number alone may name someone else's group: after a reboot, or once the group has
+    ended and a later process has taken the number."""
     if alive(entry):
         return True
-    pgid, since = int(entry["pgid"]), entry.get("start_time")
+    pgid, since, marker = int(entry["pgid"]), entry.get("start_time"), entry.get("marker")
     if since is None:
         return False
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -162,7 +176,8 @@ def _ours(entry: dict[str, Any]) -> bool:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z" and int(fields[19]) >= int(since):
+        if int(fields[2]) == pgid and fields[0] != "Z" and int(fields[19]) >= int(since) and (
+                marker is None or _marked(stat.parent.name, str(marker))):
             return True
     return False
 
@@ -173,17 +188,24 @@ def _stop_group(entry: dict[str, Any], timeout_s: float = STOP_TIMEOUT_S) -> Non
     stop_groups([entry], timeout_s)
 
 
-def stop_groups(entries: list[dict[str, Any]], timeout_s: float = STOP_TIMEOUT_S) -> int:
+def stop_groups(entries: list[dict[str, Any]], timeout_s: float = STOP_TIMEOUT_S, leader_only: bool = False) -> int:
     """:func:`_stop_group` for several groups at once (all signalled, then waited for together); return how
-    many were still ours to stop."""
+    many were still ours to stop. ``leader_only``: SIGTERM to the leader alone, which stops its own children
+    in order (a run worker and its step processes: SIGTERM to the group would kill Python's forkserver under
+    the running steps first), as tini forwards ``docker stop`` to a container's main process."""
     ours = [e for e in entries if _ours(e)]
     for entry in ours:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(int(entry["pgid"]), signal.SIGTERM)
+            if not leader_only:
+                os.killpg(int(entry["pgid"]), signal.SIGTERM)
+            elif alive(entry):
+                os.kill(int(entry["pid"]), signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(alive(e) or _group_exists(int(e["pgid"])) for e in ours):
         time.sleep(0.2)
     for entry in ours:
+        if not _ours(entry):  # ended meanwhile: its number may already be someone else's
+            continue
         with contextlib.suppress(ProcessLookupError):
             os.killpg(int(entry["pgid"]), signal.SIGKILL)
     deadline = time.monotonic() + 5
@@ -331,9 +353,11 @@ def _start(service: Service, port: int, workspace: Path, env: dict[str, str]) ->
     with open(log, "ab") as fh:
         fh.write(f"\n---- salespred stack up: {service.name} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         fh.flush()
+        marker = f"{service.name}@{stack_dir()}"  # tells its group from a later one that takes the number
         proc = subprocess.Popen(service.command(port, workspace), stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=str(stack_dir()), start_new_session=True)
-    return {"pid": proc.pid, "pgid": proc.pid, "port": port, "start_time": start_time(proc.pid),
+                                stdin=subprocess.DEVNULL, env={**env, MARKER_VARIABLE: marker}, cwd=str(stack_dir()),
+                                start_new_session=True)
+    return {"pid": proc.pid, "pgid": proc.pid, "port": port, "start_time": start_time(proc.pid), "marker": marker,
             "log": str(log), "started_at": time.time()}
 
 

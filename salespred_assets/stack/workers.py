@@ -26,21 +26,39 @@ from typing import Any
 from salespred_assets.stack import processes
 
 
+def boot_id() -> str:
+    """This boot of this machine (Linux): a worker recorded under another one is gone (a reboot) or elsewhere."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+def marker(run_id: str) -> str:
+    """The value of ``processes.MARKER_VARIABLE`` a run's worker and its step processes carry."""
+    return f"run {run_id}"
+
+
 @dataclass(frozen=True)
 class Worker:
     """A run worker as its run's tags name it: the process number, and what tells it from a later process
-    that reuses the number (the kernel's start time) or from one on another machine (the host)."""
+    that reuses the number (the kernel's start time and the machine's boot) and from other groups (the
+    run's marker in the environment of its processes)."""
 
     pid: int
     start_time: str | None
     host: str
+    boot: str = ""
+    run_id: str = ""
 
     def entry(self) -> dict[str, Any]:
         """As :mod:`.processes` names a process group (a worker leads its own)."""
-        return {"pid": self.pid, "pgid": self.pid, "start_time": self.start_time}
+        return {"pid": self.pid, "pgid": self.pid, "start_time": self.start_time,
+                **({"marker": marker(self.run_id)} if self.run_id else {})}
 
     def here(self) -> bool:
-        return self.host == socket.gethostname()
+        """Started during this boot of this machine (the host name may change meanwhile; the boot does not)."""
+        return self.boot == boot_id() if self.boot else self.host == socket.gethostname()
 
     def alive(self) -> bool:
         """Running on this machine (an exited worker its parent has not reaped yet counts as gone)."""
@@ -78,10 +96,11 @@ def spawn(command: Sequence[str], run_id: str, directory: Path, env: dict[str, s
         fh.write(f"\n---- {label} {run_id} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         fh.flush()
         proc = subprocess.Popen(list(command), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
-    worker = Worker(pid=proc.pid, start_time=processes.start_time(proc.pid), host=socket.gethostname())
-    record = {"run_id": run_id, **worker.entry(), "host": worker.host, "log": str(log), "started_at": time.time(),
-              "returncode": None}
+                                env={**env, processes.MARKER_VARIABLE: marker(run_id)}, start_new_session=True)
+    worker = Worker(pid=proc.pid, start_time=processes.start_time(proc.pid), host=socket.gethostname(),
+                    boot=boot_id(), run_id=run_id)
+    record = {"run_id": run_id, **worker.entry(), "host": worker.host, "boot": worker.boot, "log": str(log),
+              "started_at": time.time(), "returncode": None}
     _write(record_path(directory, run_id), record)
     threading.Thread(target=_reap, args=(proc, directory, run_id), name=f"reap-run-worker-{proc.pid}",
                      daemon=True).start()
@@ -89,6 +108,13 @@ def spawn(command: Sequence[str], run_id: str, directory: Path, env: dict[str, s
 
 
 def _reap(proc: subprocess.Popen[bytes], directory: Path, run_id: str) -> None:
+    # Wait for the exit without reaping: the unreaped leader keeps its number, so its group cannot be anyone
+    # else's yet. Then end what the worker leaves behind (its forkserver and step processes outlive a killed
+    # worker; a container takes them along), and reap.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     returncode = proc.wait()
     record = read_record(directory, run_id)
     if record is not None and record.get("pid") == proc.pid:  # a resumed run's newer worker keeps its own
@@ -128,9 +154,9 @@ def log_tail(directory: Path, run_id: str, lines: int = 20) -> str | None:
 
 
 def stop(worker: Worker, timeout_s: float) -> bool:
-    """SIGTERM to the worker's process group (its step processes too), SIGKILL to what is left after
+    """SIGTERM to the worker (which interrupts its steps in order), SIGKILL to its whole process group after
     ``timeout_s``: ``docker stop``. False when there was nothing of it left to stop."""
-    return worker.here() and processes.stop_groups([worker.entry()], timeout_s) > 0
+    return worker.here() and processes.stop_groups([worker.entry()], timeout_s, leader_only=True) > 0
 
 
 def stop_all(directory: Path, timeout_s: float) -> int:
@@ -142,10 +168,12 @@ def stop_all(directory: Path, timeout_s: float) -> int:
     for path in paths:
         with contextlib.suppress(OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
             record = json.loads(path.read_text())
-            if record.get("returncode") is None and record.get("host") == socket.gethostname():
-                entries.append({"pid": int(record["pid"]), "pgid": int(record["pgid"]),
-                                "start_time": record.get("start_time")})
-    stopped = processes.stop_groups(entries, timeout_s) if entries else 0
+            worker = Worker(pid=int(record["pid"]), start_time=record.get("start_time"), host=record.get("host", ""),
+                            boot=record.get("boot", ""), run_id=str(record.get("run_id") or ""))
+            # Not only those still running: a killed worker's step processes may be left (its group, marked).
+            if worker.here():
+                entries.append(worker.entry())
+    stopped = processes.stop_groups(entries, timeout_s, leader_only=True) if entries else 0
     for path in paths:
         path.unlink(missing_ok=True)
     return stopped

@@ -35,8 +35,15 @@ from salespred_assets.errors import SalespredError
 from salespred_assets.storage.location import Location, StorageError, parse, storage_options, unreachable
 
 PARQUET, PICKLE = ".parquet", ".pkl"
-# Raised by decoding bytes that were read: a damaged file, another format, or a column the frame lacks.
-UNREADABLE = (pa.ArrowInvalid, pickle.UnpicklingError, EOFError, KeyError)
+
+
+class Undecodable(Exception):
+    """The stored bytes were read but cannot be decoded: damaged, another format, a column the frame lacks, or
+    a pickled class since renamed."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 FORMATS = {PARQUET: "parquet", PICKLE: "pickle"}
 
 
@@ -161,12 +168,6 @@ class FrameStore(dg.UPathIOManager):
                 self.location.path.mkdir(parents=True, exist_ok=True)
             else:
                 self.fs.info(self.location.bucket)
-        except PermissionError as exc:
-            if self.location.local:
-                raise unreachable(self.location, exc, self.endpoint_url) from exc
-            # Asking for the bucket itself needs s3:ListBucket (or the store's equivalent), which a policy granting
-            # only its objects under the prefix leaves out: the first read or write then names what is missing.
-            return
         except Exception as exc:  # each driver raises its own kinds; the message names it
             raise unreachable(self.location, exc, self.endpoint_url) from exc
 
@@ -192,11 +193,17 @@ class FrameStore(dg.UPathIOManager):
         return len(data)
 
     def _load(self, path: UPath, suffix: str, columns: Sequence[str] | None = None) -> Any:
+        """The stored value; :class:`Undecodable` when its bytes were read but are not what its name says."""
+        source: BinaryIO | str
         if self.location.local:
-            if not Path(path.path).exists():
-                raise FileNotFoundError(path.path)
-            return decode(path.path, suffix, columns)
-        return decode(io.BytesIO(self.fs.cat_file(path.path)), suffix, columns)
+            with open(path.path, "rb"):  # missing or unreadable: the store's error, not the value's
+                source = path.path
+        else:
+            source = io.BytesIO(self.fs.cat_file(path.path))
+        try:
+            return decode(source, suffix, columns)
+        except Exception as exc:
+            raise Undecodable(exc) from exc
 
     def _exists(self, path: UPath) -> bool:
         return Path(path.path).exists() if self.location.local else bool(self.fs.exists(path.path))
@@ -248,8 +255,8 @@ class FrameStore(dg.UPathIOManager):
                 return self._load(target, suffix, columns)
             except FileNotFoundError:
                 continue
-            except UNREADABLE as exc:  # the bytes came back; they are not what the name says
-                raise self._unreadable(target, suffix, columns, exc) from exc
+            except Undecodable as exc:  # the bytes came back; they are not what the name says
+                raise self._unreadable(target, suffix, columns, exc.cause) from exc.cause
             except Exception as exc:
                 raise self._failed("read", target, exc) from exc
         # FileNotFoundError, so that an input with allow_missing_partitions skips it.
@@ -287,7 +294,8 @@ class FrameStore(dg.UPathIOManager):
             elif self.location.local:
                 names = pq.read_schema(path.path).names
             else:
-                names = pq.read_schema(io.BytesIO(self.fs.cat_file(path.path))).names
+                with self.fs.open(path.path, "rb") as remote:  # the footer only, not the whole object again
+                    names = pq.read_schema(remote).names
         except Exception:  # noqa: BLE001 - only a better message is lost; the caller reports the first error
             return []
         return [c for c in columns if c not in names] if names else []
