@@ -149,7 +149,7 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-MARKER_VARIABLE = "SALESPRED_STACK_PROCESS"
+MARKER_VARIABLE = "_SALESPRED_STACK_PROCESS"  # internal: not a setting, so not SALESPRED_*
 
 
 def _marked(pid: str, marker: str) -> bool:
