@@ -176,6 +176,10 @@ def test_the_capture_bound_names_the_slowest_part_of_the_slowest_captures():
     waiting = Rung(1, 10, [_capture("e", 0.0, 50.0, "r3")],
                    {"r3": Run("r3", created=40.0, started=42.0, ended=49.0, status="SUCCESS")})
     assert capture_bound([waiting]).startswith("waiting for the sensor's tick: at 1 captures/s (the highest")
+    # A run that waited on the queue (created at 10 s, dequeued at 50 s) names the queue.
+    queue = Rung(1, 10, [_capture("g", 5.0, 58.0, "r5")],
+                 {"r5": Run("r5", created=10.0, started=52.0, ended=57.0, status="SUCCESS", dequeued=50.0)})
+    assert capture_bound([queue]).startswith("in the run queue: at 1 captures/s"), capture_bound([queue])
 
 
 def test_the_fanout_summary_separates_fixed_cost_steps_and_gaps():
@@ -186,6 +190,10 @@ def test_the_fanout_summary_separates_fixed_cost_steps_and_gaps():
     f = fanout_summary(0.0, runs)
     assert (f.wall, f.busy, f.runs, f.to_first_start, f.fixed, f.step, f.run) == (27.0, 40.0, 4, 2.0, 4.0, 6.0, 10.0)
     assert f.floor == 20.0 and f.concurrency == pytest.approx(40 / 25)
+    assert f.launch == 9.5  # without RUN_STARTING, each launch counts from the run's creation: 2, 2, 17, 17 s
+    runs[2].dequeued = runs[3].dequeued = 16.0
+    assert fanout_summary(0.0, runs).launch == 1.5  # 2, 2, 1, 1 s
     text = fanout_bound(f, single=30.0)
-    assert "allows 18 s" in text and "each launch) 7 s" in text and "two at a time 8 s" in text
+    assert "allows 18 s" in text and "each launch, 9.5 s at the median" in text and "starts): 7 s" not in text
+    assert "before the run starts) 7 s" in text and "two at a time 8 s" in text
     assert text.endswith("The largest is the runs' steps (read, score, SQL upsert, history, cache), two at a time.")

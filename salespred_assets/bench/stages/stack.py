@@ -71,6 +71,12 @@ class Run:
     status: str
     steps: dict[str, tuple[float, float]] = field(default_factory=dict)
     partition: str | None = None
+    dequeued: float | None = None   # when the daemon took it off the queue to launch it (RUN_STARTING)
+
+    @property
+    def launch(self) -> float:
+        """Dequeued to started: the run's process started and the code loaded, before its run begins."""
+        return (self.started or 0.0) - (self.dequeued if self.dequeued is not None else self.created)
 
     @property
     def seconds(self) -> float:
@@ -127,7 +133,8 @@ def capture_latencies(captures: list[Capture], gave_up: float = float("inf")) ->
     return [(c.seen if c.seen is not None else gave_up) - c.sent for c in captures]
 
 
-PARTS = ("the app's answer", "waiting for the sensor's tick", "queued and launched", "the batch run")
+PARTS = ("the app's answer", "waiting for the sensor's tick", "in the run queue",
+         "the launch (process start, imports)", "the batch run")
 
 
 def capture_parts(rung: Rung) -> dict[str, list[float]]:
@@ -137,8 +144,9 @@ def capture_parts(rung: Rung) -> dict[str, list[float]]:
         run = rung.runs.get(c.run or "")
         if run is None or run.started is None or c.seen is None:
             continue
-        for name, value in zip(PARTS, (c.answered - c.sent, run.created - c.answered, run.started - run.created,
-                                       c.seen - run.started), strict=True):
+        dequeued = run.dequeued if run.dequeued is not None else run.created
+        for name, value in zip(PARTS, (c.answered - c.sent, run.created - c.answered, dequeued - run.created,
+                                       run.started - dequeued, c.seen - run.started), strict=True):
             parts[name].append(value)
     return parts
 
@@ -175,7 +183,8 @@ class Fanout:
     busy: float                 # the runs' seconds, added up
     concurrency: float          # runs in progress on average, first start to last end
     to_first_start: float       # launch to the first run's start (the backfill daemon, the queue, the launch)
-    fixed: float                # median per run: its seconds outside its steps (process, imports, resources)
+    launch: float               # median per run: dequeued to started (process start, imports)
+    fixed: float                # median per run: its seconds outside its steps (resources, executor, events)
     step: float                 # median per run: its steps' seconds
     run: float                  # median per run
     runs: int
@@ -193,7 +202,7 @@ def fanout_summary(launched: float, runs: list[Run]) -> Fanout:
     first, last = min(r.started or 0.0 for r in done), max(r.ended or 0.0 for r in done)
     busy = sum(r.seconds for r in done)
     return Fanout(wall=last - launched, busy=busy, concurrency=busy / max(last - first, 1e-9),
-                  to_first_start=first - launched,
+                  to_first_start=first - launched, launch=statistics.median(r.launch for r in done),
                   fixed=statistics.median(r.seconds - r.step_seconds for r in done),
                   step=statistics.median(r.step_seconds for r in done),
                   run=statistics.median(r.seconds for r in done), runs=len(done))
@@ -203,9 +212,11 @@ def fanout_bound(f: Fanout, single: float) -> str:
     """The serial part that bounds the fan-out, in seconds of its wall: each run's fixed cost, the time the runs
     were not two at a time (queue, launch, the backfill daemon), and the runs' steps themselves."""
     parts = {
-        "each run's fixed cost (process start, imports, resources), two at a time": f.fixed * f.runs / FANOUT_RUNS,
+        "each run's fixed cost outside its steps (resources, the executor, the run's events), two at a time":
+            f.fixed * f.runs / FANOUT_RUNS,
         "the runs' steps (read, score, SQL upsert, history, cache), two at a time": f.step * f.runs / FANOUT_RUNS,
-        f"fewer than {FANOUT_RUNS} runs in progress (the backfill daemon, the queue, each launch)":
+        f"fewer than {FANOUT_RUNS} runs in progress (the backfill daemon, the queue, and each launch, "
+        f"{f.launch:.1f} s at the median: its process started and the code imported before the run starts)":
             max(f.wall - f.floor, 0.0),
     }
     largest = max(parts, key=lambda k: parts[k])
@@ -297,8 +308,11 @@ def _runs(stack: BenchStack, **filters: Any) -> list[Run]:
                      if s.start_time and s.end_time}
             created = rec.create_timestamp  # the run storage's is naive UTC
             created = created if created.tzinfo else created.replace(tzinfo=dt.UTC)
+            # The daemon dequeues a run and asks the launcher to start it: RUN_STARTING marks that moment.
+            starting = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_STARTING)
             out.append(Run(run.run_id, created.timestamp(), rec.start_time, rec.end_time,
-                           run.status.value, steps, run.tags.get(PARTITION_TAG)))
+                           run.status.value, steps, run.tags.get(PARTITION_TAG),
+                           starting[0].timestamp if starting else None))
         return out
 
 
@@ -507,6 +521,7 @@ def _measure_fanout(r: StageResult, stack: BenchStack, scale: Scale, single: Run
     r.figure("fanned out / single run", "×", [ratio])
     r.figure("fan-out: runs in progress on average", "", [f.concurrency])
     r.figure("fan-out: launch to the first run's start", "s", [f.to_first_start])
+    r.figure("fan-out: each run's launch (dequeued to started: process start, imports), median", "s", [f.launch])
     r.figure("fan-out: one run, median", "s", [f.run])
     r.figure("fan-out: its steps, median", "s", [f.step])
     r.figure("fan-out: its fixed cost (outside its steps), median", "s", [f.fixed])
@@ -515,11 +530,13 @@ def _measure_fanout(r: StageResult, stack: BenchStack, scale: Scale, single: Run
     total = sum(end - start for start, end in single.steps.values()) or 1.0
     top = sorted(single.steps.items(), key=lambda kv: -(kv[1][1] - kv[1][0]))[:5]
     path = critical_path(single.steps)
+    on_path = sum(single.steps[k][1] - single.steps[k][0] for k in path)
     r.notes.append(
         "The single run: `rescore` submitted through GraphQL, through the queue, the daemon's launch and "
         "Dagster's multiprocess executor. Its largest steps: "
-        + ", ".join(f"{k} {e - s:.0f} s ({(e - s) / total:.0%})" for k, (s, e) in top)
-        + f"; the chain it waited on: {' → '.join(path)}.")
+        + ", ".join(f"{k} {e - s:.1f} s ({(e - s) / total:.0%} of the steps' time)" for k, (s, e) in top)
+        + f"; the {len(path)} steps it waited on one after the other (its asset checks among them) took "
+        f"{on_path:.0f} s of its {single.seconds:.0f} s.")
     r.notes.append(
         f"The fan-out: `salespred batches plan --rows {rows}` ({len(keys)} partitions of opportunity_batches), "
         f"then a backfill of `{BATCH_JOB}` over them launched through GraphQL with the tag `{FANOUT_TAG}`, which "
@@ -553,20 +570,20 @@ def _measure_captures(r: StageResult, stack: BenchStack, scale: Scale) -> None:
     best = passed[-1] if passed else None
     r.figure("captures per second sustained, every one in SQL within a minute", "captures/s",
              [best.rate if best else 0.0])
-    for label, rung in (("at the sustained rate", best), ("at the next rate, which failed", _failed(rungs))):
-        if rung is None:
+    for label, shown in (("at the sustained rate", best), ("at the first rate that failed", _failed(rungs))):
+        if shown is None:
             continue
-        lat = rung.latencies
-        r.figure(f"{label} ({rung.rate:g}/s): capture to SQL row p50", "s", [percentile(lat, 50)])
-        r.figure(f"{label} ({rung.rate:g}/s): capture to SQL row p99", "s", [percentile(lat, 99)])
-        r.figure(f"{label} ({rung.rate:g}/s): slowest capture to SQL row", "s", [max(lat)])
-        r.figure(f"{label} ({rung.rate:g}/s): batch runs", "", [len(rung.runs)])
+        lat = shown.latencies
+        r.figure(f"{label} ({shown.rate:g}/s): capture to SQL row p50", "s", [percentile(lat, 50)])
+        r.figure(f"{label} ({shown.rate:g}/s): capture to SQL row p99", "s", [percentile(lat, 99)])
+        r.figure(f"{label} ({shown.rate:g}/s): slowest capture to SQL row", "s", [max(lat)])
+        r.figure(f"{label} ({shown.rate:g}/s): batch runs", "", [len(shown.runs)])
     slowest = max((best or rungs[0]).latencies)
     r.goal(f"at the sustained rate, the slowest capture reaches SQL within {BOUND_S:.0f} s", slowest, BOUND_S,
            "at_most", "s")
     how = (f"a ladder of rates ({', '.join(f'{x:g}' for x in scale.capture_rates)} captures/s), each for "
-           f"{scale.capture_seconds} s, stopped at the first rate where a capture failed, the app took fewer than "
-           f"95% of the rate, or a row reached SQL after {BOUND_S:.0f} s")
+           f"{scale.capture_seconds} s, stopped at the first rate where a capture failed, fewer than 95% of the "
+           f"rate were sent, or a row reached SQL after {BOUND_S:.0f} s")
     tried = [x.summary() for x in rungs]
     r.notes.append(
         f"Captures: the seller app's API (`salespred serve`, 2 workers) at a set rate, open loop (each capture leaves "
@@ -575,7 +592,9 @@ def _measure_captures(r: StageResult, stack: BenchStack, scale: Scale) -> None:
         f"its sending. The rate was found with {how}: {'; '.join(tried)}. The sustained rate is "
         + (f"the highest that passed ({best.rate:g}/s)" if best else "none (no rate passed)")
         + f". The sensor ticks every {scale.stack_sensor_s} s (SALESPRED_SENSOR_INTERVAL) and waits "
-        f"{SETTLE_SECONDS} s for inserts in flight; each batch is a `{BATCH_JOB}` run through the queue."
+        f"{SETTLE_SECONDS} s for inserts in flight; each batch is a `{BATCH_JOB}` run through the queue, and "
+        "the `dashboard_after_batches` sensor, on the same interval, follows batches with a `refresh_dashboard` "
+        "run on the same cores."
         + (f" Failed posts, first ones: {'; '.join(rungs[-1].errors[:3])}." if rungs[-1].errors else ""))
     r.notes.append("What bounds it: " + capture_bound(rungs) + ".")
 
