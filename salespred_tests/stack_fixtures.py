@@ -20,22 +20,24 @@ directory with another.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from salespred_assets.stack.client import (  # noqa: F401 - the stack tests' names for the package's helpers
+    LOCATION,
+    REPOSITORY,
+    StackClient,
+    wait_until,
+)
 from salespred_tests.server_databases import create_database, drop_database
 
 # The tests' Redis server, a db number of its own per stack (the stack's keys use the default prefix): a stack
@@ -43,101 +45,22 @@ from salespred_tests.server_databases import create_database, drop_database
 STACK_REDIS_DBS = range(12, 16)
 CLAIM_KEY = "salespred-stack-claim"
 SENSOR_INTERVAL_S = 2
-LOCATION = "salespred"
-REPOSITORY = "__repository__"  # what dg.load_from_defs_folder's Definitions are served as
 
 
-@dataclass
-class Stack:
-    home: Path
-    env: dict[str, str]
-    ui_port: int
-    app_port: int
-    code_port: int
+@dataclass(kw_only=True)
+class Stack(StackClient):
+    """The module's stack, with the servers it was pointed at (the client's own part is the package's)."""
+
     mongo_uri: str
     database: str
     redis_url: str
     sql_url: str
-    dagster_pg_url: str
-    logs: list[str] = field(default_factory=list)
-
-    @property
-    def app_url(self) -> str:
-        return f"http://127.0.0.1:{self.app_port}"
-
-    @property
-    def ui_url(self) -> str:
-        return f"http://127.0.0.1:{self.ui_port}"
-
-    def cli(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        """``salespred ARGS`` with the stack's environment (its DAGSTER_HOME: the stack's instance)."""
-        env = {**self.env, "DAGSTER_HOME": str(self.home / "stack" / "dagster_home"),
-               **_pg_env(self.dagster_pg_url)}
-        done = subprocess.run([sys.executable, "-m", "salespred_assets.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-        self.logs.append(f"$ salespred {' '.join(args)}\n{done.stdout}{done.stderr}")
-        if check and done.returncode != 0:
-            raise AssertionError(f"salespred {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-        return done
-
-    @property
-    def graphql(self) -> Any:
-        from dagster_graphql import DagsterGraphQLClient
-
-        return DagsterGraphQLClient("127.0.0.1", port_number=self.ui_port, timeout=60)
-
-    def submit(self, job: str, **kwargs: Any) -> str:
-        """Submit ``job`` through the webserver's GraphQL API (it goes onto the run queue); return the run id."""
-        return str(self.graphql.submit_job_execution(job, repository_location_name=LOCATION,
-                                                    repository_name=REPOSITORY, **kwargs))
-
-    def query(self, document: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One request to the webserver's GraphQL API, in gql 4's form (the variables on the GraphQLRequest).
-
-        The polls go through here, not ``DagsterGraphQLClient``: dagster-graphql 1.13.27 passes ``variable_values``
-        to ``gql.Client.execute``, which gql 4 deprecates, one DeprecationWarning (attributed to gql) per call.
-        """
-        from gql import Client, GraphQLRequest
-        from gql.transport.requests import RequestsHTTPTransport
-
-        transport = RequestsHTTPTransport(url=f"{self.ui_url}/graphql", timeout=60)
-        with Client(transport=transport) as session:
-            return dict(session.execute(GraphQLRequest(document, variable_values=variables)))
-
-    def wait_run(self, run_id: str, timeout: float = 600) -> str:
-        """Poll the run's status through GraphQL until it ends; return the final status name."""
-        query = """query ($runId: ID!) { runOrError(runId: $runId) {
-            __typename ... on Run { status } ... on PythonError { message } } }"""
-        deadline = time.monotonic() + timeout
-        status = None
-        while time.monotonic() < deadline:
-            answer = self.query(query, {"runId": run_id})["runOrError"]
-            assert answer["__typename"] == "Run", answer
-            status = answer["status"]
-            if status in ("SUCCESS", "FAILURE", "CANCELED"):
-                return str(status)
-            time.sleep(1.0)
-        raise AssertionError(f"run {run_id} still {status} after {timeout} s\n{self.log_tails()}")
-
-    def log_tails(self, lines: int = 40) -> str:
-        out = []
-        for name in ("code-server", "daemon", "webserver", "app"):
-            path = self.home / "logs" / f"{name}.log"
-            text = path.read_text(errors="replace") if path.exists() else "(none)"
-            out.append(f"---- {name}.log\n" + "\n".join(text.splitlines()[-lines:]))
-        return "\n".join(out)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _pg_env(url: str) -> dict[str, str]:
-    from salespred_assets.stack.config import postgres_target
-
-    return postgres_target(url).env()
 
 
 def _postgres_base() -> str:
@@ -216,11 +139,7 @@ def stack(mongo_server, redis_url, stack_extra_env) -> Iterator[Stack]:
     try:
         result.cli("stack", "up", "--ui-port", str(result.ui_port), "--app-port", str(result.app_port),
                    "--code-port", str(result.code_port), timeout=600)
-        state = json.loads((home / "stack" / "state.json").read_text())
-        # A port may have moved if something took it meanwhile: the state says where each one is.
-        result.ui_port = state["services"]["webserver"]["port"]
-        result.app_port = state["services"]["app"]["port"]
-        result.code_port = state["services"]["code-server"]["port"]
+        result.read_ports()
         yield result
     finally:
         result.cli("stack", "down", "--timeout", "15", check=False)
@@ -239,33 +158,8 @@ def stack(mongo_server, redis_url, stack_extra_env) -> Iterator[Stack]:
         shutil.rmtree(home, ignore_errors=True)  # logs, compute logs, intermediate frames
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """The predicate's first truthy value within ``timeout`` seconds, else None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
-
-
 @contextlib.contextmanager
-def stack_instance(stack) -> Iterator[Any]:
+def stack_instance(stack: StackClient) -> Iterator[Any]:
     """The stack's instance (PostgreSQL), as an operator's DAGSTER_HOME and DAGSTER_PG_* name it."""
-    import dagster as dg
-
-    from salespred_assets.stack.config import postgres_target
-
-    wanted = {"DAGSTER_HOME": str(stack.home / "stack" / "dagster_home"), **postgres_target(stack.dagster_pg_url).env()}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
-        with dg.DagsterInstance.from_config(wanted["DAGSTER_HOME"]) as instance:
-            yield instance
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with stack.instance() as instance:
+        yield instance

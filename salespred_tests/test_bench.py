@@ -11,6 +11,15 @@ import pytest
 
 from salespred_assets import bench
 from salespred_assets.bench.harness import Figure, Goal, StageResult, percentile, scale_limits
+from salespred_assets.bench.stages import STAGES
+from salespred_assets.bench.stages.stack import (
+    Capture,
+    Run,
+    Rung,
+    capture_bound,
+    fanout_bound,
+    fanout_summary,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +45,8 @@ def test_scale_limits_size_by_the_slowest_reporting_database():
 def test_the_suite_runs_at_smoke_scale(tmp_path, mongo_server, redis_url, monkeypatch):
     monkeypatch.setenv("SALESPRED_BENCH_MONGO_URI", mongo_server.uri)
     monkeypatch.setenv("SALESPRED_BENCH_REDIS_URL", redis_url)
-    results = bench.run("smoke", tmp_path, progress=lambda _: None)
+    stages = [name for name in STAGES if name != "stack"]  # the stack's own test follows
+    results = bench.run("smoke", tmp_path, only=stages, progress=lambda _: None)
     failed = {r.name: r.skipped for r in results if r.skipped and r.skipped.startswith("failed")}
     assert failed == {}
     report = json.loads((tmp_path / "BENCHMARKS.json").read_text())
@@ -119,3 +129,71 @@ def test_the_chain_a_run_waited_on_follows_step_ends():
              "train": (20.1, 50.0), "cache_check": (21.0, 25.0), "score": (50.3, 60.0), "load": (60.2, 70.0)}
     assert critical_path(times) == ["extract", "features", "train", "score", "load"]
     assert critical_path({}) == []
+
+
+@pytest.mark.slow  # the stack up, a seed, three runs through its queue, a backfill and two capture windows
+def test_the_stack_stage_runs_at_smoke_scale(tmp_path, mongo_server, redis_url, monkeypatch):
+    if not os.environ.get("SALESPRED_TEST_POSTGRES_URL"):
+        pytest.skip("the stack stage needs PostgreSQL (SALESPRED_TEST_POSTGRES_URL) for its Dagster instance")
+    monkeypatch.setenv("SALESPRED_BENCH_MONGO_URI", mongo_server.uri)
+    monkeypatch.setenv("SALESPRED_BENCH_REDIS_URL", redis_url)
+    [result] = bench.run("smoke", tmp_path, only=["stack"], progress=lambda _: None)
+    assert result.skipped is None, result.skipped
+    figures = {f.name: f for f in result.figures}
+    # What the figures are depends on the machine; that each was measured does not.
+    assert "captures per second sustained, every one in SQL within a minute" in figures
+    assert figures["fanned out / single run"].median > 0
+    assert {g.text.split(" ")[0] for g in result.goals} == {"fanned-out", "at"}
+    notes = " ".join(result.notes)
+    assert "What bounds it: " in notes and "The fan-out: `salespred batches plan" in notes
+    assert "## The stack" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def _capture(number: str, answered: float, seen: float | None, run: str | None) -> Capture:
+    return Capture(number, answered - 0.01, answered, seen, run)
+
+
+def test_the_capture_bound_names_the_slowest_part_of_the_slowest_captures():
+    # Two rates: the first passes; at the second the batch run takes 70 s, so captures miss the minute.
+    quick = Run("r1", created=12.0, started=14.0, ended=20.0, status="SUCCESS")
+    slow = Run("r2", created=112.0, started=114.0, ended=190.0, status="SUCCESS")
+    ok = Rung(1, 10, [_capture(f"a{i}", float(i), 19.0, "r1") for i in range(10)], {"r1": quick})
+    late = Rung(2, 10, [_capture(f"b{i}", 100.0 + i / 2, 185.0, "r2") for i in range(20)], {"r2": slow})
+    assert ok.passed and not late.passed
+    assert max(late.latencies) == pytest.approx(85.01)
+    bound = capture_bound([ok, late])
+    assert bound.startswith("the batch run: at 2 captures/s,"), bound
+    # A capture never seen fails its rate; an app that cannot keep up is named as the bound.
+    lost = Rung(1, 10, [_capture("c", 1.0, None, None)], {})
+    assert not lost.passed and lost.latencies == [float("inf")]
+    refused = Rung(5, 10, [_capture("d", 1.0, 5.0, None)], {}, errors=["503: busy"])
+    assert capture_bound([refused]).startswith("the app workers")
+    # The app answering late is its part of the path.
+    queued = Rung(1, 10, [Capture("f", 0.0, 40.0, 55.0, "r4")],
+                  {"r4": Run("r4", created=45.0, started=47.0, ended=54.0, status="SUCCESS")})
+    assert capture_bound([queued]).startswith("the app's answer: at 1 captures/s"), capture_bound([queued])
+    # Waiting for the tick dominates when the runs are quick.
+    waiting = Rung(1, 10, [_capture("e", 0.0, 50.0, "r3")],
+                   {"r3": Run("r3", created=40.0, started=42.0, ended=49.0, status="SUCCESS")})
+    assert capture_bound([waiting]).startswith("waiting for the sensor's tick: at 1 captures/s (the highest")
+    # A run that waited on the queue (created at 10 s, dequeued at 50 s) names the queue.
+    queue = Rung(1, 10, [_capture("g", 5.0, 58.0, "r5")],
+                 {"r5": Run("r5", created=10.0, started=52.0, ended=57.0, status="SUCCESS", dequeued=50.0)})
+    assert capture_bound([queue]).startswith("in the run queue: at 1 captures/s"), capture_bound([queue])
+
+
+def test_the_fanout_summary_separates_fixed_cost_steps_and_gaps():
+    # Four runs, two at a time, each 10 s of which 6 s are its step; the second pair starts 5 s late.
+    runs = [Run(f"r{i}", created=0.0, started=start, ended=start + 10.0, status="SUCCESS",
+                steps={"new_opportunity_scores": (start + 4.0, start + 10.0)})
+            for i, start in enumerate((2.0, 2.0, 17.0, 17.0))]
+    f = fanout_summary(0.0, runs)
+    assert (f.wall, f.busy, f.runs, f.to_first_start, f.fixed, f.step, f.run) == (27.0, 40.0, 4, 2.0, 4.0, 6.0, 10.0)
+    assert f.floor == 20.0 and f.concurrency == pytest.approx(40 / 25)
+    assert f.launch == 9.5  # without RUN_STARTING, each launch counts from the run's creation: 2, 2, 17, 17 s
+    runs[2].dequeued = runs[3].dequeued = 16.0
+    assert fanout_summary(0.0, runs).launch == 1.5  # 2, 2, 1, 1 s
+    text = fanout_bound(f, single=30.0)
+    assert "allows 18 s" in text and "each launch, 9.5 s at the median" in text and "starts): 7 s" not in text
+    assert "before the run starts) 7 s" in text and "two at a time 8 s" in text
+    assert text.endswith("The largest is the runs' steps (read, score, SQL upsert, history, cache), two at a time.")

@@ -27,9 +27,10 @@ import yaml
 from salespred_assets.mongo.resource import MongoResource
 from salespred_assets.operations import loading
 from salespred_assets.redis_cache.resource import RedisResource
+from salespred_assets.stack.client import BACKFILL_TAG, PARTITION_TAG
 from salespred_assets.stack.launcher import PID_TAG
 from salespred_tests.helpers import AS_OF
-from salespred_tests.stack_fixtures import LOCATION, REPOSITORY, stack_instance, wait_until
+from salespred_tests.stack_fixtures import stack_instance, wait_until
 
 # A backfill of 20 runs took about 9 minutes on 2 busy cores; each wait below has its own bound.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -39,7 +40,7 @@ BATCHES = 20
 ROWS_PER_BATCH = OPPORTUNITIES // BATCHES
 RESTART_BATCHES = 10
 JOB = "score_new_opportunities"
-BACKFILL_TAG, PARTITION_TAG, PARENT_TAG = "dagster/backfill", "dagster/partition", "dagster/parent_run_id"
+PARENT_TAG = "dagster/parent_run_id"
 WILL_RETRY_TAG = "dagster/will_retry"
 # Dagster's answer to a launch on a code server that is shutting down (DefaultRunLauncher, which the stack no
 # longer uses): the run fails, and is not retried. Counted in case it ever comes back.
@@ -142,36 +143,6 @@ def _limits(stack) -> dict[str, int]:
             "monitoring_poll_s": int(config["run_monitoring"]["poll_interval_seconds"])}
 
 
-# ---- GraphQL, as an operator's script ---------------------------------------------------------------------------
-LAUNCH_BACKFILL = """mutation ($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
-    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message stack }
-    ... on Error { message } } }"""
-BACKFILL_STATUS = """query ($id: String!) { partitionBackfillOrError(backfillId: $id) {
-    __typename ... on PartitionBackfill { status numPartitions } ... on Error { message } } }"""
-
-
-def _launch_backfill(stack, keys: list[str]) -> str:
-    """A backfill of the batch job over ``keys`` (its partition set), launched through GraphQL."""
-    params = {"selector": {"partitionSetName": f"{JOB}_partition_set",
-                           "repositorySelector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}},
-              "partitionNames": keys, "fromFailure": False}
-    result = stack.graphql._execute(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", result
-    return str(result["backfillId"])
-
-
-def _backfill_status(stack, backfill_id: str) -> str:
-    result = stack.graphql._execute(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-    assert result["__typename"] == "PartitionBackfill", result
-    return str(result["status"])
-
-
-def _plan(stack, rows: int) -> list[str]:
-    """``salespred batches plan``: the batch keys it registered as partitions."""
-    out = stack.cli("batches", "plan", "--rows", str(rows)).stdout
-    return [line.strip() for line in out.splitlines() if line.startswith("  ") and len(line.strip()) == 49]
-
-
 # ---- the run storage, sampled -----------------------------------------------------------------------------------
 @dataclass
 class Sampler:
@@ -250,7 +221,7 @@ def _wait_backfill(stack, instance, backfill_id: str, timeout: float) -> list[An
         by_status: dict[str, int] = {}
         for run in now:
             by_status[run.status.value] = by_status.get(run.status.value, 0) + 1
-        raise AssertionError(f"backfill {backfill_id} ({_backfill_status(stack, backfill_id)}) not settled after "
+        raise AssertionError(f"backfill {backfill_id} ({stack.backfill_status(backfill_id)}) not settled after "
                              f"{timeout} s: runs by status {by_status}\n{stack.log_tails()}")
     return runs
 
@@ -273,14 +244,14 @@ def test_a_fanned_out_rescore_stays_within_the_run_limits_and_equals_the_single_
                                                                                     reliability):
     from dagster import DagsterRunStatus
 
-    keys = _plan(stack, ROWS_PER_BATCH)
+    keys = stack.plan(ROWS_PER_BATCH)
     assert len(keys) == BATCHES, keys
     limits = _limits(stack)
     before = _snapshot(stack)
     sampler = Sampler(instance)
     started = time.monotonic()
     with sampler.running():
-        backfill_id = _launch_backfill(stack, keys)
+        backfill_id = stack.launch_backfill(JOB, keys)
         runs = _wait_backfill(stack, instance, backfill_id, timeout=1200)
     elapsed = time.monotonic() - started
     after = _snapshot(stack)
@@ -295,7 +266,7 @@ def test_a_fanned_out_rescore_stays_within_the_run_limits_and_equals_the_single_
         "samples": sampler.samples, "sample interval s": SAMPLE_S, "backfill s": round(elapsed, 1),
         "rows differing from the single run": sum(after.fact.get(n) != row for n, row in ref.fact.items()),
         "cache entries differing": sum(after.cache.get(n) != e for n, e in ref.cache.items()),
-        "backfill status": _backfill_status(stack, backfill_id)})
+        "backfill status": stack.backfill_status(backfill_id)})
 
     assert not sampler.errors[:1], sampler.errors[:3]
     assert sampler.samples > 0 and max_backfill > 0
@@ -318,7 +289,7 @@ def test_a_run_killed_mid_step_is_retried_and_sql_and_redis_converge(stack, inst
     from dagster import DagsterEventType, DagsterRunStatus
 
     limits = _limits(stack)
-    keys = _plan(stack, OPPORTUNITIES)  # one batch: every opportunity, so the step lasts long enough to be hit
+    keys = stack.plan(OPPORTUNITIES)  # one batch: every opportunity, so the step lasts long enough to be hit
     assert len(keys) == 1, keys
     key = keys[0]
     # The batch's rows and cache entries are gone first, as if never scored: the retry must bring each one back.
@@ -397,12 +368,12 @@ def test_a_run_killed_mid_step_is_retried_and_sql_and_redis_converge(stack, inst
 def test_a_code_server_restart_during_runs_loses_none(stack, instance, single_run, reliability):
     from dagster import DagsterRunStatus
 
-    keys = _plan(stack, ROWS_PER_BATCH)[:RESTART_BATCHES]  # more than the backfill limit: some wait queued
+    keys = stack.plan(ROWS_PER_BATCH)[:RESTART_BATCHES]  # more than the backfill limit: some wait queued
     limits = _limits(stack)
     assert len(keys) == RESTART_BATCHES > limits["backfill"], keys
     sampler = Sampler(instance)
     with sampler.running():
-        backfill_id = _launch_backfill(stack, keys)
+        backfill_id = stack.launch_backfill(JOB, keys)
 
         def mid_flight() -> dict[str, list[str]] | None:
             """Runs in progress and runs queued: the moment to restart."""

@@ -1,4 +1,4 @@
-"""The benchmark stages, by family (data, model, pipeline, app, reporting). Each compares the project's code path
+"""The benchmark stages, by family (data, model, pipeline, app, reporting, stack). Each compares the project's code path
 with the fastest plain use of the same database or library, measured side by side in the same run (see
 BENCHMARKS.md for the figures). ``STAGES`` is the registry, in the order the suite runs them."""
 
@@ -14,6 +14,7 @@ from salespred_assets.bench.stages.data import stage_extract, stage_redis, stage
 from salespred_assets.bench.stages.model import stage_single_row, stage_training
 from salespred_assets.bench.stages.pipeline import stage_incremental, stage_pipeline
 from salespred_assets.bench.stages.reporting import stage_dashboard
+from salespred_assets.bench.stages.stack import stage_stack
 
 __all__ = ["SCALES", "STAGES", "Scale", "Servers"]
 
@@ -28,4 +29,5 @@ STAGES: dict[str, Callable[[Servers, Scale, dict[str, Any]], StageResult]] = {
     "incremental": stage_incremental,
     "app": stage_app,
     "dashboard": stage_dashboard,
+    "stack": stage_stack,
 }

@@ -143,7 +143,7 @@ def stage_app(servers: Servers, scale: Scale, state: dict[str, Any]) -> StageRes
         latencies: dict[str, list[float]] = {"largest": [], "small": []}
         for i in range(2 * (scale.captures + 10)):  # the two kinds interleaved, so that drift hits both alike
             kind = "largest" if i % 2 == 0 else "small"
-            payload = _capture_payload(rng, rng.choice(largest if kind == "largest" else small))
+            payload = capture_payload(rng, rng.choice(largest if kind == "largest" else small))
             started = time.perf_counter()
             resp = client.post("/api/opportunities", json=payload)
             elapsed = (time.perf_counter() - started) * 1000
@@ -301,7 +301,7 @@ def _scoring_path(mongo: MongoResource, calls: int) -> list[float]:
     return latencies
 
 
-def _capture_payload(rng: random.Random, client: str) -> dict[str, Any]:
+def capture_payload(rng: random.Random, client: str) -> dict[str, Any]:
     import datetime as dt
 
     acv = round(rng.uniform(1_000, 500_000), 2)

@@ -46,10 +46,17 @@ class Scale:
     single_rows: int
     new_docs: int        # one incremental batch
     search: str          # training preset of the pipeline runs
+    # The stack stage: the fanned-out rescore's partitions, the captures' window and ladder of rates (captures/s),
+    # and the new-opportunity sensor's interval (the deployed default unless a smoke run needs seconds).
+    stack_batches: int = 20
+    capture_seconds: int = 120
+    capture_rates: tuple[float, ...] = (5, 10, 20, 40, 80)
+    stack_sensor_s: int = 30
 
 
 SCALES = {
-    "smoke": Scale("smoke", 2_000, 1_000, 1_000, 1, 1, 10, 20, 50, "fast"),
+    "smoke": Scale("smoke", 2_000, 1_000, 1_000, 1, 1, 10, 20, 50, "fast",
+                   stack_batches=4, capture_seconds=5, capture_rates=(1, 2), stack_sensor_s=5),
     # A tenth of full: a quick look at ratios while working on a stage (`--scale medium`).
     "medium": Scale("medium", 100_000, 10_000, 50_000, 3, 5, 100, 300, 1_000, "full"),
     "full": Scale("full", 1_000_000, 100_000, 200_000, 3, 10, 300, 1_000, 1_000, "full"),
@@ -74,7 +81,7 @@ class Servers:
 
     def redis_url_for(self, database: str) -> str:
         """A Redis database of its own per benchmark collection, so that two pipelines' caches never meet."""
-        index = {"bench_small": 1, "bench_big": 2}.get(database, 3)
+        index = {"bench_small": 1, "bench_big": 2, "bench_stack": 4}.get(database, 3)
         parts = urlsplit(self.redis_url)
         return urlunsplit((parts.scheme, parts.netloc, f"/{index}", parts.query, parts.fragment))
 
