@@ -166,11 +166,10 @@ class StackClient:
             with dg.DagsterInstance.from_config(wanted["DAGSTER_HOME"]) as instance:
                 yield instance
         finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            restore = {name: value for name, value in saved.items() if value is not None}
+            for name in saved.keys() - restore.keys():
+                os.environ.pop(name, None)
+            os.environ.update(restore)
 
     def log_tails(self, lines: int = 40) -> str:
         out = []
