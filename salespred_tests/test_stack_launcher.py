@@ -162,22 +162,10 @@ def test_what_a_killed_worker_leaves_behind_is_killed_with_it(tmp_path):
     directory = tmp_path / "runs"
     with_child = "import subprocess, time; subprocess.Popen(['sleep', '120']); time.sleep(120)"
     worker = workers.spawn([*SLEEP[:2], with_child], "run-k", directory, dict(os.environ))
-    assert wait_until(lambda: len(_members(worker.pid)) == 2, timeout=30)
+    assert wait_until(lambda: len(processes.group_members(worker.pid)) == 2, timeout=30)
     os.kill(worker.pid, signal.SIGKILL)
-    assert wait_until(lambda: not processes._group_exists(worker.pid), timeout=30), _members(worker.pid)
+    assert wait_until(lambda: not processes._group_exists(worker.pid), timeout=30), processes.group_members(worker.pid)
     assert workers.exit_status(directory, "run-k", worker) == -signal.SIGKILL
-
-
-def _members(pgid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def test_a_group_whose_leader_ended_is_signalled_only_if_its_members_carry_the_marker():

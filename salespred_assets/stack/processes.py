@@ -171,15 +171,21 @@ def _ours(entry: dict[str, Any]) -> bool:
     pgid, since, marker = int(entry["pgid"]), entry.get("start_time"), entry.get("marker")
     if since is None:
         return False
+    return any(started >= int(since) and (marker is None or _marked(str(pid), str(marker)))
+               for pid, started in group_members(pgid))
+
+
+def group_members(pgid: int) -> list[tuple[int, int]]:
+    """(pid, kernel start time) of the live (not zombie) processes of group ``pgid``."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z" and int(fields[19]) >= int(since) and (
-                marker is None or _marked(stat.parent.name, str(marker))):
-            return True
-    return False
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append((int(stat.parent.name), int(fields[19])))
+    return found
 
 
 def _stop_group(entry: dict[str, Any], timeout_s: float = STOP_TIMEOUT_S) -> None:
